@@ -1,0 +1,41 @@
+"""dask-batchinfer: offline batch inference on Dask.
+
+Turn a lazily partitioned Dask DataFrame into model outputs, with one cached
+model per worker process and exactly-once partitioned Parquet output.
+
+Examples
+--------
+>>> import dask_batchinfer as dbi
+>>> spec = dbi.sentence_encoder(text_column="text")
+>>> result = dbi.run_job("docs/", spec, output="embeddings/", keep=["doc_id"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dask_batchinfer import _config  # noqa: F401  (registers the batchinfer.* defaults)
+from dask_batchinfer.cache import model_stats
+from dask_batchinfer.cluster import local_cluster
+from dask_batchinfer.errors import BatchInferError, InputError, ModelLoadError, PartitionError
+from dask_batchinfer.job import run_job
+from dask_batchinfer.model import ModelSpec, from_callable, from_torch, sentence_encoder
+from dask_batchinfer.predict import predict
+from dask_batchinfer.report import JobResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchInferError",
+    "InputError",
+    "JobResult",
+    "ModelLoadError",
+    "ModelSpec",
+    "PartitionError",
+    "__version__",
+    "from_callable",
+    "from_torch",
+    "local_cluster",
+    "model_stats",
+    "predict",
+    "run_job",
+    "sentence_encoder",
+]

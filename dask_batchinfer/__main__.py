@@ -1,0 +1,7 @@
+"""``python -m dask_batchinfer`` runs the command line."""
+
+import sys
+
+from dask_batchinfer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,178 @@
+"""The per-process model cache.
+
+Each worker process loads a :class:`~dask_batchinfer.ModelSpec` the first time a
+task asks for it and keeps it for every later partition. Entries are keyed by
+the spec's token (``dask.base.tokenize``), so two equal specs share one model.
+Loads of one spec are serialised by a per-token lock; loads of different specs
+run in parallel. The cache is emptied in a forked child.
+
+Forward passes of one model run one at a time (:attr:`LoadedModel.lock`) with
+torch using as many threads as the worker has, so a worker never
+oversubscribes its cores while its other threads read, preprocess and write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from dask_batchinfer.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from dask_batchinfer.model import ModelSpec
+
+__all__ = ["LoadedModel", "clear", "get_model", "local_stats", "model_stats"]
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model loaded in this process, with what it took to load it."""
+
+    token: str
+    name: str
+    model: Any
+    device: str
+    load_seconds: float
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+
+_registry_lock = threading.Lock()
+_load_locks: dict[str, threading.Lock] = {}
+_models: dict[str, LoadedModel] = {}
+_stats: dict[str, dict[str, Any]] = {}
+_threads_configured = False
+
+
+def _reset_after_fork() -> None:
+    global _registry_lock, _threads_configured
+    _registry_lock = threading.Lock()
+    _load_locks.clear()
+    _models.clear()
+    _stats.clear()
+    _threads_configured = False
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def get_model(spec: ModelSpec) -> LoadedModel:
+    """Return the loaded model for ``spec``, loading it on first use in this process."""
+    loaded = _models.get(spec.token)
+    if loaded is not None:
+        return loaded
+    with _registry_lock:
+        key_lock = _load_locks.setdefault(spec.token, threading.Lock())
+    with key_lock:
+        loaded = _models.get(spec.token)
+        if loaded is None:
+            loaded = _load(spec)
+            _models[spec.token] = loaded
+    return loaded
+
+
+def _worker_threads() -> int | None:
+    try:
+        from distributed import get_worker
+
+        return get_worker().state.nthreads
+    except ValueError:  # not inside a dask worker
+        return None
+
+
+def _configure_torch_threads() -> None:
+    """Give torch as many intra-op threads as this worker has task threads."""
+    global _threads_configured
+    if _threads_configured:
+        return
+    nthreads = _worker_threads()
+    if nthreads is not None:
+        import torch
+
+        torch.set_num_threads(nthreads)
+    _threads_configured = True
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` becomes ``"cuda"`` when this process sees a GPU, else ``"cpu"``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load(spec: ModelSpec) -> LoadedModel:
+    import torch
+
+    _configure_torch_threads()
+    device = resolve_device(spec.device)
+    start = time.perf_counter()
+    try:
+        model = spec.load(**spec.load_kwargs)
+        if isinstance(model, torch.nn.Module):
+            model = model.to(device).eval()
+    except Exception as err:
+        loader = f"{getattr(spec.load, '__module__', '?')}.{getattr(spec.load, '__qualname__', spec.load)}"
+        raise ModelLoadError(
+            f"loading model {spec.name!r} with {loader}(**{sorted(spec.load_kwargs)}) failed "
+            f"on device {device!r}: {type(err).__name__}: {err}"
+        ) from err
+    seconds = time.perf_counter() - start
+    stats = _stats.setdefault(
+        spec.token, {"name": spec.name, "token": spec.token, "loads": 0, "load_seconds": 0.0}
+    )
+    stats["loads"] += 1
+    stats["load_seconds"] += seconds
+    stats["device"] = device
+    stats["pid"] = os.getpid()
+    return LoadedModel(spec.token, spec.name or "", model, device, seconds)
+
+
+def local_stats() -> dict[str, dict[str, Any]]:
+    """Load counts and times of every spec this process has loaded, by token."""
+    return {token: dict(stats) for token, stats in _stats.items()}
+
+
+def clear() -> None:
+    """Drop every cached model in this process and release GPU memory."""
+    with _registry_lock:
+        _models.clear()
+        _load_locks.clear()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def model_stats(client: Client, spec: ModelSpec | None = None) -> dict[str, Any]:
+    """Model load counts and times on every worker of ``client``'s cluster.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    spec : ModelSpec, optional
+        Only this model's entry; workers that never loaded it report ``None``.
+
+    Returns
+    -------
+    dict
+        Worker address to ``{token: {"name", "loads", "load_seconds", "device", "pid"}}``,
+        or to that one entry when ``spec`` is given.
+
+    Examples
+    --------
+    >>> dbi.model_stats(client, spec)  # doctest: +SKIP
+    {'tcp://127.0.0.1:40123': {'name': 'ranker', 'loads': 1, 'load_seconds': 0.42, ...}}
+    """
+    per_worker = client.run(local_stats)
+    if spec is None:
+        return per_worker
+    return {worker: stats.get(spec.token) for worker, stats in per_worker.items()}

@@ -1,0 +1,154 @@
+"""The ``dask-batchinfer`` command.
+
+Exit codes: 0 success, 1 the job failed, 2 usage error (bad option or argument).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from dask_batchinfer.errors import BatchInferError, InputError
+from dask_batchinfer.model import ModelSpec
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def load_object(reference: str, what: str) -> Any:
+    """Import ``module:attribute`` (``module.sub:obj.attr`` works too)."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise InputError(f"--{what} {reference!r}: expected module:attribute, e.g. mypkg.models:ranker")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise InputError(f"--{what} {reference!r}: cannot import {module_name!r}: {err}") from err
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as err:
+            raise InputError(f"--{what} {reference!r}: {module_name} has no {attribute!r}") from err
+    return obj
+
+
+def load_model(reference: str) -> ModelSpec:
+    """A ModelSpec, or a function returning one, named as ``module:attribute``."""
+    obj = load_object(reference, "model")
+    if not isinstance(obj, ModelSpec) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, ModelSpec):
+        raise InputError(
+            f"--model {reference!r} is a {type(obj).__name__}; it must be a ModelSpec or a "
+            f"function returning one"
+        )
+    return obj
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dask-batchinfer",
+        description="Offline batch inference on Dask: Parquet in, partitioned Parquet out.",
+        epilog="Exit codes: 0 success, 1 job failed, 2 usage error.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run a batch inference job",
+        description="Read Parquet input, run a model on every row, write partitioned Parquet.",
+    )
+    run.add_argument("--input", required=True, metavar="PATH",
+                     help="Parquet file or folder, local or s3://bucket/prefix "
+                          "(one partition per file)")
+    run.add_argument("--output", required=True, metavar="PATH",
+                     help="output folder, local or s3://; gets part-NNNNN.parquet files "
+                          "and a _SUCCESS manifest")
+    run.add_argument("--model", required=True, metavar="MODULE:ATTR",
+                     help="a dask_batchinfer.ModelSpec, or a function returning one, "
+                          "e.g. mypkg.models:ranker")
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; "
+                          "default: start a local cluster for this job")
+    run.add_argument("--batch-size", type=int, metavar="N",
+                     help="rows per model call (overrides the spec's batch_size)")
+    run.add_argument("--preprocess", metavar="MODULE:ATTR",
+                     help="function DataFrame -> DataFrame run on each partition before the model")
+    run.add_argument("--keep", nargs="+", default=[], metavar="COLUMN",
+                     help="input columns to write beside the predictions, e.g. ids")
+    run.add_argument("--partition-on", nargs="+", default=[], metavar="COLUMN",
+                     help="write hive folders by these columns, e.g. country=FR/")
+    run.add_argument("--json", action="store_true",
+                     help="print the result summary as JSON instead of text")
+
+    demo = commands.add_parser(
+        "demo",
+        help="embed a built-in corpus with all-MiniLM-L6-v2 (offline)",
+        description="Build a corpus of a few thousand sentences, embed it with "
+                    "all-MiniLM-L6-v2 on a local cluster and write partitioned Parquet.",
+    )
+    demo.add_argument("--output", default="batchinfer-demo-output", metavar="DIR",
+                      help="folder for the demo's input and embeddings "
+                           "(default: %(default)s; replaced on each run)")
+    demo.add_argument("--docs", type=int, default=4000, metavar="N",
+                      help="sentences in the corpus (default: %(default)s)")
+    demo.add_argument("--partitions", type=int, default=8, metavar="N",
+                      help="input files, hence partitions (default: %(default)s)")
+    demo.add_argument("--scheduler", metavar="ADDRESS",
+                      help="use an existing Dask cluster instead of a local one")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dask_batchinfer.job import run_job
+
+    model = load_model(args.model)
+    if args.batch_size is not None:
+        model = model.with_options(batch_size=args.batch_size)
+    preprocess = load_object(args.preprocess, "preprocess") if args.preprocess else None
+    result = run_job(
+        args.input,
+        model,
+        output=args.output,
+        preprocess=preprocess,
+        keep=args.keep or None,
+        partition_on=args.partition_on or None,
+        client=args.scheduler,
+    )
+    print(json.dumps(result.summary(), indent=1) if args.json else result)
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dask_batchinfer.demo import run_demo
+
+    for name in ("docs", "partitions"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name} must be at least 1")
+    run_demo(args.output, n_docs=args.docs, partitions=args.partitions, client=args.scheduler)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dask-batchinfer`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's chatter
+    try:
+        return _run(args) if args.command == "run" else _demo(args)
+    except InputError as err:
+        print(f"dask-batchinfer: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except BatchInferError as err:
+        print(f"dask-batchinfer: job failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

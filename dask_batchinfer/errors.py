@@ -1,0 +1,49 @@
+"""Exceptions raised by dask-batchinfer.
+
+Every exception subclasses a builtin, so ``except ValueError`` keeps working::
+
+    BatchInferError
+     +-- InputError(BatchInferError, ValueError)      bad arguments or input data
+     +-- ModelLoadError(BatchInferError, RuntimeError) a model recipe failed to load
+     +-- PartitionError(BatchInferError, RuntimeError) one partition failed; names it
+"""
+
+from __future__ import annotations
+
+__all__ = ["BatchInferError", "InputError", "ModelLoadError", "PartitionError"]
+
+
+class BatchInferError(Exception):
+    """Base class of every error raised by dask-batchinfer."""
+
+
+class InputError(BatchInferError, ValueError):
+    """An argument, a column or an input partition is not what the job needs."""
+
+
+class ModelLoadError(BatchInferError, RuntimeError):
+    """Loading a :class:`~dask_batchinfer.ModelSpec` on a worker failed."""
+
+
+class PartitionError(BatchInferError, RuntimeError):
+    """Processing one partition failed.
+
+    Attributes
+    ----------
+    partition : int
+        Index of the input partition.
+    source : str or None
+        The input file of that partition, when known.
+    """
+
+    def __init__(self, message: str, *, partition: int, source: str | None = None) -> None:
+        super().__init__(message)
+        self.partition = partition
+        self.source = source
+
+    def __reduce__(self):  # keep the attributes when the error crosses processes
+        return (_rebuild_partition_error, (str(self), self.partition, self.source))
+
+
+def _rebuild_partition_error(message: str, partition: int, source: str | None) -> PartitionError:
+    return PartitionError(message, partition=partition, source=source)

@@ -1,0 +1,1 @@
+"""Reading helpers, the Parquet writer and the commit protocol."""
