@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dask_batchinfer.cache import get_model
+from dask_batchinfer.cache import configure_torch_threads, get_model
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.model import ModelSpec
 
@@ -122,6 +122,7 @@ def run_model(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
     if rows == 0:
         return spec.meta().set_axis(frame.index[:0])
     loaded = get_model(spec)
+    configure_torch_threads()
     inputs = spec.make_inputs(frame)
     step = spec.batch_size
     assert step is not None  # normalised by ModelSpec

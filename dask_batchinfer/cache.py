@@ -45,16 +45,14 @@ _registry_lock = threading.Lock()
 _load_locks: dict[str, threading.Lock] = {}
 _models: dict[str, LoadedModel] = {}
 _stats: dict[str, dict[str, Any]] = {}
-_threads_configured = False
 
 
 def _reset_after_fork() -> None:
-    global _registry_lock, _threads_configured
+    global _registry_lock
     _registry_lock = threading.Lock()
     _load_locks.clear()
     _models.clear()
     _stats.clear()
-    _threads_configured = False
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -84,17 +82,20 @@ def _worker_threads() -> int | None:
         return None
 
 
-def _configure_torch_threads() -> None:
-    """Give torch as many intra-op threads as this worker has task threads."""
-    global _threads_configured
-    if _threads_configured:
-        return
-    nthreads = _worker_threads()
-    if nthreads is not None:
-        import torch
+def configure_torch_threads() -> None:
+    """Give torch as many intra-op threads as this worker has task threads.
 
+    OpenMP keeps the thread count per calling thread, and the nanny starts
+    workers with ``OMP_NUM_THREADS=1``, so this runs in each thread that runs
+    a model (cheap: a comparison once the count is right).
+    """
+    nthreads = _worker_threads()
+    if nthreads is None:
+        return
+    import torch
+
+    if torch.get_num_threads() != nthreads:
         torch.set_num_threads(nthreads)
-    _threads_configured = True
 
 
 def resolve_device(device: str) -> str:
@@ -109,7 +110,7 @@ def resolve_device(device: str) -> str:
 def _load(spec: ModelSpec) -> LoadedModel:
     import torch
 
-    _configure_torch_threads()
+    configure_torch_threads()
     device = resolve_device(spec.device)
     start = time.perf_counter()
     try:

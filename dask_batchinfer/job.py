@@ -216,7 +216,7 @@ def run_job(
         _warm_up(c, model)
         threads = sum(w["nthreads"] for w in c.scheduler_info(n_workers=-1)["workers"].values())
         window = max(2, int(_config.get("inflight-per-thread")) * threads)
-        pending = as_completed()
+        pending = as_completed(loop=c.loop)
         todo = iter(enumerate(keys))
 
         def submit_next() -> None:
@@ -248,7 +248,7 @@ def run_job(
             try:
                 stats.append(future.result())
             except BaseException:
-                for other in pending.futures:
+                for other in list(pending.futures):
                     other.cancel()
                 raise
             finally:
@@ -299,3 +299,7 @@ def _write_manifest(fs: fsspec.AbstractFileSystem, root: str, result: JobResult,
     with fs.open(staged, "w") as f:
         json.dump(manifest, f, indent=1)
     fs.mv(staged, posixpath.join(root, MANIFEST))
+    try:
+        fs.rmdir(posixpath.join(root, STAGING))  # empty once every attempt committed
+    except OSError:
+        pass  # a straggling attempt still writes there; readers skip "_" folders anyway

@@ -89,9 +89,9 @@ def infer_partition(
     except ModelLoadError:
         raise
     except Exception as err:
-        kind = type(err).__name__ if not isinstance(err, BatchInferError) else "error"
+        cause = str(err) if isinstance(err, BatchInferError) else f"{type(err).__name__}: {err}"
         raise PartitionError(
-            f"{where} failed in model {model.name!r}: {kind}: {err}",
+            f"{where} failed in model {model.name!r}: {cause}",
             partition=number if number is not None else -1,
             source=source,
         ) from err

@@ -12,13 +12,27 @@ Examples
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
 
 from dask_batchinfer.model import ModelSpec, from_torch
 
-__all__ = ["TinyMLP", "feature_columns", "make_features", "make_mlp", "tiny_model"]
+__all__ = [
+    "TinyMLP",
+    "factory_calls",
+    "feature_columns",
+    "make_features",
+    "make_mlp",
+    "threads_probe",
+    "tiny_model",
+    "uneven_partitions",
+]
+
+_factory_calls: Counter[int] = Counter()
 
 
 def feature_columns(n_features: int) -> list[str]:
@@ -43,8 +57,17 @@ class TinyMLP(torch.nn.Module):
 
 
 def make_mlp(n_features: int = 8, hidden: int = 16, seed: int = 0) -> TinyMLP:
-    """Build a :class:`TinyMLP` (a module-level factory, as specs need)."""
+    """Build a :class:`TinyMLP` (a module-level factory, as specs need).
+
+    Each call is counted per ``seed`` in this process: see :func:`factory_calls`.
+    """
+    _factory_calls[seed] += 1
     return TinyMLP(n_features, hidden, seed)
+
+
+def factory_calls(seed: int) -> int:
+    """How many times this process has called :func:`make_mlp` with ``seed``."""
+    return _factory_calls[seed]
 
 
 def tiny_model(
@@ -61,6 +84,22 @@ def tiny_model(
     )
 
 
+def _torch_threads(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return torch.full((len(batch),), torch.get_num_threads(), dtype=torch.int32)
+
+
+def threads_probe(n_features: int = 8) -> ModelSpec:
+    """A spec whose output ``threads`` is ``torch.get_num_threads()`` during the forward pass."""
+    return from_torch(
+        make_mlp,
+        factory_kwargs={"n_features": n_features, "seed": -1},
+        predict=_torch_threads,
+        input_columns=feature_columns(n_features),
+        outputs={"threads": "int32"},
+        name="threads-probe",
+    )
+
+
 def make_features(rows: int, n_features: int = 8, seed: int = 0, start_id: int = 0) -> pd.DataFrame:
     """A frame with an ``id`` column and ``n_features`` float32 feature columns."""
     rng = np.random.default_rng(seed)
@@ -68,3 +107,21 @@ def make_features(rows: int, n_features: int = 8, seed: int = 0, start_id: int =
     frame = pd.DataFrame(data, columns=feature_columns(n_features))
     frame.insert(0, "id", np.arange(start_id, start_id + rows, dtype=np.int64))
     return frame
+
+
+def _identity(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame
+
+
+def uneven_partitions(frame: pd.DataFrame, sizes: Sequence[int]):
+    """A Dask DataFrame whose partitions hold ``sizes`` rows of ``frame`` in order.
+
+    Sizes may be 0 (an empty partition); they must add up to ``len(frame)``.
+    """
+    import dask.dataframe as dd
+
+    if sum(sizes) != len(frame):
+        raise ValueError(f"sizes add up to {sum(sizes)}, the frame has {len(frame)} rows")
+    bounds = np.cumsum([0, *sizes])
+    chunks = [frame.iloc[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+    return dd.from_map(_identity, chunks, meta=frame.iloc[:0], enforce_metadata=False)

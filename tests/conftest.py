@@ -1,0 +1,80 @@
+"""Shared fixtures: a real LocalCluster of worker processes and a loopback S3 server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import pytest
+
+# Set before any worker process is spawned: workers inherit the environment, so
+# credentials reach them through the supported path and never through the graph.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A LocalCluster of 2 worker processes with 1 thread each, on 127.0.0.1."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.WARNING,
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def client(cluster):
+    """A synchronous Client connected to :func:`cluster` (the default client while open)."""
+    from distributed import Client
+
+    with Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server):
+    """An empty bucket ``batchinfer-test`` on a freshly reset S3 server.
+
+    Yields ``(s3fs filesystem, storage_options)``; the options hold only the
+    endpoint, credentials come from the environment.
+    """
+    import requests
+    import s3fs
+
+    requests.post(f"{s3_server}/moto-api/reset", timeout=10).raise_for_status()
+    storage_options = {"endpoint_url": s3_server}
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(**storage_options)
+    fs.mkdir("batchinfer-test")
+    yield fs, storage_options
+    s3fs.S3FileSystem.clear_instance_cache()

@@ -1,0 +1,30 @@
+"""The public API: __all__ is complete, sorted and importable."""
+
+from __future__ import annotations
+
+import __future__
+import types
+
+import dask_batchinfer as dbi
+
+
+def test_all_is_sorted_and_complete():
+    assert dbi.__all__ == sorted(dbi.__all__)
+    public = {
+        name for name, value in vars(dbi).items()
+        if not name.startswith("_") and not isinstance(value, (types.ModuleType, __future__._Feature))
+    }
+    assert public <= set(dbi.__all__), public - set(dbi.__all__)
+    for name in dbi.__all__:
+        assert hasattr(dbi, name)
+
+
+def test_errors_subclass_builtins():
+    assert issubclass(dbi.InputError, ValueError)
+    assert issubclass(dbi.ModelLoadError, RuntimeError)
+    assert issubclass(dbi.PartitionError, RuntimeError)
+    err = dbi.PartitionError("boom", partition=3, source="s3://b/k.parquet")
+    import pickle
+
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.partition, back.source, str(back)) == (3, "s3://b/k.parquet", "boom")

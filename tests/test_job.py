@@ -1,0 +1,132 @@
+"""run_job(): Parquet out, on local disk and on S3 (moto server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+import torch
+
+import dask_batchinfer as dbi
+from dask_batchinfer.testing import (
+    feature_columns,
+    make_features,
+    make_mlp,
+    threads_probe,
+    tiny_model,
+)
+
+
+def _expected_scores(frame: pd.DataFrame, seed: int) -> np.ndarray:
+    with torch.inference_mode():
+        x = torch.from_numpy(frame[feature_columns(8)].to_numpy().copy())
+        return make_mlp(8, 16, seed)(x).numpy()
+
+
+def _write_inputs(fs, folder: str, frame: pd.DataFrame, files: int) -> None:
+    fs.makedirs(folder, exist_ok=True)
+    for i, part in enumerate(np.array_split(np.arange(len(frame)), files)):
+        with fs.open(f"{folder}/in-{i:02d}.parquet", "wb") as f:
+            frame.iloc[part].to_parquet(f, index=False)
+
+
+def _check_output(fs, root: str, frame: pd.DataFrame, seed: int, storage_options=None):
+    url = f"s3://{root}" if storage_options else root
+    back = dd.read_parquet(url, storage_options=storage_options).compute()
+    assert back["id"].is_unique
+    back = back.sort_values("id")
+    assert back["id"].tolist() == frame["id"].tolist()
+    np.testing.assert_allclose(back["score"].to_numpy(), _expected_scores(frame, seed), rtol=1e-5)
+    assert not [p for p in fs.find(root) if "/_staging/" in p], "staging debris left behind"
+    with fs.open(f"{root}/_SUCCESS") as f:
+        manifest = json.load(f)
+    assert sum(entry["rows"] for entry in manifest["files"]) == len(frame)
+    return back, manifest
+
+
+def test_run_job_local_dataframe(client, tmp_path):
+    frame = make_features(3000, seed=1)
+    spec = tiny_model(seed=21)
+    result = dbi.run_job(dd.from_pandas(frame, npartitions=12), spec, output=str(tmp_path / "out"),
+                         keep=["id"])
+    assert (result.rows_in, result.rows_out, result.partitions) == (3000, 3000, 12)
+    assert result.rows_per_second > 0 and result.wall_seconds > 0
+    assert set(result.model_loads.values()) == {1}
+    assert set(result.model_load_seconds) == set(client.scheduler_info()["workers"])
+    import fsspec
+
+    _, manifest = _check_output(fsspec.filesystem("file"), str(tmp_path / "out"), frame, 21)
+    assert manifest["model_token"] == spec.token
+    assert sorted(os.listdir(tmp_path / "out"))[:2] == ["_SUCCESS", "part-00000.parquet"]
+    assert "3,000 in, 3,000 out" in str(result)
+
+
+def test_run_job_from_parquet_files_with_partition_on(client, tmp_path):
+    import fsspec
+
+    frame = make_features(1200, seed=2)
+    frame["country"] = pd.array(np.array(["FR", "DE", "US"])[np.arange(1200) % 3], dtype="str")
+    fs = fsspec.filesystem("file")
+    _write_inputs(fs, str(tmp_path / "in"), frame, files=5)
+    result = dbi.run_job(str(tmp_path / "in"), tiny_model(seed=22), output=str(tmp_path / "out"),
+                         keep=["id"], partition_on=["country"])
+    assert result.partitions == 5 and result.rows_out == 1200
+    assert sorted(p for p in os.listdir(tmp_path / "out") if not p.startswith("_")) == [
+        "country=DE", "country=FR", "country=US"]
+    assert len(os.listdir(tmp_path / "out" / "country=FR")) == 5
+    table = ds.dataset(str(tmp_path / "out"), format="parquet", partitioning="hive").to_table()
+    back = table.to_pandas().sort_values("id")
+    assert back["country"].astype(str).tolist() == frame["country"].tolist()
+    np.testing.assert_allclose(back["score"].to_numpy(), _expected_scores(frame, 22), rtol=1e-5)
+
+
+def test_run_job_on_s3(client, s3):
+    fs, storage_options = s3
+    frame = make_features(900, seed=3)
+    _write_inputs(fs, "batchinfer-test/in", frame, files=4)
+    result = dbi.run_job("s3://batchinfer-test/in/", tiny_model(seed=23),
+                         output="s3://batchinfer-test/out", keep=["id"],
+                         storage_options=storage_options)
+    assert (result.partitions, result.rows_out) == (4, 900)
+    fs.invalidate_cache()
+    _check_output(fs, "batchinfer-test/out", frame, 23, storage_options)
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("batchinfer-test/out")) == [
+        "_SUCCESS", *[f"part-{i:05d}.parquet" for i in range(4)]]
+
+
+def test_run_job_failure_leaves_no_manifest(client, tmp_path):
+    frame = make_features(40, n_features=2)
+    frame["f1"] = frame["f1"].astype(object)
+    frame.loc[35, "f1"] = "oops"
+    with pytest.raises(dbi.PartitionError, match="partition 3"):
+        dbi.run_job(dd.from_pandas(frame, npartitions=4), tiny_model(n_features=2),
+                    output=str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_model_load_failure_stops_before_reading(client, tmp_path):
+    spec = dbi.from_torch(make_mlp, factory_kwargs={"hidden": -1}, input_columns=feature_columns(8),
+                          outputs={"score": "float32"}, name="bad-hidden")
+    with pytest.raises(dbi.ModelLoadError, match="bad-hidden"):
+        dbi.run_job(dd.from_pandas(make_features(10), npartitions=2), spec,
+                    output=str(tmp_path / "out"))
+    assert not [p for p in os.listdir(tmp_path / "out") if p.endswith(".parquet")]
+
+
+def test_torch_threads_match_worker_threads(tmp_path):
+    """Forward passes in a 2-thread worker use 2 torch threads (the nanny's default is 1)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING) as cluster, \
+            Client(cluster, set_as_default=False) as c:
+        assert c.submit(torch.get_num_threads, pure=False).result() == 1
+        dbi.run_job(dd.from_pandas(make_features(400), npartitions=8), threads_probe(),
+                    output=str(tmp_path / "out"), client=c)
+    assert set(pd.read_parquet(tmp_path / "out")["threads"]) == {2}
