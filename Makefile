@@ -1,12 +1,12 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv if missing, installs, runs the demo job
-#   make test   creates .venv if missing, installs, runs the test suite
+#   make test   creates .venv if missing, installs, runs lint, types and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 install: $(STAMP)
 
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/dask-batchinfer demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check dask_batchinfer tests
+	$(BIN)/ruff format --check dask_batchinfer tests
+	$(BIN)/mypy dask_batchinfer
 
 clean:
 	rm -rf $(VENV) batchinfer-demo-output .pytest_cache

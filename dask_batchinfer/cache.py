@@ -118,7 +118,8 @@ def _load(spec: ModelSpec) -> LoadedModel:
         if isinstance(model, torch.nn.Module):
             model = model.to(device).eval()
     except Exception as err:
-        loader = f"{getattr(spec.load, '__module__', '?')}.{getattr(spec.load, '__qualname__', spec.load)}"
+        module = getattr(spec.load, "__module__", "?")
+        loader = f"{module}.{getattr(spec.load, '__qualname__', spec.load)}"
         raise ModelLoadError(
             f"loading model {spec.name!r} with {loader}(**{sorted(spec.load_kwargs)}) failed "
             f"on device {device!r}: {type(err).__name__}: {err}"

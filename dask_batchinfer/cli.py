@@ -25,7 +25,9 @@ def load_object(reference: str, what: str) -> Any:
     """Import ``module:attribute`` (``module.sub:obj.attr`` works too)."""
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
-        raise InputError(f"--{what} {reference!r}: expected module:attribute, e.g. mypkg.models:ranker")
+        raise InputError(
+            f"--{what} {reference!r}: expected module:attribute, e.g. mypkg.models:ranker"
+        )
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as err:
@@ -64,44 +66,89 @@ def _parser() -> argparse.ArgumentParser:
         help="run a batch inference job",
         description="Read Parquet input, run a model on every row, write partitioned Parquet.",
     )
-    run.add_argument("--input", required=True, metavar="PATH",
-                     help="Parquet file or folder, local or s3://bucket/prefix "
-                          "(one partition per file)")
-    run.add_argument("--output", required=True, metavar="PATH",
-                     help="output folder, local or s3://; gets part-NNNNN.parquet files "
-                          "and a _SUCCESS manifest")
-    run.add_argument("--model", required=True, metavar="MODULE:ATTR",
-                     help="a dask_batchinfer.ModelSpec, or a function returning one, "
-                          "e.g. mypkg.models:ranker")
-    run.add_argument("--scheduler", metavar="ADDRESS",
-                     help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; "
-                          "default: start a local cluster for this job")
-    run.add_argument("--batch-size", type=int, metavar="N",
-                     help="rows per model call (overrides the spec's batch_size)")
-    run.add_argument("--preprocess", metavar="MODULE:ATTR",
-                     help="function DataFrame -> DataFrame run on each partition before the model")
-    run.add_argument("--keep", nargs="+", default=[], metavar="COLUMN",
-                     help="input columns to write beside the predictions, e.g. ids")
-    run.add_argument("--partition-on", nargs="+", default=[], metavar="COLUMN",
-                     help="write hive folders by these columns, e.g. country=FR/")
-    run.add_argument("--json", action="store_true",
-                     help="print the result summary as JSON instead of text")
+    run.add_argument(
+        "--input",
+        required=True,
+        metavar="PATH",
+        help="Parquet file or folder, local or s3://bucket/prefix (one partition per file)",
+    )
+    run.add_argument(
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="output folder, local or s3://; gets part-NNNNN.parquet files and a _SUCCESS manifest",
+    )
+    run.add_argument(
+        "--model",
+        required=True,
+        metavar="MODULE:ATTR",
+        help="a dask_batchinfer.ModelSpec, or a function returning one, e.g. mypkg.models:ranker",
+    )
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; "
+        "default: start a local cluster for this job",
+    )
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="rows per model call (overrides the spec's batch_size)",
+    )
+    run.add_argument(
+        "--preprocess",
+        metavar="MODULE:ATTR",
+        help="function DataFrame -> DataFrame run on each partition before the model",
+    )
+    run.add_argument(
+        "--keep",
+        nargs="+",
+        default=[],
+        metavar="COLUMN",
+        help="input columns to write beside the predictions, e.g. ids",
+    )
+    run.add_argument(
+        "--partition-on",
+        nargs="+",
+        default=[],
+        metavar="COLUMN",
+        help="write hive folders by these columns, e.g. country=FR/",
+    )
+    run.add_argument(
+        "--json", action="store_true", help="print the result summary as JSON instead of text"
+    )
 
     demo = commands.add_parser(
         "demo",
         help="embed a built-in corpus with all-MiniLM-L6-v2 (offline)",
         description="Build a corpus of a few thousand sentences, embed it with "
-                    "all-MiniLM-L6-v2 on a local cluster and write partitioned Parquet.",
+        "all-MiniLM-L6-v2 on a local cluster and write partitioned Parquet.",
     )
-    demo.add_argument("--output", default="batchinfer-demo-output", metavar="DIR",
-                      help="folder for the demo's input and embeddings "
-                           "(default: %(default)s; replaced on each run)")
-    demo.add_argument("--docs", type=int, default=4000, metavar="N",
-                      help="sentences in the corpus (default: %(default)s)")
-    demo.add_argument("--partitions", type=int, default=8, metavar="N",
-                      help="input files, hence partitions (default: %(default)s)")
-    demo.add_argument("--scheduler", metavar="ADDRESS",
-                      help="use an existing Dask cluster instead of a local one")
+    demo.add_argument(
+        "--output",
+        default="batchinfer-demo-output",
+        metavar="DIR",
+        help="folder for the demo's input and embeddings "
+        "(default: %(default)s; replaced on each run)",
+    )
+    demo.add_argument(
+        "--docs",
+        type=int,
+        default=4000,
+        metavar="N",
+        help="sentences in the corpus (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--partitions",
+        type=int,
+        default=8,
+        metavar="N",
+        help="input files, hence partitions (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--scheduler", metavar="ADDRESS", help="use an existing Dask cluster instead of a local one"
+    )
     return parser
 
 
@@ -135,11 +182,20 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _log_to_stderr() -> None:
+    """Our own log records to stderr; Dask's stay with Dask's logging config."""
+    logger = logging.getLogger("dask_batchinfer")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dask-batchinfer`` command; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's chatter
+    _log_to_stderr()
     try:
         return _run(args) if args.command == "run" else _demo(args)
     except InputError as err:

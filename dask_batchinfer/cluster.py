@@ -69,7 +69,9 @@ def local_cluster(
     """
     cpus = os.cpu_count() or 1
     for name, value in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
             raise InputError(f"local_cluster({name}={value!r}): expected a positive integer")
     kwargs.setdefault("host", _config.get("host"))
     kwargs.setdefault("dashboard_address", f"{kwargs['host']}:0")
@@ -89,9 +91,7 @@ def local_cluster(
     workers = n_workers or max(1, cpus // threads)
     from distributed import LocalCluster
 
-    return LocalCluster(
-        n_workers=workers, threads_per_worker=threads, processes=True, **kwargs
-    )
+    return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, **kwargs)
 
 
 @contextlib.contextmanager

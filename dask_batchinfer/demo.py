@@ -24,71 +24,173 @@ _TOPICS: dict[str, dict[str, list[str]]] = {
     "cooking": {
         "who": ["the chef", "my grandmother", "a home cook", "the baker", "our neighbour"],
         "did": ["simmered", "roasted", "seasoned", "baked", "whisked", "braised"],
-        "what": ["a tomato sauce", "fresh bread", "garlic and onions", "a lemon tart",
-                 "the vegetable soup", "spiced lentils"],
-        "how": ["for an hour", "with olive oil", "in a cast iron pan", "until golden",
-                "over low heat"],
+        "what": [
+            "a tomato sauce",
+            "fresh bread",
+            "garlic and onions",
+            "a lemon tart",
+            "the vegetable soup",
+            "spiced lentils",
+        ],
+        "how": [
+            "for an hour",
+            "with olive oil",
+            "in a cast iron pan",
+            "until golden",
+            "over low heat",
+        ],
     },
     "football": {
         "who": ["the striker", "the goalkeeper", "the home team", "the coach", "the captain"],
         "did": ["scored", "defended", "celebrated", "missed", "passed", "tackled"],
-        "what": ["a late penalty", "the corner kick", "the league title", "a header",
-                 "the final whistle", "a free kick"],
-        "how": ["in extra time", "in front of the fans", "after a long season",
-                "at the stadium", "during the derby"],
+        "what": [
+            "a late penalty",
+            "the corner kick",
+            "the league title",
+            "a header",
+            "the final whistle",
+            "a free kick",
+        ],
+        "how": [
+            "in extra time",
+            "in front of the fans",
+            "after a long season",
+            "at the stadium",
+            "during the derby",
+        ],
     },
     "finance": {
-        "who": ["the central bank", "investors", "the treasury", "the fund manager",
-                "shareholders"],
+        "who": [
+            "the central bank",
+            "investors",
+            "the treasury",
+            "the fund manager",
+            "shareholders",
+        ],
         "did": ["raised", "cut", "hedged", "sold", "bought", "rebalanced"],
-        "what": ["interest rates", "government bonds", "the stock portfolio",
-                 "quarterly dividends", "currency reserves", "the index fund"],
-        "how": ["after weak earnings", "as inflation rose", "before the market opened",
-                "amid recession fears", "at the annual meeting"],
+        "what": [
+            "interest rates",
+            "government bonds",
+            "the stock portfolio",
+            "quarterly dividends",
+            "currency reserves",
+            "the index fund",
+        ],
+        "how": [
+            "after weak earnings",
+            "as inflation rose",
+            "before the market opened",
+            "amid recession fears",
+            "at the annual meeting",
+        ],
     },
     "computing": {
         "who": ["the engineer", "the compiler", "our database", "the kernel", "the developer"],
         "did": ["optimised", "compiled", "cached", "deployed", "debugged", "refactored"],
-        "what": ["the query planner", "a memory leak", "the GPU kernel", "the web server",
-                 "a race condition", "the build pipeline"],
-        "how": ["before the release", "with a profiler", "on the cluster",
-                "after the code review", "in production"],
+        "what": [
+            "the query planner",
+            "a memory leak",
+            "the GPU kernel",
+            "the web server",
+            "a race condition",
+            "the build pipeline",
+        ],
+        "how": [
+            "before the release",
+            "with a profiler",
+            "on the cluster",
+            "after the code review",
+            "in production",
+        ],
     },
     "weather": {
         "who": ["the storm", "a cold front", "the forecast", "heavy rain", "the wind"],
         "did": ["flooded", "battered", "warned about", "cooled", "swept across", "soaked"],
-        "what": ["the coastal towns", "the northern valleys", "the harbour",
-                 "the mountain passes", "the farmland", "the city streets"],
-        "how": ["overnight", "with thunder and hail", "for three days", "at dawn",
-                "despite the sunny morning"],
+        "what": [
+            "the coastal towns",
+            "the northern valleys",
+            "the harbour",
+            "the mountain passes",
+            "the farmland",
+            "the city streets",
+        ],
+        "how": [
+            "overnight",
+            "with thunder and hail",
+            "for three days",
+            "at dawn",
+            "despite the sunny morning",
+        ],
     },
     "travel": {
-        "who": ["the backpackers", "our tour guide", "the family", "a solo traveller",
-                "the pilgrims"],
-        "did": ["explored", "visited", "hiked through", "photographed", "booked",
-                "wandered around"],
-        "what": ["the old harbour town", "a mountain hostel", "the ancient ruins",
-                 "the night market", "a coastal train", "the island ferry"],
-        "how": ["with a rucksack", "on a rainy holiday", "during the summer break",
-                "without a map", "on their last day abroad"],
+        "who": [
+            "the backpackers",
+            "our tour guide",
+            "the family",
+            "a solo traveller",
+            "the pilgrims",
+        ],
+        "did": [
+            "explored",
+            "visited",
+            "hiked through",
+            "photographed",
+            "booked",
+            "wandered around",
+        ],
+        "what": [
+            "the old harbour town",
+            "a mountain hostel",
+            "the ancient ruins",
+            "the night market",
+            "a coastal train",
+            "the island ferry",
+        ],
+        "how": [
+            "with a rucksack",
+            "on a rainy holiday",
+            "during the summer break",
+            "without a map",
+            "on their last day abroad",
+        ],
     },
     "medicine": {
-        "who": ["the nurse", "the surgeon", "the patient", "the pharmacist",
-                "the clinical team"],
-        "did": ["diagnosed", "treated", "prescribed", "monitored", "vaccinated",
-                "examined"],
-        "what": ["a fractured wrist", "the fever", "high blood pressure",
-                 "the infection", "antibiotics", "the heart rhythm"],
-        "how": ["in the emergency ward", "after the blood test", "at the clinic",
-                "during the night shift", "before surgery"],
+        "who": ["the nurse", "the surgeon", "the patient", "the pharmacist", "the clinical team"],
+        "did": ["diagnosed", "treated", "prescribed", "monitored", "vaccinated", "examined"],
+        "what": [
+            "a fractured wrist",
+            "the fever",
+            "high blood pressure",
+            "the infection",
+            "antibiotics",
+            "the heart rhythm",
+        ],
+        "how": [
+            "in the emergency ward",
+            "after the blood test",
+            "at the clinic",
+            "during the night shift",
+            "before surgery",
+        ],
     },
     "music": {
         "who": ["the orchestra", "the drummer", "a jazz trio", "the choir", "the guitarist"],
         "did": ["rehearsed", "performed", "recorded", "improvised", "tuned", "composed"],
-        "what": ["a symphony", "the new album", "an old ballad", "the violin solo",
-                 "a catchy chorus", "the opening song"],
-        "how": ["in the concert hall", "at the festival", "late into the night",
-                "in a small studio", "for a sold-out crowd"],
+        "what": [
+            "a symphony",
+            "the new album",
+            "an old ballad",
+            "the violin solo",
+            "a catchy chorus",
+            "the opening song",
+        ],
+        "how": [
+            "in the concert hall",
+            "at the festival",
+            "late into the night",
+            "in a small studio",
+            "for a sold-out crowd",
+        ],
     },
 }
 
@@ -108,9 +210,11 @@ def make_corpus(n_docs: int = 4000, seed: int = 0) -> pd.DataFrame:
     chosen = rng.integers(len(topics), size=n_docs)
     shapes = rng.integers(len(_SHAPES), size=n_docs)
     texts = []
-    for topic_index, shape_index in zip(chosen, shapes):
-        words = {slot: options[rng.integers(len(options))] for slot, options in
-                 _TOPICS[topics[topic_index]].items()}
+    for topic_index, shape_index in zip(chosen, shapes, strict=True):
+        words = {
+            slot: options[rng.integers(len(options))]
+            for slot, options in _TOPICS[topics[topic_index]].items()
+        }
         text = _SHAPES[shape_index].format(**words)
         texts.append(text[0].upper() + text[1:])
     return pd.DataFrame(
@@ -180,6 +284,8 @@ def run_demo(
 
     written = ds.dataset(output_dir, format="parquet", partitioning="hive").to_table().to_pandas()
     within, across = topic_coherence(written)
-    say(f"  check       {len(written):,} vectors read back from {posixpath.join(output_dir, '')}; "
-        f"mean cosine within a topic {within:.3f}, across topics {across:.3f}")
+    say(
+        f"  check       {len(written):,} vectors read back from {posixpath.join(output_dir, '')}; "
+        f"mean cosine within a topic {within:.3f}, across topics {across:.3f}"
+    )
     return result

@@ -72,7 +72,11 @@ def _warm_up(client: Any, model: ModelSpec) -> None:
     workers = list(client.scheduler_info(n_workers=-1)["workers"])
     futures = [
         client.submit(
-            _load_model, model, workers=[w], allow_other_workers=False, pure=False,
+            _load_model,
+            model,
+            workers=[w],
+            allow_other_workers=False,
+            pure=False,
             key=f"batchinfer-load-{uuid.uuid4().hex[:8]}",
         )
         for w in workers
@@ -257,7 +261,11 @@ def run_job(
         loads = model_stats(c, model)
 
     files = sorted(
-        ({"path": path, "rows": rows, "partition": s["partition"]} for s in stats for path, rows in s["files"]),
+        (
+            {"path": path, "rows": rows, "partition": s["partition"]}
+            for s in stats
+            for path, rows in s["files"]
+        ),
         key=lambda f: (f["partition"], f["path"]),
     )
     result = JobResult(
@@ -280,7 +288,9 @@ def run_job(
     return result
 
 
-def _write_manifest(fs: fsspec.AbstractFileSystem, root: str, result: JobResult, model: ModelSpec) -> None:
+def _write_manifest(
+    fs: fsspec.AbstractFileSystem, root: str, result: JobResult, model: ModelSpec
+) -> None:
     from dask_batchinfer import __version__
 
     manifest = {

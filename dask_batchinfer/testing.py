@@ -123,5 +123,5 @@ def uneven_partitions(frame: pd.DataFrame, sizes: Sequence[int]):
     if sum(sizes) != len(frame):
         raise ValueError(f"sizes add up to {sum(sizes)}, the frame has {len(frame)} rows")
     bounds = np.cumsum([0, *sizes])
-    chunks = [frame.iloc[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+    chunks = [frame.iloc[start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
     return dd.from_map(_identity, chunks, meta=frame.iloc[:0], enforce_metadata=False)

@@ -1,8 +1,8 @@
 """The public API: __all__ is complete, sorted and importable."""
 
 from __future__ import annotations
-
 import __future__
+
 import types
 
 import dask_batchinfer as dbi
@@ -11,8 +11,10 @@ import dask_batchinfer as dbi
 def test_all_is_sorted_and_complete():
     assert dbi.__all__ == sorted(dbi.__all__)
     public = {
-        name for name, value in vars(dbi).items()
-        if not name.startswith("_") and not isinstance(value, (types.ModuleType, __future__._Feature))
+        name
+        for name, value in vars(dbi).items()
+        if not name.startswith("_")
+        and not isinstance(value, (types.ModuleType, __future__._Feature))
     }
     assert public <= set(dbi.__all__), public - set(dbi.__all__)
     for name in dbi.__all__:

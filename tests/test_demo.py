@@ -21,8 +21,11 @@ def test_demo_embeds_the_corpus(client, tmp_path):
     result = run_demo(str(tmp_path), n_docs=240, partitions=3, client=client, verbose=False)
     assert (result.rows_in, result.rows_out, result.partitions) == (240, 240, 3)
     assert set(result.model_loads.values()) == {1}
-    written = ds.dataset(str(tmp_path / "embeddings"), format="parquet",
-                         partitioning="hive").to_table().to_pandas()
+    written = (
+        ds.dataset(str(tmp_path / "embeddings"), format="parquet", partitioning="hive")
+        .to_table()
+        .to_pandas()
+    )
     assert sorted(written["doc_id"]) == list(range(240))
     vectors = np.stack(written["embedding"].to_numpy())
     assert vectors.shape == (240, 384)

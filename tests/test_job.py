@@ -53,8 +53,9 @@ def _check_output(fs, root: str, frame: pd.DataFrame, seed: int, storage_options
 def test_run_job_local_dataframe(client, tmp_path):
     frame = make_features(3000, seed=1)
     spec = tiny_model(seed=21)
-    result = dbi.run_job(dd.from_pandas(frame, npartitions=12), spec, output=str(tmp_path / "out"),
-                         keep=["id"])
+    result = dbi.run_job(
+        dd.from_pandas(frame, npartitions=12), spec, output=str(tmp_path / "out"), keep=["id"]
+    )
     assert (result.rows_in, result.rows_out, result.partitions) == (3000, 3000, 12)
     assert result.rows_per_second > 0 and result.wall_seconds > 0
     assert set(result.model_loads.values()) == {1}
@@ -74,11 +75,19 @@ def test_run_job_from_parquet_files_with_partition_on(client, tmp_path):
     frame["country"] = pd.array(np.array(["FR", "DE", "US"])[np.arange(1200) % 3], dtype="str")
     fs = fsspec.filesystem("file")
     _write_inputs(fs, str(tmp_path / "in"), frame, files=5)
-    result = dbi.run_job(str(tmp_path / "in"), tiny_model(seed=22), output=str(tmp_path / "out"),
-                         keep=["id"], partition_on=["country"])
+    result = dbi.run_job(
+        str(tmp_path / "in"),
+        tiny_model(seed=22),
+        output=str(tmp_path / "out"),
+        keep=["id"],
+        partition_on=["country"],
+    )
     assert result.partitions == 5 and result.rows_out == 1200
     assert sorted(p for p in os.listdir(tmp_path / "out") if not p.startswith("_")) == [
-        "country=DE", "country=FR", "country=US"]
+        "country=DE",
+        "country=FR",
+        "country=US",
+    ]
     assert len(os.listdir(tmp_path / "out" / "country=FR")) == 5
     table = ds.dataset(str(tmp_path / "out"), format="parquet", partitioning="hive").to_table()
     back = table.to_pandas().sort_values("id")
@@ -90,14 +99,20 @@ def test_run_job_on_s3(client, s3):
     fs, storage_options = s3
     frame = make_features(900, seed=3)
     _write_inputs(fs, "batchinfer-test/in", frame, files=4)
-    result = dbi.run_job("s3://batchinfer-test/in/", tiny_model(seed=23),
-                         output="s3://batchinfer-test/out", keep=["id"],
-                         storage_options=storage_options)
+    result = dbi.run_job(
+        "s3://batchinfer-test/in/",
+        tiny_model(seed=23),
+        output="s3://batchinfer-test/out",
+        keep=["id"],
+        storage_options=storage_options,
+    )
     assert (result.partitions, result.rows_out) == (4, 900)
     fs.invalidate_cache()
     _check_output(fs, "batchinfer-test/out", frame, 23, storage_options)
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("batchinfer-test/out")) == [
-        "_SUCCESS", *[f"part-{i:05d}.parquet" for i in range(4)]]
+        "_SUCCESS",
+        *[f"part-{i:05d}.parquet" for i in range(4)],
+    ]
 
 
 def test_run_job_failure_leaves_no_manifest(client, tmp_path):
@@ -105,17 +120,26 @@ def test_run_job_failure_leaves_no_manifest(client, tmp_path):
     frame["f1"] = frame["f1"].astype(object)
     frame.loc[35, "f1"] = "oops"
     with pytest.raises(dbi.PartitionError, match="partition 3"):
-        dbi.run_job(dd.from_pandas(frame, npartitions=4), tiny_model(n_features=2),
-                    output=str(tmp_path / "out"))
+        dbi.run_job(
+            dd.from_pandas(frame, npartitions=4),
+            tiny_model(n_features=2),
+            output=str(tmp_path / "out"),
+        )
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
 def test_model_load_failure_stops_before_reading(client, tmp_path):
-    spec = dbi.from_torch(make_mlp, factory_kwargs={"hidden": -1}, input_columns=feature_columns(8),
-                          outputs={"score": "float32"}, name="bad-hidden")
+    spec = dbi.from_torch(
+        make_mlp,
+        factory_kwargs={"hidden": -1},
+        input_columns=feature_columns(8),
+        outputs={"score": "float32"},
+        name="bad-hidden",
+    )
     with pytest.raises(dbi.ModelLoadError, match="bad-hidden"):
-        dbi.run_job(dd.from_pandas(make_features(10), npartitions=2), spec,
-                    output=str(tmp_path / "out"))
+        dbi.run_job(
+            dd.from_pandas(make_features(10), npartitions=2), spec, output=str(tmp_path / "out")
+        )
     assert not [p for p in os.listdir(tmp_path / "out") if p.endswith(".parquet")]
 
 
@@ -123,10 +147,22 @@ def test_torch_threads_match_worker_threads(tmp_path):
     """Forward passes in a 2-thread worker use 2 torch threads (the nanny's default is 1)."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
-                      dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING) as cluster, \
-            Client(cluster, set_as_default=False) as c:
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.WARNING,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as c,
+    ):
         assert c.submit(torch.get_num_threads, pure=False).result() == 1
-        dbi.run_job(dd.from_pandas(make_features(400), npartitions=8), threads_probe(),
-                    output=str(tmp_path / "out"), client=c)
+        dbi.run_job(
+            dd.from_pandas(make_features(400), npartitions=8),
+            threads_probe(),
+            output=str(tmp_path / "out"),
+            client=c,
+        )
     assert set(pd.read_parquet(tmp_path / "out")["threads"]) == {2}

@@ -52,10 +52,14 @@ def test_run_model_matches_plain_torch_with_micro_batches():
     frame = make_features(1000, n_features=8, seed=3)
     spec = tiny_model(seed=11, batch_size=64)
     out = run_model(spec, frame)
-    expected = make_mlp(8, 16, 11)(torch.from_numpy(frame[list(spec.input_columns)].to_numpy().copy()))
+    expected = make_mlp(8, 16, 11)(
+        torch.from_numpy(frame[list(spec.input_columns)].to_numpy().copy())
+    )
     assert out.index.equals(frame.index)
     assert out["score"].dtype == np.float32
-    np.testing.assert_allclose(out["score"].to_numpy(), expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out["score"].to_numpy(), expected.detach().numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_micro_batches_have_batch_size_rows():
@@ -128,8 +132,11 @@ def test_cache_loads_once_under_concurrency():
 
 def test_model_load_failure_names_the_model():
     spec = dbi.from_torch(
-        make_mlp, factory_kwargs={"n_features": "eight"}, input_columns=["f0"],
-        outputs={"s": "float32"}, name="broken-mlp",
+        make_mlp,
+        factory_kwargs={"n_features": "eight"},
+        input_columns=["f0"],
+        outputs={"s": "float32"},
+        name="broken-mlp",
     )
     with pytest.raises(dbi.ModelLoadError, match="broken-mlp.*make_mlp"):
         cache.get_model(spec)

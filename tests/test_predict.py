@@ -46,7 +46,9 @@ def test_graph_stays_small_with_a_large_model(client):
     weights = sum(p.numel() * p.element_size() for p in make_mlp(**kwargs).parameters())
     assert weights > 100 * 2**20
     spec = dbi.from_torch(
-        make_mlp, factory_kwargs=kwargs, input_columns=feature_columns(64),
+        make_mlp,
+        factory_kwargs=kwargs,
+        input_columns=feature_columns(64),
         outputs={"score": "float32"},
     )
     ddf = dd.from_pandas(make_features(200, n_features=64), npartitions=20)
@@ -71,7 +73,9 @@ def test_matches_in_process_torch_with_uneven_partitions(client):
     result = out.compute()
 
     with torch.inference_mode():
-        expected = make_mlp(8, 16, seed)(torch.from_numpy(frame[feature_columns(8)].to_numpy().copy()))
+        expected = make_mlp(8, 16, seed)(
+            torch.from_numpy(frame[feature_columns(8)].to_numpy().copy())
+        )
     assert result["id"].tolist() == frame["id"].tolist()
     assert result["name"].tolist() == frame["name"].tolist()
     np.testing.assert_allclose(result["score"].to_numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
@@ -84,8 +88,9 @@ def _add_features(frame: pd.DataFrame) -> pd.DataFrame:
 def test_preprocess_runs_on_workers_and_keeps_rows(client):
     frame = pd.DataFrame({"id": np.arange(100), "x": np.linspace(-1, 1, 100, dtype=np.float32)})
     spec = tiny_model(seed=3)
-    result = dbi.predict(dd.from_pandas(frame, npartitions=4), spec, preprocess=_add_features,
-                         keep="id").compute()
+    result = dbi.predict(
+        dd.from_pandas(frame, npartitions=4), spec, preprocess=_add_features, keep="id"
+    ).compute()
     expected = dbi.predict(dd.from_pandas(_add_features(frame), npartitions=4), spec).compute()
     np.testing.assert_allclose(result["score"].to_numpy(), expected["score"].to_numpy(), rtol=1e-6)
 

@@ -44,7 +44,7 @@ def output_schema(meta: pd.DataFrame) -> pa.Schema:
 
 def _hive_dir(partition_on: Sequence[str], values: tuple[Any, ...]) -> str:
     parts = []
-    for column, value in zip(partition_on, values):
+    for column, value in zip(partition_on, values, strict=True):
         text = HIVE_NULL if pd.isna(value) else quote(str(value), safe="")
         parts.append(f"{column}={text}")
     return "/".join(parts)
