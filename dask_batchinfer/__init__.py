@@ -16,6 +16,7 @@ from dask_batchinfer import _config  # noqa: F401  (registers the batchinfer.* d
 from dask_batchinfer.cache import model_stats
 from dask_batchinfer.cluster import local_cluster
 from dask_batchinfer.errors import BatchInferError, InputError, ModelLoadError, PartitionError
+from dask_batchinfer.io.read import read_output
 from dask_batchinfer.job import run_job
 from dask_batchinfer.model import ModelSpec, from_callable, from_torch, sentence_encoder
 from dask_batchinfer.predict import predict
@@ -36,6 +37,7 @@ __all__ = [
     "local_cluster",
     "model_stats",
     "predict",
+    "read_output",
     "run_job",
     "sentence_encoder",
 ]

@@ -116,6 +116,14 @@ def _parser() -> argparse.ArgumentParser:
         help="write hive folders by these columns, e.g. country=FR/",
     )
     run.add_argument(
+        "--mode",
+        choices=["resume", "overwrite", "error"],
+        default="resume",
+        help="resume (default): skip partitions already committed with the same inputs, "
+        "model and code, run the rest; overwrite: recompute everything, the old output "
+        "stays readable until the new one commits; error: refuse an existing output",
+    )
+    run.add_argument(
         "--json", action="store_true", help="print the result summary as JSON instead of text"
     )
 
@@ -166,6 +174,7 @@ def _run(args: argparse.Namespace) -> int:
         preprocess=preprocess,
         keep=args.keep or None,
         partition_on=args.partition_on or None,
+        mode=args.mode,
         client=args.scheduler,
     )
     print(json.dumps(result.summary(), indent=1) if args.json else result)
@@ -203,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BatchInferError as err:
         print(f"dask-batchinfer: job failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as err:  # storage: permission denied, no such bucket, retries exhausted
+        print(f"dask-batchinfer: job failed: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILED
 
 

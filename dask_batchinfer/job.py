@@ -1,15 +1,17 @@
 """``run_job()``: read, preprocess, infer, write partitioned Parquet, commit.
 
-Each input partition becomes two tasks: its read (from the input's own graph)
-and one ``process`` task that preprocesses, runs the model and writes and
-commits the partition's output file(s) from the worker. Only a bounded window
-of partitions is in flight at once, so memory stays flat however large the
-input; nothing but small per-partition statistics returns to the client.
+Each input partition to run becomes two tasks: its read (from the input's own
+graph) and one ``process`` task that preprocesses, runs the model, writes its
+file(s) and commits the partition's marker from the worker. Only a bounded
+window of partitions is in flight at once, so memory stays flat however large
+the input; nothing but small per-partition statistics returns to the client.
+
+Partitions already committed with the same fingerprint are skipped (resume,
+incremental runs); see :mod:`dask_batchinfer.io.commit` for the protocol.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import time
@@ -21,21 +23,35 @@ from typing import Any
 import fsspec
 import pandas as pd
 import pyarrow as pa
+from dask.base import tokenize
 from dask.optimization import cull
 
 from dask_batchinfer import _config
 from dask_batchinfer.cache import get_model, model_stats
 from dask_batchinfer.cluster import connect
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.io.parquet import STAGING, output_schema, write_partition
-from dask_batchinfer.io.read import read_parquet_files
+from dask_batchinfer.fingerprint import code_token, partition_slug
+from dask_batchinfer.io.commit import (
+    MANIFEST,
+    STAGING,
+    OutputState,
+    Partition,
+    collect_garbage,
+    ensure_dir,
+    load_state,
+    write_json,
+    write_marker,
+)
+from dask_batchinfer.io.parquet import output_schema, write_partition
+from dask_batchinfer.io.read import InputFile, read_parquet_files
+from dask_batchinfer.io.retry import RetryStats, retry
 from dask_batchinfer.model import ModelSpec
 from dask_batchinfer.predict import Preprocess, check_keep, check_spec, infer_partition, output_meta
 from dask_batchinfer.report import JobResult
 
-__all__ = ["run_job"]
+__all__ = ["MODES", "run_job"]
 
-MANIFEST = "_SUCCESS"
+MODES = ("resume", "overwrite", "error")
 
 
 def _open_source(source: Any, storage_options: Mapping[str, Any]):
@@ -67,6 +83,48 @@ def _check_partition_on(
     return tuple(partition_on)
 
 
+def _check_not_nested(source: Any, output: str, storage_options: Mapping[str, Any]) -> None:
+    """Refuse an output inside the input, or an input inside the output."""
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    in_fs, in_root = fsspec.core.url_to_fs(os.fspath(source), **storage_options)
+    out_fs, out_root = fsspec.core.url_to_fs(output, **storage_options)
+    if in_fs.protocol != out_fs.protocol:
+        return
+    a, b = in_root.rstrip("/") + "/", out_root.rstrip("/") + "/"
+    if a.startswith(b) or b.startswith(a):
+        raise InputError(
+            f"output {output!r} and input {os.fspath(source)!r} overlap; the job deletes stale "
+            f"files under its output, so write to a folder outside the input"
+        )
+
+
+def _partitions(
+    ddf: Any, files: list[InputFile] | None, job_token: str, generation: str
+) -> list[Partition]:
+    if files is not None:
+        return [
+            Partition(
+                number=i,
+                slug=partition_slug(f.relpath),
+                source=f.path,
+                fingerprint=tokenize(f.relpath, f.size, f.version, job_token),
+                generation=generation,
+            )
+            for i, f in enumerate(files)
+        ]
+    return [
+        Partition(
+            number=i,
+            slug=f"{i:05d}",
+            source=None,
+            fingerprint=tokenize(key, job_token),
+            generation=generation,
+        )
+        for i, key in enumerate(ddf.__dask_keys__())
+    ]
+
+
 def _warm_up(client: Any, model: ModelSpec) -> None:
     """Load the model on every worker in parallel before any input is read."""
     workers = list(client.scheduler_info(n_workers=-1)["workers"])
@@ -85,14 +143,13 @@ def _warm_up(client: Any, model: ModelSpec) -> None:
 
 
 def _load_model(model: ModelSpec) -> None:
-    get_model(model)
+    get_model(model)  # returns nothing: the model never travels to the client
 
 
 def _process_partition(
     frame: pd.DataFrame,
     *,
-    number: int,
-    source: str | None,
+    partition: Partition,
     model: ModelSpec,
     preprocess: Preprocess | None,
     keep: tuple[str, ...],
@@ -106,21 +163,36 @@ def _process_partition(
 
     start = time.perf_counter()
     result = infer_partition(
-        frame, model=model, preprocess=preprocess, keep=keep, number=number, source=source
+        frame,
+        model=model,
+        preprocess=preprocess,
+        keep=keep,
+        number=partition.number,
+        source=partition.source,
     )
     inferred = time.perf_counter()
     fs, root = fsspec.core.url_to_fs(output, **storage_options)
+    retries = RetryStats()
     files = write_partition(
-        result, fs=fs, root=root, number=number, schema=schema, partition_on=partition_on
+        result,
+        fs=fs,
+        root=root,
+        stem=partition.stem,
+        schema=schema,
+        partition_on=partition_on,
+        stats=retries,
     )
+    write_marker(fs, root, partition, files=files, rows_in=len(frame), stats=retries)
     return {
-        "partition": number,
+        "slug": partition.slug,
+        "partition": partition.number,
         "rows_in": len(frame),
         "rows_out": len(result),
         "files": files,
         "worker": get_worker().address,
         "infer_seconds": inferred - start,
         "write_seconds": time.perf_counter() - inferred,
+        "retries": retries.retries,
     }
 
 
@@ -136,10 +208,11 @@ def run_job(
     preprocess: Preprocess | None = None,
     keep: Sequence[str] | str | None = None,
     partition_on: Sequence[str] | str | None = None,
+    mode: str = "resume",
     client: Any = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> JobResult:
-    """Run a batch inference job and write the results as partitioned Parquet.
+    """Run a batch inference job and write the results as partitioned Parquet, exactly once.
 
     Parameters
     ----------
@@ -149,9 +222,10 @@ def run_job(
     model : ModelSpec
         The model recipe, loaded once per worker process.
     output : str
-        Folder to write to (local path or ``s3://``). Each input partition ``i``
-        becomes ``part-0000i.parquet`` (inside hive folders with
-        ``partition_on``), and ``_SUCCESS`` is written last.
+        Folder to write to (local path or ``s3://``). Each input partition
+        becomes ``part-<name>-<id>.parquet`` (inside hive folders with
+        ``partition_on``) plus a marker in ``_committed/``; ``_SUCCESS`` is
+        written when all are committed. See the README's "Output layout".
     preprocess : callable, optional
         ``preprocess(partition) -> DataFrame``, run on the workers before the model.
     keep : list of str, optional
@@ -159,6 +233,14 @@ def run_job(
     partition_on : list of str, optional
         Columns (input or output) to split the output into hive folders
         (``country=FR/``). Input columns named here are kept automatically.
+    mode : {"resume", "overwrite", "error"}, default "resume"
+        ``"resume"`` skips partitions already committed with the same
+        fingerprint (input file, model, preprocessing, columns, package
+        version) and runs the rest; a finished job returns at once, writing
+        nothing. ``"overwrite"`` recomputes every partition under new file
+        names: the previous dataset stays complete until the new ``_SUCCESS``
+        is written, then its files are deleted. ``"error"`` refuses an output
+        folder that exists and is not empty.
     client : distributed.Client or str, optional
         The cluster to use, or a scheduler address. Default: the current
         client if there is one, else a :func:`local_cluster` for this job.
@@ -168,7 +250,8 @@ def run_job(
     Returns
     -------
     JobResult
-        Rows in and out, wall time, model load time per worker, rows per second.
+        Rows in and out, partitions run/skipped/invalidated, retries, wall
+        time, model load time per worker, rows per second.
 
     Raises
     ------
@@ -177,24 +260,31 @@ def run_job(
     ModelLoadError
         When the model cannot load on a worker, before any input is read.
     PartitionError
-        When a partition fails; partitions committed so far stay, ``_SUCCESS``
-        is not written.
+        When a partition fails; committed partitions stay (a re-run resumes),
+        ``_SUCCESS`` is not written.
 
     Examples
     --------
     >>> result = dbi.run_job("s3://shop/features/", spec, output="s3://shop/scores/",
     ...                      keep=["user_id"])  # doctest: +SKIP
-    >>> result.rows_per_second                   # doctest: +SKIP
-    41234.5
+    >>> result.partitions_run, result.partitions_skipped  # doctest: +SKIP
+    (1, 364)
     """
+    from dask_batchinfer import __version__
+
     wall_start = time.perf_counter()
     started = _now()
     model = check_spec(model)
+    if mode not in MODES:
+        raise InputError(f"mode={mode!r}: expected one of {MODES}")
     if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
         raise InputError(f"output must be a local path or URL, got {output!r}")
+    if preprocess is not None and not callable(preprocess):
+        raise InputError(f"preprocess must be callable, got {preprocess!r}")
     output = os.fspath(output)
     storage_options = dict(storage_options or {})
-    ddf, sources = _open_source(source, storage_options)
+    _check_not_nested(source, output, storage_options)
+    ddf, files = _open_source(source, storage_options)
     keep = check_keep(keep, list(ddf.columns))
     partition_on = _check_partition_on(partition_on, list(ddf.columns), model)
     keep = keep + tuple(c for c in partition_on if c in ddf.columns and c not in keep)
@@ -207,109 +297,211 @@ def run_job(
             )
     schema = output_schema(output_meta(ddf._meta, model, keep))
     fs, root = fsspec.core.url_to_fs(output, **storage_options)
-    fs.makedirs(root, exist_ok=True)
+    root = root.rstrip("/")
+    state = load_state(fs, root)
+    if mode == "error" and state.exists:
+        raise InputError(
+            f"output {output!r} exists and is not empty (mode='error'); choose another "
+            f"folder, or pass mode='resume' or mode='overwrite'"
+        )
 
     ddf = ddf.optimize()
-    graph = dict(ddf.__dask_graph__())
-    keys = ddf.__dask_keys__()
-    job_id = uuid.uuid4().hex[:8]
-    stats: list[dict[str, Any]] = []
-    with connect(client) as c:
-        from distributed import as_completed
-
-        _warm_up(c, model)
-        threads = sum(w["nthreads"] for w in c.scheduler_info(n_workers=-1)["workers"].values())
-        window = max(2, int(_config.get("inflight-per-thread")) * threads)
-        pending = as_completed(loop=c.loop)
-        todo = iter(enumerate(keys))
-
-        def submit_next() -> None:
-            item = next(todo, None)
-            if item is None:
-                return
-            number, key = item
-            read = c.get(cull(graph, [key])[0], [key], sync=False)[0]
-            pending.add(
-                c.submit(
-                    _process_partition,
-                    read,
-                    number=number,
-                    source=sources[number] if sources else None,
-                    model=model,
-                    preprocess=preprocess,
-                    keep=keep,
-                    partition_on=partition_on,
-                    schema=schema,
-                    output=output,
-                    storage_options=storage_options,
-                    key=f"batchinfer-process-{job_id}-{number}",
-                )
-            )
-
-        for _ in range(window):
-            submit_next()
-        for future in pending:
-            try:
-                stats.append(future.result())
-            except BaseException:
-                for other in list(pending.futures):
-                    other.cancel()
-                raise
-            finally:
-                future.release()
-            submit_next()
-        loads = model_stats(c, model)
-
-    files = sorted(
-        (
-            {"path": path, "rows": rows, "partition": s["partition"]}
-            for s in stats
-            for path, rows in s["files"]
-        ),
-        key=lambda f: (f["partition"], f["path"]),
+    job_token = tokenize(
+        model.token, code_token(preprocess), keep, partition_on, schema.to_string(), __version__
     )
+    generation = uuid.uuid4().hex if mode == "overwrite" else ""
+    partitions = _partitions(ddf, files, job_token, generation)
+    job_fingerprint = tokenize([p.fingerprint for p in partitions])
+
+    if mode == "resume" and _finished(state, job_fingerprint):
+        return _result_from_manifest(state, output, model, wall_start)
+
+    done: dict[str, dict[str, Any]] = {}
+    invalidated = 0
+    for p in partitions:
+        marker = state.committed(p) if mode == "resume" else None
+        if marker is not None:
+            done[p.slug] = marker
+        elif p.slug in state.markers:
+            invalidated += 1
+    todo = [p for p in partitions if p.slug not in done]
+
+    stats: list[dict[str, Any]] = []
+    loads: dict[str, Any] = {}
+    if todo:
+        _check_writable(fs, root, output)
+        with connect(client) as c:
+            _warm_up(c, model)
+            stats = _run_partitions(
+                c,
+                ddf,
+                todo,
+                model=model,
+                preprocess=preprocess,
+                keep=keep,
+                partition_on=partition_on,
+                schema=schema,
+                output=output,
+                storage_options=storage_options,
+            )
+            loads = model_stats(c, model)
+
+    committed = [
+        {"slug": slug, **{k: m[k] for k in ("rows_in", "rows_out")}, "files": m["files"]}
+        for slug, m in done.items()
+    ] + [
+        {
+            "slug": s["slug"],
+            "rows_in": s["rows_in"],
+            "rows_out": s["rows_out"],
+            "files": [{"path": path, "rows": rows} for path, rows in s["files"]],
+        }
+        for s in stats
+    ]
+    number = {p.slug: p.number for p in partitions}
+    committed.sort(key=lambda c: number[c["slug"]])
+    file_list = [
+        {"path": f["path"], "rows": f["rows"], "partition": c["slug"]}
+        for c in committed
+        for f in c["files"]
+    ]
     result = JobResult(
         output=output,
         model=model.name or "",
-        partitions=len(keys),
-        rows_in=sum(s["rows_in"] for s in stats),
-        rows_out=sum(s["rows_out"] for s in stats),
+        mode=mode,
+        partitions=len(partitions),
+        partitions_run=len(todo),
+        partitions_skipped=len(done),
+        partitions_invalidated=invalidated,
+        rows_in=sum(c["rows_in"] for c in committed),
+        rows_out=sum(c["rows_out"] for c in committed),
         wall_seconds=0.0,
         model_load_seconds={w: s["load_seconds"] for w, s in loads.items() if s},
         model_loads={w: s["loads"] for w, s in loads.items() if s},
-        files=files,
+        files=file_list,
         infer_seconds=sum(s["infer_seconds"] for s in stats),
         write_seconds=sum(s["write_seconds"] for s in stats),
+        retries=sum(s["retries"] for s in stats),
         started=started,
     )
-    _write_manifest(fs, root, result, model)
+    manifest_retries = RetryStats()
     result.finished = _now()
+    write_json(
+        fs,
+        root,
+        MANIFEST,
+        {
+            "version": __version__,
+            "job_fingerprint": job_fingerprint,
+            "model": model.name,
+            "model_token": model.token,
+            "preprocess_token": code_token(preprocess),
+            "input": [
+                {"slug": p.slug, "source": p.source, "fingerprint": p.fingerprint}
+                for p in partitions
+            ],
+            "started": result.started,
+            "finished": result.finished,
+            **result.summary(),
+        }
+        | {"files": file_list},
+        manifest_retries,
+    )
+    result.retries += manifest_retries.retries
+    result.files_removed = collect_garbage(
+        fs,
+        root,
+        keep_files={f["path"] for f in file_list},
+        keep_slugs={p.slug for p in partitions},
+        state=state,
+    )
     result.wall_seconds = time.perf_counter() - wall_start
     return result
 
 
-def _write_manifest(
-    fs: fsspec.AbstractFileSystem, root: str, result: JobResult, model: ModelSpec
-) -> None:
-    from dask_batchinfer import __version__
+def _check_writable(fs: fsspec.AbstractFileSystem, root: str, output: str) -> None:
+    """Write and delete a probe, so a wrong bucket or missing permission fails before any work."""
+    probe = posixpath.join(root, STAGING, f"probe-{uuid.uuid4().hex}")
 
-    manifest = {
-        "version": __version__,
-        "model": model.name,
-        "model_token": model.token,
-        "started": result.started,
-        "finished": _now(),
-        "partitions": result.partitions,
-        "rows_in": result.rows_in,
-        "rows_out": result.rows_out,
-        "files": result.files,
-    }
-    fs.makedirs(posixpath.join(root, STAGING), exist_ok=True)
-    staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{MANIFEST}")
-    with fs.open(staged, "w") as f:
-        json.dump(manifest, f, indent=1)
-    fs.mv(staged, posixpath.join(root, MANIFEST))
-    try:
-        fs.rmdir(posixpath.join(root, STAGING))  # empty once every attempt committed
-    except OSError:
-        pass  # a straggling attempt still writes there; readers skip "_" folders anyway
+    def put() -> None:
+        ensure_dir(fs, posixpath.dirname(probe))
+        fs.pipe_file(probe, b"")
+
+    retry(put, what=f"writing to output {output!r} ({probe})")
+    retry(lambda: fs.rm(probe), what=f"removing {probe}")
+
+
+def _finished(state: OutputState, job_fingerprint: str) -> bool:
+    manifest = state.manifest
+    if not manifest or manifest.get("job_fingerprint") != job_fingerprint:
+        return False
+    return all(f["path"] in state.files for f in manifest.get("files", []))
+
+
+def _result_from_manifest(
+    state: OutputState, output: str, model: ModelSpec, wall_start: float
+) -> JobResult:
+    manifest = state.manifest or {}
+    return JobResult(
+        output=output,
+        model=model.name or "",
+        mode="resume",
+        partitions=len(manifest.get("input", [])),
+        partitions_run=0,
+        partitions_skipped=len(manifest.get("input", [])),
+        partitions_invalidated=0,
+        rows_in=int(manifest.get("rows_in", 0)),
+        rows_out=int(manifest.get("rows_out", 0)),
+        wall_seconds=time.perf_counter() - wall_start,
+        model_load_seconds={},
+        model_loads={},
+        files=list(manifest.get("files", [])),
+        started=manifest.get("started", ""),
+        finished=manifest.get("finished", ""),
+    )
+
+
+def _run_partitions(
+    c: Any, ddf: Any, todo: list[Partition], **options: Any
+) -> list[dict[str, Any]]:
+    """Submit ``todo`` through a bounded window; return each partition's statistics."""
+    from distributed import as_completed
+
+    graph = dict(ddf.__dask_graph__())
+    keys = ddf.__dask_keys__()
+    threads = sum(w["nthreads"] for w in c.scheduler_info(n_workers=-1)["workers"].values())
+    window = max(2, int(_config.get("inflight-per-thread")) * threads)
+    job_id = uuid.uuid4().hex[:8]
+    pending = as_completed(loop=c.loop)
+    queue = iter(todo)
+    stats: list[dict[str, Any]] = []
+
+    def submit_next() -> None:
+        partition = next(queue, None)
+        if partition is None:
+            return
+        key = keys[partition.number]
+        read = c.get(cull(graph, [key])[0], [key], sync=False)[0]
+        pending.add(
+            c.submit(
+                _process_partition,
+                read,
+                partition=partition,
+                key=f"batchinfer-process-{job_id}-{partition.number}",
+                **options,
+            )
+        )
+
+    for _ in range(window):
+        submit_next()
+    for future in pending:
+        try:
+            stats.append(future.result())
+        except BaseException:
+            for other in list(pending.futures):
+                other.cancel()
+            raise
+        finally:
+            future.release()
+        submit_next()
+    return stats

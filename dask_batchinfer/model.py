@@ -19,6 +19,7 @@ from dask.base import tokenize
 
 from dask_batchinfer import _config
 from dask_batchinfer.errors import InputError
+from dask_batchinfer.fingerprint import code_token, value_token
 
 if TYPE_CHECKING:
     import torch
@@ -125,10 +126,10 @@ class ModelSpec:
             self,
             "token",
             tokenize(
-                self.load,
-                self.load_kwargs,
-                self.predict,
-                self.collate,
+                code_token(self.load),
+                value_token(self.load_kwargs),
+                code_token(self.predict),
+                code_token(self.collate),
                 self.outputs,
                 self.input_columns,
                 self.batch_size,

@@ -18,8 +18,16 @@ class JobResult:
         Where the Parquet dataset was written.
     model : str
         The model's name.
+    mode : str
+        ``"resume"``, ``"overwrite"`` or ``"error"``.
     partitions : int
-        Input partitions processed.
+        Input partitions of the job.
+    partitions_run, partitions_skipped : int
+        Partitions computed by this call, and those already committed with
+        the same fingerprint (resume).
+    partitions_invalidated : int
+        Partitions committed by an earlier run whose fingerprint changed
+        (new model, preprocessing or input file) and were computed again.
     rows_in, rows_out : int
         Rows read and rows written.
     wall_seconds : float
@@ -33,11 +41,19 @@ class JobResult:
     infer_seconds, write_seconds : float
         Summed over partitions: time in preprocessing + inference, and in
         writing + committing.
+    retries : int
+        Storage calls retried after a transient error (S3 5xx, resets).
+    files_removed : int
+        Stale data files deleted after the commit (earlier runs' leftovers).
     """
 
     output: str
     model: str
+    mode: str
     partitions: int
+    partitions_run: int
+    partitions_skipped: int
+    partitions_invalidated: int
     rows_in: int
     rows_out: int
     wall_seconds: float
@@ -46,6 +62,8 @@ class JobResult:
     files: list[dict[str, Any]]
     infer_seconds: float = 0.0
     write_seconds: float = 0.0
+    retries: int = 0
+    files_removed: int = 0
     started: str = ""
     finished: str = ""
 
@@ -59,7 +77,11 @@ class JobResult:
         return {
             "output": self.output,
             "model": self.model,
+            "mode": self.mode,
             "partitions": self.partitions,
+            "partitions_run": self.partitions_run,
+            "partitions_skipped": self.partitions_skipped,
+            "partitions_invalidated": self.partitions_invalidated,
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
             "wall_seconds": round(self.wall_seconds, 3),
@@ -67,6 +89,8 @@ class JobResult:
             "model_load_seconds": {w: round(s, 3) for w, s in self.model_load_seconds.items()},
             "model_loads": dict(self.model_loads),
             "files": len(self.files),
+            "retries": self.retries,
+            "files_removed": self.files_removed,
         }
 
     def __str__(self) -> str:
@@ -78,9 +102,12 @@ class JobResult:
             [
                 f"dask-batchinfer job: {self.model}",
                 f"  output      {self.output}",
-                f"  partitions  {self.partitions} ({len(self.files)} files)",
+                f"  partitions  {self.partitions}: {self.partitions_run} run, "
+                f"{self.partitions_skipped} skipped (already committed), "
+                f"{self.partitions_invalidated} invalidated; {len(self.files)} files",
                 f"  rows        {self.rows_in:,} in, {self.rows_out:,} out",
                 f"  wall time   {self.wall_seconds:.2f} s  ({self.rows_per_second:,.0f} rows/s)",
-                f"  model load  {loads or 'n/a'}",
+                f"  model load  {loads or 'n/a (nothing to run)'}",
+                f"  storage     {self.retries} retries, {self.files_removed} stale files removed",
             ]
         )

@@ -12,6 +12,8 @@ Examples
 
 from __future__ import annotations
 
+import os
+import time
 from collections import Counter
 from collections.abc import Sequence
 
@@ -27,6 +29,9 @@ __all__ = [
     "feature_columns",
     "make_features",
     "make_mlp",
+    "read_call_log",
+    "set_call_log",
+    "slow_model",
     "threads_probe",
     "tiny_model",
     "uneven_partitions",
@@ -98,6 +103,74 @@ def threads_probe(n_features: int = 8) -> ModelSpec:
         outputs={"threads": "int32"},
         name="threads-probe",
     )
+
+
+#: Environment variable naming a file to which :func:`slow_model` appends one
+#: line per model call (``<pid> <rows>``), in whichever process runs it.
+CALL_LOG_ENV = "DASK_BATCHINFER_TEST_CALL_LOG"
+
+
+class _SlowMLP(TinyMLP):
+    def __init__(self, delay: float, **kwargs: int) -> None:
+        super().__init__(**kwargs)
+        self.delay = delay
+
+
+def make_slow_mlp(delay: float = 0.05, n_features: int = 8, hidden: int = 16, seed: int = 0):
+    """A :class:`TinyMLP` whose every forward pass sleeps ``delay`` seconds first."""
+    return _SlowMLP(delay, n_features=n_features, hidden=hidden, seed=seed)
+
+
+def _slow_counting_predict(model: _SlowMLP, batch: torch.Tensor) -> torch.Tensor:
+    time.sleep(model.delay)
+    log = os.environ.get(CALL_LOG_ENV)
+    if log:
+        with open(log, "a") as f:  # one short append per call: atomic on POSIX
+            f.write(f"{os.getpid()} {len(batch)}\n")
+    return model(batch)
+
+
+def slow_model(
+    delay: float = 0.1, seed: int = 0, n_features: int = 8, batch_size: int = 100
+) -> ModelSpec:
+    """A :class:`TinyMLP` spec that sleeps ``delay`` s per batch and logs its calls.
+
+    Its scores equal :func:`tiny_model`'s for the same seed. Set the
+    environment variable ``DASK_BATCHINFER_TEST_CALL_LOG`` to a file path (in
+    the workers' environment) to record every call; :func:`read_call_log`
+    sums the rows.
+    """
+    return from_torch(
+        make_slow_mlp,
+        factory_kwargs={"delay": delay, "n_features": n_features, "seed": seed},
+        predict=_slow_counting_predict,
+        input_columns=feature_columns(n_features),
+        outputs={"score": "float32"},
+        batch_size=batch_size,
+        name=f"slow-mlp-seed{seed}",
+    )
+
+
+def set_call_log(path: str | None) -> None:
+    """Set (or with ``None`` clear) :data:`CALL_LOG_ENV` in this process.
+
+    Run it on every worker with ``client.run(set_call_log, path)``.
+    """
+    if path is None:
+        os.environ.pop(CALL_LOG_ENV, None)
+    else:
+        os.environ[CALL_LOG_ENV] = path
+
+
+def read_call_log(path: str | os.PathLike) -> tuple[int, int]:
+    """``(calls, rows)`` recorded in a :data:`CALL_LOG_ENV` file (0, 0 when absent)."""
+    try:
+        with open(path) as f:
+            lines = f.read().split()
+    except FileNotFoundError:
+        return 0, 0
+    rows = [int(n) for n in lines[1::2]]
+    return len(rows), sum(rows)
 
 
 def make_features(rows: int, n_features: int = 8, seed: int = 0, start_id: int = 0) -> pd.DataFrame:

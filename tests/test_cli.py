@@ -36,6 +36,7 @@ def test_help_explains_every_option():
         "--keep",
         "--partition-on",
         "--preprocess",
+        "--mode",
     ):
         assert option in out
     assert (

@@ -64,7 +64,9 @@ def test_run_job_local_dataframe(client, tmp_path):
 
     _, manifest = _check_output(fsspec.filesystem("file"), str(tmp_path / "out"), frame, 21)
     assert manifest["model_token"] == spec.token
-    assert sorted(os.listdir(tmp_path / "out"))[:2] == ["_SUCCESS", "part-00000.parquet"]
+    names = sorted(os.listdir(tmp_path / "out"))
+    assert names[:2] == ["_SUCCESS", "_committed"] and len(names) == 2 + 12
+    assert all(n.startswith("part-000") and n.endswith(".parquet") for n in names[2:])
     assert "3,000 in, 3,000 out" in str(result)
 
 
@@ -109,10 +111,9 @@ def test_run_job_on_s3(client, s3):
     assert (result.partitions, result.rows_out) == (4, 900)
     fs.invalidate_cache()
     _check_output(fs, "batchinfer-test/out", frame, 23, storage_options)
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("batchinfer-test/out")) == [
-        "_SUCCESS",
-        *[f"part-{i:05d}.parquet" for i in range(4)],
-    ]
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls("batchinfer-test/out"))
+    assert names[:2] == ["_SUCCESS", "_committed"]
+    assert [n[: len("part-in-00")] for n in names[2:]] == [f"part-in-{i:02d}" for i in range(4)]
 
 
 def test_run_job_failure_leaves_no_manifest(client, tmp_path):
@@ -166,3 +167,29 @@ def test_torch_threads_match_worker_threads(tmp_path):
             client=c,
         )
     assert set(pd.read_parquet(tmp_path / "out")["threads"]) == {2}
+
+
+@pytest.mark.slow
+def test_same_output_whatever_the_cluster_and_partitioning(tmp_path):
+    """1 versus 3 workers, 10 versus 40 partitions: the same rows and values."""
+    from distributed import Client, LocalCluster
+
+    frame = make_features(4000, seed=12)
+    outputs = {}
+    for n_workers in (1, 3):
+        with (
+            LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                         host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                         silence_logs=logging.WARNING) as cluster,
+            Client(cluster, set_as_default=False) as c,
+        ):  # fmt: skip
+            for npartitions in (10, 40):
+                out = tmp_path / f"w{n_workers}-p{npartitions}"
+                dbi.run_job(dd.from_pandas(frame, npartitions=npartitions), tiny_model(seed=13),
+                            output=str(out), keep=["id"], client=c)  # fmt: skip
+                back = pd.read_parquet(out).sort_values("id").reset_index(drop=True)
+                outputs[n_workers, npartitions] = back
+    reference = outputs[1, 10]
+    assert reference["id"].tolist() == list(range(4000))
+    for key, other in outputs.items():
+        pd.testing.assert_frame_equal(other, reference, check_exact=True, obj=str(key))

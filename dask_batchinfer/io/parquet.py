@@ -1,20 +1,11 @@
-"""Write one output partition to Parquet: stage under ``_staging/``, then commit.
+"""Write one output partition as Parquet file(s) and move them into place.
 
-Layout of an output folder::
-
-    output/
-      part-00000.parquet          committed partitions (or hive folders with partition_on)
-      country=FR/part-00003.parquet
-      _staging/                    attempts in flight; invisible to readers (leading "_")
-      _SUCCESS                     JSON manifest, written last
-
-Each attempt writes a uniquely named staging file and then moves it onto the
-partition's deterministic name: a rename on local disk, a server-side copy on
-S3. Either way a reader sees a partition whole or not at all.
+See :mod:`dask_batchinfer.io.commit` for the folder layout and the protocol.
 """
 
 from __future__ import annotations
 
+import io
 import posixpath
 import uuid
 from collections.abc import Sequence
@@ -26,15 +17,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["STAGING", "output_schema", "part_name", "write_partition"]
+from dask_batchinfer.io.commit import STAGING, ensure_dir, move_into_place
+from dask_batchinfer.io.retry import RetryStats, retry
 
-STAGING = "_staging"
+__all__ = ["output_schema", "write_partition"]
+
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-
-
-def part_name(number: int) -> str:
-    """The committed file name of input partition ``number``."""
-    return f"part-{number:05d}.parquet"
 
 
 def output_schema(meta: pd.DataFrame) -> pa.Schema:
@@ -50,16 +38,21 @@ def _hive_dir(partition_on: Sequence[str], values: tuple[Any, ...]) -> str:
     return "/".join(parts)
 
 
-def _commit(fs: fsspec.AbstractFileSystem, table: pa.Table, root: str, relpath: str) -> None:
-    staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{posixpath.basename(relpath)}")
-    final = posixpath.join(root, relpath)
+def _put(
+    fs: fsspec.AbstractFileSystem,
+    table: pa.Table,
+    root: str,
+    relpath: str,
+    stats: RetryStats | None,
+) -> None:
     # No pandas metadata: readers rebuild dtypes from the Arrow schema, which
     # pandas cannot do from the metadata's text for fixed-size lists.
-    table = table.replace_schema_metadata(None)
-    with fs.open(staged, "wb") as f:
-        pq.write_table(table, f)
-    fs.makedirs(posixpath.dirname(final), exist_ok=True)
-    fs.mv(staged, final)
+    buffer = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(None), buffer)
+    data = buffer.getvalue()
+    staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{posixpath.basename(relpath)}")
+    retry(lambda: fs.pipe_file(staged, data), what=f"writing {staged}", stats=stats)
+    move_into_place(fs, staged, posixpath.join(root, relpath), stats)
 
 
 def write_partition(
@@ -67,31 +60,32 @@ def write_partition(
     *,
     fs: fsspec.AbstractFileSystem,
     root: str,
-    number: int,
+    stem: str,
     schema: pa.Schema,
     partition_on: Sequence[str] = (),
+    stats: RetryStats | None = None,
 ) -> list[tuple[str, int]]:
-    """Write and commit one partition; return ``(relative path, rows)`` per file written.
+    """Write one partition; return ``(relative path, rows)`` per file moved into place.
 
-    Without ``partition_on`` one file is written, even for an empty partition,
-    so every input partition has its output file. With ``partition_on`` one
-    file per key is written into hive folders (``country=FR/``), the key
-    columns dropped from the file as hive readers expect.
+    Without ``partition_on`` one file ``<stem>.parquet`` is written, even for an
+    empty partition. With ``partition_on`` one file per key is written into
+    hive folders (``country=FR/<stem>.parquet``), the key columns dropped from
+    the file as hive readers expect.
     """
-    fs.makedirs(posixpath.join(root, STAGING), exist_ok=True)
-    name = part_name(number)
+    ensure_dir(fs, posixpath.join(root, STAGING))
+    name = f"{stem}.parquet"
     if not partition_on:
         table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-        _commit(fs, table, root, name)
+        _put(fs, table, root, name, stats)
         return [(name, table.num_rows)]
     file_schema = pa.schema([f for f in schema if f.name not in partition_on])
     written = []
     for values, group in frame.groupby(list(partition_on), dropna=False, sort=True):
-        values = values if isinstance(values, tuple) else (values,)
-        relpath = f"{_hive_dir(partition_on, values)}/{name}"
+        key = values if isinstance(values, tuple) else (values,)
+        relpath = f"{_hive_dir(partition_on, key)}/{name}"
         table = pa.Table.from_pandas(
             group.drop(columns=list(partition_on)), schema=file_schema, preserve_index=False
         )
-        _commit(fs, table, root, relpath)
+        _put(fs, table, root, relpath, stats)
         written.append((relpath, table.num_rows))
     return written

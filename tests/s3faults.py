@@ -1,0 +1,106 @@
+"""A fault-injecting HTTP proxy in front of the moto S3 server, on 127.0.0.1.
+
+Every request is forwarded to moto unchanged, except that a chosen share of
+PUT requests (object uploads and server-side copies) is answered with an S3
+``500 InternalError`` instead, without reaching moto.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+_ERROR = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+    b"<Message>injected fault</Message><RequestId>fault</RequestId></Error>"
+)
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+
+
+class FaultProxy:
+    """Start with ``FaultProxy(upstream, put_failure_rate, seed)``; ``.url`` is the endpoint."""
+
+    def __init__(self, upstream: str, put_failure_rate: float, seed: int = 0) -> None:
+        self.upstream = urlsplit(upstream)
+        self.rate = put_failure_rate
+        self.random = random.Random(seed)
+        self.lock = threading.Lock()
+        self.puts = 0
+        self.injected = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _forward(self) -> None:
+                body = self._body()
+                if self.command == "PUT" and proxy._should_fail():
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(_ERROR)))
+                    self.end_headers()
+                    self.wfile.write(_ERROR)
+                    return
+                conn = http.client.HTTPConnection(
+                    proxy.upstream.hostname, proxy.upstream.port, timeout=30
+                )
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                if body or self.command in ("PUT", "POST"):
+                    headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status, response.reason)
+                head = self.command == "HEAD"  # keeps the upstream Content-Length
+                for key, value in response.getheaders():
+                    if key.lower() in _HOP_BY_HOP or (key.lower() == "content-length" and not head):
+                        continue
+                    self.send_header(key, value)
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _should_fail(self) -> bool:
+        with self.lock:
+            self.puts += 1
+            fail = self.random.random() < self.rate
+            self.injected += fail
+            return fail
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

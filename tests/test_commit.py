@@ -1,0 +1,304 @@
+"""The commit protocol, one suite for every storage backend (local disk and S3).
+
+Each test runs twice: on a local folder and on the moto S3 server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+import random
+import signal
+import threading
+import time
+
+import dask.dataframe as dd
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+
+import dask_batchinfer as dbi
+from dask_batchinfer.testing import (
+    make_features,
+    read_call_log,
+    set_call_log,
+    slow_model,
+    tiny_model,
+)
+
+
+@dataclasses.dataclass
+class Store:
+    """A storage backend under test: a filesystem, a base URL and fsspec options."""
+
+    fs: fsspec.AbstractFileSystem
+    base: str  # local folder or s3://bucket
+    options: dict
+
+    def url(self, *parts: str) -> str:
+        return posixpath.join(self.base, *parts)
+
+    def path(self, *parts: str) -> str:
+        return self.fs._strip_protocol(self.url(*parts))
+
+    def versions(self, folder: str) -> dict[str, str]:
+        """Every file under ``folder`` with its ETag (S3) or mtime_ns (local)."""
+        self.fs.invalidate_cache()
+        found = self.fs.find(self.path(folder), detail=True)
+        return {
+            path: str(info.get("ETag") or os.stat(path).st_mtime_ns) for path, info in found.items()
+        }
+
+    def visible_parquet(self, folder: str) -> set[str]:
+        self.fs.invalidate_cache()
+        root = self.path(folder)
+        return {
+            posixpath.relpath(p, root)
+            for p in self.fs.find(root)
+            if p.endswith(".parquet") and "/_" not in "/" + posixpath.relpath(p, root)
+        }
+
+    def read(self, folder: str) -> pd.DataFrame:
+        """Read ``folder`` the way a user would, with dd.read_parquet on the folder."""
+        self.fs.invalidate_cache()
+        return dd.read_parquet(self.url(folder), storage_options=self.options).compute()
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    """The backend under test; S3 gets a freshly reset moto server."""
+    if request.param == "local":
+        return Store(fsspec.filesystem("file"), str(tmp_path), {})
+    fs, options = request.getfixturevalue("s3")
+    return Store(fs, "s3://batchinfer-test", options)
+
+
+@pytest.fixture
+def call_log(client, tmp_path):
+    """A file to which slow_model appends a line per model call, on every worker."""
+    path = str(tmp_path / "calls.log")
+    client.run(set_call_log, path)
+    yield path
+    client.run(set_call_log, None)
+
+
+def write_inputs(store: Store, folder: str, frame: pd.DataFrame, files: int, first: int = 0):
+    """Split ``frame`` into ``files`` Parquet files ``in-<first>..`` under ``folder``."""
+    store.fs.makedirs(store.path(folder), exist_ok=True)
+    for i, part in enumerate(np.array_split(np.arange(len(frame)), files)):
+        with store.fs.open(store.path(folder, f"in-{first + i:03d}.parquet"), "wb") as f:
+            frame.iloc[part].to_parquet(f, index=False)
+
+
+def expected(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    from dask_batchinfer.batching import run_model
+
+    scores = run_model(tiny_model(seed=seed), frame)["score"].to_numpy()
+    return pd.DataFrame({"id": frame["id"].to_numpy(), "score": scores})
+
+
+def assert_output(store: Store, folder: str, frame: pd.DataFrame, seed: int) -> None:
+    """The folder holds every row exactly once with the model's scores, and only manifest files."""
+    back = store.read(folder).sort_values("id").reset_index(drop=True)
+    want = expected(frame, seed).sort_values("id").reset_index(drop=True)
+    assert back["id"].is_unique, "duplicated rows"
+    assert back["id"].tolist() == want["id"].tolist(), "lost or extra rows"
+    np.testing.assert_allclose(back["score"].to_numpy(), want["score"].to_numpy(), rtol=1e-5)
+    import json
+
+    with store.fs.open(store.path(folder, "_SUCCESS")) as f:
+        manifest = json.load(f)
+    assert {f["path"] for f in manifest["files"]} == store.visible_parquet(folder)
+    assert not store.fs.exists(store.path(folder, "_staging"))
+
+
+def run(store: Store, folder: str = "in", out: str = "out", seed: int = 0, **kwargs):
+    spec = kwargs.pop("model", None) or tiny_model(seed=seed)
+    return dbi.run_job(
+        store.url(folder),
+        spec,
+        output=store.url(out),
+        keep=["id"],
+        storage_options=store.options,
+        **kwargs,
+    )
+
+
+def test_job_commits_and_rerun_writes_nothing(client, store):
+    frame = make_features(600, seed=1)
+    write_inputs(store, "in", frame, files=6)
+    first = run(store)
+    assert (first.partitions_run, first.partitions_skipped) == (6, 0)
+    assert_output(store, "out", frame, 0)
+    before = store.versions("out")
+
+    again = run(store)
+    assert (again.partitions_run, again.partitions_skipped) == (0, 6)
+    assert again.rows_out == 600 and again.model_loads == {}
+    assert store.versions("out") == before  # no object rewritten, nothing added or removed
+
+
+def test_resume_runs_only_uncommitted_partitions(client, store, call_log):
+    frame = make_features(800, seed=2)
+    write_inputs(store, "in", frame, files=8)
+    spec = slow_model(delay=0, seed=0)
+    run(store, model=spec)
+    # a crash before the manifest, with 3 partitions not yet committed
+    store.fs.rm(store.path("out", "_SUCCESS"))
+    markers = sorted(store.fs.find(store.path("out", "_committed")))
+    for marker in random.Random(0).sample(markers, 3):
+        store.fs.rm(marker)
+    calls_before = read_call_log(call_log)[1]
+
+    resumed = run(store, model=spec)
+    assert (resumed.partitions_run, resumed.partitions_skipped) == (3, 5)
+    assert read_call_log(call_log)[1] - calls_before == 300  # model rows computed again
+    assert_output(store, "out", frame, 0)
+
+
+def test_new_input_files_run_alone(client, store):
+    old = make_features(500, seed=3)
+    write_inputs(store, "in", old, files=5)
+    run(store)
+    new = make_features(200, seed=4, start_id=500)
+    write_inputs(store, "in", new, files=2, first=5)
+
+    result = run(store)
+    assert (result.partitions_run, result.partitions_skipped, result.partitions_invalidated) == (
+        2,
+        5,
+        0,
+    )
+    assert result.rows_in == 700
+    assert_output(store, "out", pd.concat([old, new]), 0)
+
+
+def test_changes_invalidate_exactly_the_affected_partitions(client, store):
+    frame = make_features(600, seed=5)
+    write_inputs(store, "in", frame, files=6)
+    run(store)
+
+    changed = frame.copy()
+    changed.loc[200:299, "f0"] += 1.0  # rows of in-002
+    write_inputs(store, "in", changed.iloc[200:300], files=1, first=2)
+    result = run(store)
+    assert (result.partitions_run, result.partitions_skipped, result.partitions_invalidated) == (
+        1,
+        5,
+        1,
+    )
+    assert result.files_removed == 1
+    assert_output(store, "out", changed, 0)
+
+    other_model = run(store, seed=9)
+    assert (other_model.partitions_run, other_model.partitions_invalidated) == (6, 6)
+    assert_output(store, "out", changed, 9)
+
+
+def test_stale_files_of_an_earlier_larger_run_disappear(client, store):
+    big = make_features(1000, seed=6)
+    write_inputs(store, "big", big, files=10)
+    run(store, folder="big")
+    with store.fs.open(store.path("out", "part.0.parquet"), "wb") as f:  # dask-style leftover
+        big.iloc[:10].to_parquet(f)
+    small = make_features(300, seed=7)
+    write_inputs(store, "in", small, files=3)
+
+    result = run(store)
+    assert result.files_removed == 11
+    assert_output(store, "out", small, 0)  # readers of the folder see the manifest's files only
+    assert len(store.fs.find(store.path("out", "_committed"))) == 3
+
+
+def test_modes(client, store):
+    frame = make_features(300, seed=8)
+    write_inputs(store, "in", frame, files=3)
+    with pytest.raises(dbi.InputError, match="mode="):
+        run(store, mode="append")
+    first = run(store, mode="error")
+    with pytest.raises(dbi.InputError, match="exists and is not empty"):
+        run(store, mode="error")
+
+    old_files = {f["path"] for f in first.files}
+    result = run(store, mode="overwrite")
+    assert result.partitions_run == 3
+    assert not old_files & {f["path"] for f in result.files}, "overwrite reused file names"
+    assert result.files_removed == 3
+    assert_output(store, "out", frame, 0)
+    assert run(store).partitions_run == 0  # a resume after an overwrite reuses its output
+
+
+def test_output_inside_input_is_refused_before_any_change(client, store):
+    frame = make_features(100)
+    write_inputs(store, "in", frame, files=2)
+    before = store.versions("in")
+    for output in (store.url("in", "out"), store.url("in")):
+        with pytest.raises(dbi.InputError, match="overlap"):
+            dbi.run_job(store.url("in"), tiny_model(), output=output, storage_options=store.options)
+    assert store.versions("in") == before
+
+
+def test_read_output_reads_the_manifest(client, store):
+    frame = make_features(400, seed=10)
+    frame["country"] = pd.array(np.array(["FR", "DE"])[np.arange(400) % 2], dtype="str")
+    write_inputs(store, "in", frame, files=4)
+    with pytest.raises(FileNotFoundError, match="_SUCCESS"):
+        dbi.read_output(store.url("in"), storage_options=store.options)
+    run(store, partition_on=["country"])
+    back = dbi.read_output(store.url("out"), storage_options=store.options).compute()
+    back = back.sort_values("id")
+    assert back["id"].tolist() == list(range(400))
+    assert back["country"].astype(str).tolist() == frame["country"].tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_worker_killed_mid_job(store, seed):
+    """SIGKILL one worker process while the job runs: nothing lost, nothing duplicated."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    frame = make_features(3000, seed=seed)
+    write_inputs(store, "in", frame, files=30)
+    rng = random.Random(seed)
+    kill_after = rng.randint(2, 12)  # committed partitions before the kill
+
+    with (
+        LocalCluster(
+            n_workers=3,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as c,
+    ):
+        pids = sorted(c.run(os.getpid).values())
+        victim = rng.choice(pids)
+        killed = threading.Event()
+
+        def killer():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    done = len(store.fs.find(store.path("out", "_committed")))
+                except FileNotFoundError:
+                    done = 0
+                store.fs.invalidate_cache()
+                if done >= kill_after:
+                    os.kill(victim, signal.SIGKILL)
+                    killed.set()
+                    return
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=killer)
+        thread.start()
+        result = run(store, model=slow_model(delay=0.05, seed=0, batch_size=50), client=c)
+        thread.join()
+    assert killed.is_set(), "the job finished before the kill"
+    assert result.rows_out == 3000 and result.partitions_run == 30
+    assert_output(store, "out", frame, 0)
