@@ -2,24 +2,57 @@
 
 The partition becomes model inputs once (one vectorised conversion, see
 ``ModelSpec.collate``); micro-batches are slices of those inputs, so no
-per-row Python runs. Outputs are gathered as numpy arrays and turned into the
-output columns declared on the spec, aligned with the partition's index.
+per-row Python runs. Then:
+
+- **Batches** hold ``batch_size`` rows, or, with a ``token_budget``, rows
+  sorted by length and cut so that rows x longest row stays in the budget
+  (less padding); the outputs are put back in input order.
+- **Out of memory**: a batch that raises ``torch.cuda.OutOfMemoryError`` is
+  split in halves and retried, down to one row; the worker remembers the
+  largest size that fitted (``LoadedModel.max_batch``) for later batches.
+- **GPU**: the partition's input tensors are pinned once and each batch is
+  copied on a side stream while the previous one computes; outputs stay on the
+  device until the partition is done (one copy back).
+- ``precision`` other than fp32 runs ``predict`` under ``torch.autocast``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dask_batchinfer.cache import configure_torch_threads, get_model
+from dask_batchinfer.cache import LoadedModel, configure_torch_threads, get_model
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.model import ModelSpec
 
-__all__ = ["run_model"]
+__all__ = ["BatchStats", "run_model", "warm_up"]
+
+
+@dataclasses.dataclass
+class BatchStats:
+    """What happened while running one or more partitions."""
+
+    batches: int = 0
+    oom_events: int = 0
+    batch_size: int = 0  # rows per batch in the end (after any OOM recovery)
+    tokens: int = 0  # real tokens (token-budget batching only)
+    padded_tokens: int = 0  # tokens including padding, as batched
+    padded_tokens_unsorted: int = 0  # the same had rows been batched in input order
+
+    def add(self, other: BatchStats) -> None:
+        for field in dataclasses.fields(self):
+            if field.name != "batch_size":
+                setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+        self.batch_size = other.batch_size or self.batch_size
+
+
+# --- inputs -----------------------------------------------------------------
 
 
 def slice_inputs(inputs: Any, start: int, stop: int) -> Any:
@@ -31,8 +64,33 @@ def slice_inputs(inputs: Any, start: int, stop: int) -> Any:
     return inputs[start:stop]
 
 
+def take_inputs(inputs: Any, order: np.ndarray) -> Any:
+    """Rows of model inputs in ``order`` (a permutation)."""
+    import torch
+
+    if isinstance(inputs, (pd.DataFrame, pd.Series)):
+        return inputs.iloc[order]
+    if isinstance(inputs, Mapping):
+        return {name: take_inputs(value, order) for name, value in inputs.items()}
+    if isinstance(inputs, torch.Tensor):
+        return inputs[torch.from_numpy(order)]
+    if isinstance(inputs, np.ndarray):
+        return inputs[order]
+    return [inputs[i] for i in order]
+
+
+def _pin(inputs: Any) -> Any:
+    import torch
+
+    if isinstance(inputs, torch.Tensor) and inputs.device.type == "cpu":
+        return inputs.pin_memory()
+    if isinstance(inputs, Mapping):
+        return {name: _pin(value) for name, value in inputs.items()}
+    return inputs
+
+
 def to_device(batch: Any, device: str) -> Any:
-    """Move the tensors in ``batch`` to ``device``; other values pass through."""
+    """Move the tensors in ``batch`` to ``device`` (asynchronously from pinned memory)."""
     import torch
 
     if isinstance(batch, torch.Tensor):
@@ -42,13 +100,50 @@ def to_device(batch: Any, device: str) -> Any:
     return batch
 
 
+def _record_stream(batch: Any, stream: Any) -> None:
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        batch.record_stream(stream)
+    elif isinstance(batch, Mapping):
+        for value in batch.values():
+            _record_stream(value, stream)
+
+
+def _on_device(inputs: Any, ranges: list[tuple[int, int]], device: str) -> Iterator[Any]:
+    """Yield each range's batch on ``device``; on CUDA the next copy overlaps this compute."""
+    import torch
+
+    if not device.startswith("cuda"):
+        for start, stop in ranges:
+            yield to_device(slice_inputs(inputs, start, stop), device)
+        return
+    copy_stream = torch.cuda.Stream()
+    compute_stream = torch.cuda.current_stream()
+
+    def send(start: int, stop: int) -> Any:
+        with torch.cuda.stream(copy_stream):
+            return to_device(slice_inputs(inputs, start, stop), device)
+
+    upcoming = send(*ranges[0]) if ranges else None
+    for i in range(len(ranges)):
+        compute_stream.wait_stream(copy_stream)
+        batch = upcoming
+        _record_stream(batch, compute_stream)
+        upcoming = send(*ranges[i + 1]) if i + 1 < len(ranges) else None
+        yield batch
+
+
+# --- outputs ----------------------------------------------------------------
+
+
 def to_numpy(value: Any) -> np.ndarray:
     """A model output as a numpy array on the host."""
     import torch
 
     if isinstance(value, torch.Tensor):
         value = value.detach()
-        if value.dtype == torch.bfloat16:
+        if value.dtype in (torch.bfloat16, torch.float16):
             value = value.float()
         return value.cpu().numpy()
     if isinstance(value, (pd.Series, pd.DataFrame)):
@@ -56,7 +151,17 @@ def to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _split_outputs(out: Any, spec: ModelSpec, rows: int) -> dict[str, np.ndarray]:
+def _length(value: Any) -> int | None:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else None
+    return len(value) if hasattr(value, "__len__") else None
+
+
+def _split_outputs(out: Any, spec: ModelSpec, rows: int) -> dict[str, Any]:
+    """The model's return value as one array-like per output column (tensors stay put)."""
+    import torch
+
     names = list(spec.outputs)
     if isinstance(out, Mapping):
         missing = [name for name in names if name not in out]
@@ -65,29 +170,41 @@ def _split_outputs(out: Any, spec: ModelSpec, rows: int) -> dict[str, np.ndarray
                 f"model {spec.name!r} returned keys {sorted(out)}; the spec declares "
                 f"outputs {names} (missing {missing})"
             )
-        columns = {name: to_numpy(out[name]) for name in names}
+        columns = {name: out[name] for name in names}
     else:
-        array = to_numpy(out)
+        if not isinstance(out, (torch.Tensor, np.ndarray)):
+            out = to_numpy(out)
         if len(names) == 1:
-            columns = {names[0]: array}
-        elif array.ndim == 2 and array.shape[1] == len(names):
-            columns = {name: array[:, j] for j, name in enumerate(names)}
+            columns = {names[0]: out}
+        elif out.ndim == 2 and out.shape[1] == len(names):
+            columns = {name: out[:, j] for j, name in enumerate(names)}
         else:
             raise InputError(
-                f"model {spec.name!r} returned an array of shape {array.shape}; the spec "
+                f"model {spec.name!r} returned an array of shape {tuple(out.shape)}; the spec "
                 f"declares {len(names)} outputs {names}: return shape (rows, {len(names)}) "
                 f"or a dict of column name to array"
             )
-    for name, array in columns.items():
-        if array.ndim == 0 or array.shape[0] != rows:
+    for name, value in columns.items():
+        if not isinstance(value, (torch.Tensor, np.ndarray)):
+            value = columns[name] = to_numpy(value)
+        if _length(value) != rows:
             raise InputError(
-                f"model {spec.name!r} returned {array.shape[0] if array.ndim else 'a scalar'} "
-                f"value(s) for output {name!r} from a batch of {rows} rows"
+                f"model {spec.name!r} returned {_length(value) or 'a scalar'} value(s) for "
+                f"output {name!r} from a batch of {rows} rows"
             )
     return columns
 
 
-def _output_column(name: str, kind: Any, array: np.ndarray) -> pd.Series | np.ndarray:
+def _concat(parts: list[Any]) -> np.ndarray:
+    import torch
+
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        return to_numpy(parts[0] if len(parts) == 1 else torch.cat(parts))
+    arrays = [to_numpy(p) for p in parts]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def _output_column(name: str, kind: Any, array: np.ndarray) -> Any:
     if isinstance(kind, tuple):
         dtype, width = kind
         array = np.ascontiguousarray(array, dtype=dtype)
@@ -96,8 +213,7 @@ def _output_column(name: str, kind: Any, array: np.ndarray) -> pd.Series | np.nd
                 f"output {name!r} is declared as ({dtype!r}, {width}); the model returned "
                 f"shape {array.shape}"
             )
-        flat = pa.array(array.reshape(-1))
-        values = pa.FixedSizeListArray.from_arrays(flat, width)
+        values = pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), width)
         return pd.arrays.ArrowExtensionArray(values)
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
@@ -109,35 +225,149 @@ def _output_column(name: str, kind: Any, array: np.ndarray) -> pd.Series | np.nd
     return array.astype(kind, copy=False)
 
 
-def run_model(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
-    """Run ``spec`` over every row of ``frame`` in micro-batches of ``spec.batch_size``.
+# --- batching ----------------------------------------------------------------
 
-    Returns a DataFrame of the output columns with ``frame``'s index. The
-    model comes from the per-process cache; forward passes hold the model's
-    lock and run under ``torch.inference_mode()``.
-    """
+
+def _row_ranges(rows: int, step: int) -> list[tuple[int, int]]:
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _budget_ranges(lengths: np.ndarray, budget: int, max_rows: int) -> list[tuple[int, int]]:
+    """Cut length-sorted rows into ranges whose rows x longest row stays within ``budget``."""
+    ranges: list[tuple[int, int]] = []
+    start = 0
+    for i, length in enumerate(lengths):
+        rows = i - start + 1
+        if i > start and (rows * int(length) > budget or rows > max_rows):
+            ranges.append((start, i))
+            start = i
+    if len(lengths):
+        ranges.append((start, len(lengths)))
+    return ranges
+
+
+def _padded(lengths: np.ndarray, ranges: list[tuple[int, int]]) -> int:
+    return int(sum((stop - start) * int(lengths[start:stop].max()) for start, stop in ranges))
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
+
+
+def _autocast(spec: ModelSpec, device: str) -> contextlib.AbstractContextManager:
+    import torch
+
+    if spec.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if spec.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+def _predict(
+    spec: ModelSpec, loaded: LoadedModel, batch: Any, rows: int, stats: BatchStats
+) -> list[dict[str, Any]]:
+    """Predict one batch; on out-of-memory split it in halves, down to one row."""
+    import torch
+
+    limit = loaded.max_batch
+    if limit is not None and rows > limit:  # learned earlier: do not hit the wall again
+        return [
+            chunk
+            for start, stop in _row_ranges(rows, limit)
+            for chunk in _predict(
+                spec, loaded, slice_inputs(batch, start, stop), stop - start, stats
+            )
+        ]
+    try:
+        out = [_split_outputs(spec.predict(loaded.model, batch), spec, rows)]
+    except Exception as err:
+        if not _is_oom(err) or rows == 1:
+            raise
+        del err
+        stats.oom_events += 1
+        loaded.oom_events += 1
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = (rows + 1) // 2
+        loaded.max_batch = min(loaded.max_batch or half, half)
+        return _predict(spec, loaded, slice_inputs(batch, 0, half), half, stats) + _predict(
+            spec, loaded, slice_inputs(batch, half, rows), rows - half, stats
+        )
+    stats.batches += 1
+    return out
+
+
+def _plan(
+    spec: ModelSpec, loaded: LoadedModel, inputs: Any, rows: int, stats: BatchStats
+) -> tuple[Any, np.ndarray | None, list[tuple[int, int]]]:
+    """Inputs in batching order, the order used (None: input order), and the batch ranges."""
+    step = min(spec.batch_size or rows, loaded.max_batch or rows)
+    if spec.token_budget is None or spec.lengths is None:
+        return inputs, None, _row_ranges(rows, step)
+    lengths = np.asarray(spec.lengths(loaded.model, inputs), dtype=np.int64)
+    if lengths.shape != (rows,):
+        raise InputError(f"lengths() returned shape {lengths.shape} for {rows} rows")
+    lengths = np.maximum(lengths, 1)
+    order = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    ranges = _budget_ranges(sorted_lengths, spec.token_budget, step)
+    stats.tokens += int(lengths.sum())
+    stats.padded_tokens += _padded(sorted_lengths, ranges)
+    stats.padded_tokens_unsorted += _padded(lengths, _row_ranges(rows, spec.batch_size or rows))
+    return take_inputs(inputs, order), order, ranges
+
+
+def _run(
+    spec: ModelSpec, loaded: LoadedModel, frame: pd.DataFrame, stats: BatchStats
+) -> pd.DataFrame:
     import torch
 
     rows = len(frame)
-    if rows == 0:
+    inputs = spec.make_inputs(frame)
+    with loaded.lock, torch.inference_mode(), _autocast(spec, loaded.device):
+        inputs, order, ranges = _plan(spec, loaded, inputs, rows, stats)
+        if loaded.device.startswith("cuda"):
+            inputs = _pin(inputs)
+        chunks: list[dict[str, Any]] = []
+        for (start, stop), batch in zip(ranges, _on_device(inputs, ranges, loaded.device),
+                                        strict=True):  # fmt: skip
+            chunks.extend(_predict(spec, loaded, batch, stop - start, stats))
+        columns = {name: _concat([c[name] for c in chunks]) for name in spec.outputs}
+    stats.batch_size = min(spec.batch_size or rows, loaded.max_batch or rows)
+    if order is not None:
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(rows)
+        columns = {name: array[inverse] for name, array in columns.items()}
+    data = {name: _output_column(name, kind, columns[name]) for name, kind in spec.outputs.items()}
+    return pd.DataFrame(data, index=frame.index)
+
+
+def run_model(
+    spec: ModelSpec, frame: pd.DataFrame, stats: BatchStats | None = None
+) -> pd.DataFrame:
+    """Run ``spec`` over every row of ``frame``; return the output columns on ``frame``'s index.
+
+    The model comes from the per-process cache; forward passes hold the
+    model's lock and run under ``torch.inference_mode()``. ``stats``, when
+    given, receives batch counts, out-of-memory recoveries and padding.
+    """
+    if len(frame) == 0:
         return spec.meta().set_axis(frame.index[:0])
     loaded = get_model(spec)
     configure_torch_threads()
-    inputs = spec.make_inputs(frame)
-    step = spec.batch_size
-    assert step is not None  # normalised by ModelSpec
-    chunks: list[dict[str, np.ndarray]] = []
-    with loaded.lock, torch.inference_mode():
-        for start in range(0, rows, step):
-            stop = min(start + step, rows)
-            batch = to_device(slice_inputs(inputs, start, stop), loaded.device)
-            chunks.append(_split_outputs(spec.predict(loaded.model, batch), spec, stop - start))
-    data = {
-        name: _output_column(
-            name,
-            kind,
-            chunks[0][name] if len(chunks) == 1 else np.concatenate([c[name] for c in chunks]),
-        )
-        for name, kind in spec.outputs.items()
-    }
-    return pd.DataFrame(data, index=frame.index)
+    return _run(spec, loaded, frame, stats if stats is not None else BatchStats())
+
+
+def warm_up(spec: ModelSpec, loaded: LoadedModel) -> None:
+    """Run ``spec.example()`` through the model (at load time, e.g. to compile it)."""
+    if spec.example is None:
+        return
+    configure_torch_threads()
+    example = spec.example()
+    _run(spec, loaded, example, BatchStats())
+    if len(example) > 1:  # a partial last batch: compile the dynamic-shape variant now too
+        _run(spec, loaded, example.iloc[: max(1, len(example) // 2 + 1)], BatchStats())

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from dask_batchinfer.model import ModelSpec
 
-__all__ = ["LoadedModel", "clear", "get_model", "local_stats", "model_stats"]
+__all__ = ["LoadedModel", "clear", "evict", "get_model", "local_stats", "model_stats"]
 
 
 @dataclasses.dataclass
@@ -39,6 +39,10 @@ class LoadedModel:
     device: str
     load_seconds: float
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+    #: The largest batch (rows) known to fit after an out-of-memory error; None: no limit seen.
+    max_batch: int | None = None
+    #: Out-of-memory errors recovered from, over this process's life.
+    oom_events: int = 0
 
 
 _registry_lock = threading.Lock()
@@ -60,16 +64,16 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 def get_model(spec: ModelSpec) -> LoadedModel:
     """Return the loaded model for ``spec``, loading it on first use in this process."""
-    loaded = _models.get(spec.token)
+    loaded = _models.get(spec.cache_key)
     if loaded is not None:
         return loaded
     with _registry_lock:
-        key_lock = _load_locks.setdefault(spec.token, threading.Lock())
+        key_lock = _load_locks.setdefault(spec.cache_key, threading.Lock())
     with key_lock:
-        loaded = _models.get(spec.token)
+        loaded = _models.get(spec.cache_key)
         if loaded is None:
             loaded = _load(spec)
-            _models[spec.token] = loaded
+            _models[spec.cache_key] = loaded
     return loaded
 
 
@@ -117,6 +121,13 @@ def _load(spec: ModelSpec) -> LoadedModel:
         model = spec.load(**spec.load_kwargs)
         if isinstance(model, torch.nn.Module):
             model = model.to(device).eval()
+        if spec.compile:
+            model = torch.compile(model)
+        loaded = LoadedModel(spec.cache_key, spec.name or "", model, device, 0.0)
+        if spec.compile:
+            from dask_batchinfer.batching import warm_up
+
+            warm_up(spec, loaded)  # compile now, not on the first partition
     except Exception as err:
         module = getattr(spec.load, "__module__", "?")
         loader = f"{module}.{getattr(spec.load, '__qualname__', spec.load)}"
@@ -126,13 +137,15 @@ def _load(spec: ModelSpec) -> LoadedModel:
         ) from err
     seconds = time.perf_counter() - start
     stats = _stats.setdefault(
-        spec.token, {"name": spec.name, "token": spec.token, "loads": 0, "load_seconds": 0.0}
+        spec.cache_key,
+        {"name": spec.name, "token": spec.cache_key, "loads": 0, "load_seconds": 0.0},
     )
     stats["loads"] += 1
     stats["load_seconds"] += seconds
     stats["device"] = device
     stats["pid"] = os.getpid()
-    return LoadedModel(spec.token, spec.name or "", model, device, seconds)
+    loaded.load_seconds = seconds
+    return loaded
 
 
 def local_stats() -> dict[str, dict[str, Any]]:
@@ -140,18 +153,31 @@ def local_stats() -> dict[str, dict[str, Any]]:
     return {token: dict(stats) for token, stats in _stats.items()}
 
 
+def _release_gpu_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def evict(spec: ModelSpec) -> bool:
+    """Drop ``spec``'s model from this process and release its GPU memory."""
+    with _registry_lock:
+        dropped = _models.pop(spec.cache_key, None) is not None
+    if dropped:
+        _release_gpu_memory()
+    return dropped
+
+
 def clear() -> None:
     """Drop every cached model in this process and release GPU memory."""
     with _registry_lock:
         _models.clear()
         _load_locks.clear()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    _release_gpu_memory()
 
 
 def model_stats(client: Client, spec: ModelSpec | None = None) -> dict[str, Any]:
@@ -177,4 +203,4 @@ def model_stats(client: Client, spec: ModelSpec | None = None) -> dict[str, Any]
     per_worker = client.run(local_stats)
     if spec is None:
         return per_worker
-    return {worker: stats.get(spec.token) for worker, stats in per_worker.items()}
+    return {worker: stats.get(spec.cache_key) for worker, stats in per_worker.items()}

@@ -1,23 +1,33 @@
-"""Start a local cluster suited to batch inference, and connect to clusters.
+"""Start a local cluster suited to batch inference, find worker pools, connect.
 
-``local_cluster()`` returns dask-cuda's ``LocalCUDACluster`` (one worker per
-visible GPU) when the ``gpu`` extra is installed and a GPU is visible, and a
-``distributed.LocalCluster`` of worker processes otherwise. Both listen on
-127.0.0.1 only.
+Cluster shapes from ``local_cluster(kind=...)``:
+
+- ``"cpu"``: a ``distributed.LocalCluster`` of worker processes.
+- ``"gpu"``: dask-cuda's ``LocalCUDACluster``, one worker per visible GPU
+  (needs the ``gpu`` extra).
+- ``"mixed"``: a pool of CPU workers that read and preprocess (resource
+  ``batchinfer.pools.preprocess``, default ``"preprocess"``) and a pool of
+  model workers that run inference and write (resource
+  ``batchinfer.pools.model``, default ``"model"``); model workers get one GPU
+  each when GPUs are visible.
+- ``"auto"`` (default): ``"gpu"`` when usable GPUs are there, else ``"cpu"``.
+
+Every cluster listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from dask_batchinfer import _config
 from dask_batchinfer.errors import InputError
 
-__all__ = ["connect", "gpu_count", "local_cluster"]
+__all__ = ["Pools", "connect", "detect_pools", "gpu_count", "local_cluster", "mixed_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +44,22 @@ def gpu_count() -> int:
         return 0
 
 
+def _positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise InputError(f"local_cluster({name}={value!r}): expected a positive integer")
+
+
+_KINDS = ("auto", "cpu", "gpu", "mixed")
+
+
 def local_cluster(
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
     *,
+    kind: str = "auto",
     gpu: bool | None = None,
     **kwargs: Any,
 ):
@@ -47,19 +69,26 @@ def local_cluster(
     ----------
     n_workers : int, optional
         Worker processes. Default: one per GPU on a GPU machine; else the CPU
-        count divided by ``threads_per_worker``.
+        count divided by ``threads_per_worker``. For ``kind="mixed"`` see
+        :func:`mixed_cluster`.
     threads_per_worker : int, optional
         Task threads per worker (torch uses as many). Default
         ``batchinfer.threads-per-worker`` (4), at most the CPU count.
+    kind : {"auto", "cpu", "gpu", "mixed"}, default "auto"
+        The cluster shape, see the module docstring.
     gpu : bool, optional
-        ``True`` requires dask-cuda and a GPU; ``False`` never uses one;
-        ``None`` (default) uses GPUs when they are there.
+        Deprecated spelling: ``True`` is ``kind="gpu"``, ``False`` is ``kind="cpu"``.
     **kwargs
-        Passed on to ``LocalCluster`` / ``LocalCUDACluster``.
+        Passed on to ``LocalCluster`` / ``LocalCUDACluster`` / :func:`mixed_cluster`.
 
     Returns
     -------
-    distributed.LocalCluster or dask_cuda.LocalCUDACluster
+    distributed.LocalCluster, dask_cuda.LocalCUDACluster or distributed.SpecCluster
+
+    Raises
+    ------
+    InputError
+        For ``kind="gpu"`` without dask-cuda or a GPU, naming the fix.
 
     Examples
     --------
@@ -67,19 +96,22 @@ def local_cluster(
     >>> cluster = dbi.local_cluster()  # doctest: +SKIP
     >>> client = Client(cluster)       # doctest: +SKIP
     """
+    if kind not in _KINDS:
+        raise InputError(f"local_cluster(kind={kind!r}): expected one of {_KINDS}")
+    if gpu is not None:
+        kind = "gpu" if gpu else "cpu"
+    _positive(n_workers=n_workers, threads_per_worker=threads_per_worker)
+    if kind == "mixed":
+        return mixed_cluster(**kwargs)
     cpus = os.cpu_count() or 1
-    for name, value in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise InputError(f"local_cluster({name}={value!r}): expected a positive integer")
     kwargs.setdefault("host", _config.get("host"))
     kwargs.setdefault("dashboard_address", f"{kwargs['host']}:0")
-    gpus = gpu_count() if gpu is not False else 0
-    if gpu and not gpus:
+    gpus = gpu_count() if kind in ("auto", "gpu") else 0
+    if kind == "gpu" and not gpus:
         raise InputError(
-            "local_cluster(gpu=True) found no usable GPU: install the extra with "
-            "`pip install 'dask-batchinfer[gpu]'` and check that `nvidia-smi` lists a GPU"
+            "local_cluster(kind='gpu') found no usable GPU: install the extra with "
+            "`pip install 'dask-batchinfer[gpu]'` (dask-cuda, which needs cuda-bindings) and "
+            "check that `nvidia-smi` lists a GPU"
         )
     if gpus:
         from dask_cuda import LocalCUDACluster
@@ -92,6 +124,139 @@ def local_cluster(
     from distributed import LocalCluster
 
     return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, **kwargs)
+
+
+def mixed_cluster(
+    cpu_workers: int = 1,
+    model_workers: int | None = None,
+    *,
+    cpu_threads: int = 1,
+    model_threads: int = 1,
+    host: str | None = None,
+    dashboard_address: str | None = None,
+    silence_logs: int | bool = logging.WARNING,
+):
+    """A local cluster with a CPU pool (read, preprocess) and a model pool (infer, write).
+
+    CPU workers hold the resource ``batchinfer.pools.preprocess`` and model
+    workers ``batchinfer.pools.model``, one unit per thread. With GPUs
+    visible, each model worker sees one GPU (``CUDA_VISIBLE_DEVICES``) and
+    ``model_workers`` defaults to the GPU count; otherwise to 1.
+
+    Examples
+    --------
+    >>> cluster = dbi.local_cluster(kind="mixed", cpu_workers=4, model_workers=1)  # doctest: +SKIP
+    """
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    _positive(cpu_workers=cpu_workers, model_workers=model_workers,
+              cpu_threads=cpu_threads, model_threads=model_threads)  # fmt: skip
+    host = host or _config.get("host")
+    gpus = gpu_count()
+    model_workers = model_workers or max(1, gpus)
+    cpu_resource, model_resource = pool_resources()
+    common = {"host": host, "silence_logs": silence_logs}
+    workers: dict[str, dict[str, Any]] = {}
+    for i in range(cpu_workers):
+        workers[f"cpu-{i}"] = {
+            "cls": Nanny,
+            "options": {
+                **common,
+                "nthreads": cpu_threads,
+                "resources": {cpu_resource: cpu_threads},
+            },
+        }
+    for i in range(model_workers):
+        options = {
+            **common,
+            "nthreads": model_threads,
+            "resources": {model_resource: model_threads},
+        }
+        if gpus:
+            devices = [str((i + k) % gpus) for k in range(gpus)]
+            options["env"] = {"CUDA_VISIBLE_DEVICES": ",".join(devices)}
+        workers[f"model-{i}"] = {"cls": Nanny, "options": options}
+    scheduler = {
+        "cls": Scheduler,
+        "options": {"host": host, "dashboard_address": dashboard_address or f"{host}:0"},
+    }
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=silence_logs)
+
+
+def pool_resources() -> tuple[str, str]:
+    """The resource names marking the CPU pool and the model pool (``batchinfer.pools.*``)."""
+    return str(_config.get("pools.preprocess")), str(_config.get("pools.model"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pools:
+    """The worker pools a job runs on.
+
+    ``preprocess`` and ``model`` are the resource names of the two pools, or
+    ``None`` on a single-pool cluster where every worker does every stage.
+    """
+
+    preprocess: str | None
+    model: str | None
+    model_threads: int
+    total_threads: int
+
+    @property
+    def mixed(self) -> bool:
+        return self.model is not None
+
+
+def detect_pools(client: Any, pools: Mapping[str, str] | bool | None = None) -> Pools:
+    """Find the CPU and model pools of ``client``'s cluster.
+
+    Parameters
+    ----------
+    pools : mapping, bool or None
+        ``None`` (default): look for workers with the default resource names;
+        use both pools if both exist, a single pool if neither does.
+        ``{"preprocess": NAME, "model": NAME}``: these resource names; both
+        pools must exist. ``False``: ignore resources, one pool.
+
+    Raises
+    ------
+    InputError
+        When only one pool exists, or named pools are missing, with the fix.
+    """
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    total = sum(w["nthreads"] for w in workers)
+    if pools is False:
+        return Pools(None, None, total, total)
+    if pools is None or pools is True:
+        cpu_name, model_name = pool_resources()
+        explicit = pools is True
+    else:
+        unknown = set(pools) - {"preprocess", "model"}
+        if unknown or len(pools) != 2:
+            raise InputError(
+                f"pools={dict(pools)!r}: expected {{'preprocess': RESOURCE, 'model': RESOURCE}}"
+            )
+        cpu_name, model_name = pools["preprocess"], pools["model"]
+        explicit = True
+    cpu = [w for w in workers if cpu_name in (w.get("resources") or {})]
+    model = [w for w in workers if model_name in (w.get("resources") or {})]
+    if not cpu and not model and not explicit:
+        return Pools(None, None, total, total)
+    missing = [
+        f"no worker has the resource {name!r} (the {pool} pool); start some with "
+        f"`{command} --resources '{name}=1'`"
+        for name, found, pool, command in (
+            (cpu_name, cpu, "preprocessing", "dask worker SCHEDULER"),
+            (model_name, model, "model", "dask cuda worker SCHEDULER"),
+        )
+        if not found
+    ]
+    if missing:
+        raise InputError(
+            "the cluster has only one of the two worker pools: "
+            + "; ".join(missing)
+            + " (or pass pools=False to run every stage on every worker)"
+        )
+    return Pools(cpu_name, model_name, sum(w["nthreads"] for w in model), total)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ incremental runs); see :mod:`dask_batchinfer.io.commit` for the protocol.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import time
@@ -26,9 +27,10 @@ import pyarrow as pa
 from dask.base import tokenize
 from dask.optimization import cull
 
-from dask_batchinfer import _config
-from dask_batchinfer.cache import get_model, model_stats
-from dask_batchinfer.cluster import connect
+from dask_batchinfer import _config, trace
+from dask_batchinfer.batching import BatchStats
+from dask_batchinfer.cache import model_stats
+from dask_batchinfer.cluster import Pools, connect, detect_pools
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.fingerprint import code_token, partition_slug
 from dask_batchinfer.io.commit import (
@@ -46,7 +48,15 @@ from dask_batchinfer.io.parquet import output_schema, write_partition
 from dask_batchinfer.io.read import InputFile, read_parquet_files
 from dask_batchinfer.io.retry import RetryStats, retry
 from dask_batchinfer.model import ModelSpec
-from dask_batchinfer.predict import Preprocess, check_keep, check_spec, infer_partition, output_meta
+from dask_batchinfer.plugins import ModelWarmup
+from dask_batchinfer.predict import (
+    Preprocess,
+    check_keep,
+    check_spec,
+    infer_features,
+    output_meta,
+    preprocess_partition,
+)
 from dask_batchinfer.report import JobResult
 
 __all__ = ["MODES", "run_job"]
@@ -125,52 +135,63 @@ def _partitions(
     ]
 
 
-def _warm_up(client: Any, model: ModelSpec) -> None:
-    """Load the model on every worker in parallel before any input is read."""
-    workers = list(client.scheduler_info(n_workers=-1)["workers"])
-    futures = [
-        client.submit(
-            _load_model,
-            model,
-            workers=[w],
-            allow_other_workers=False,
-            pure=False,
-            key=f"batchinfer-load-{uuid.uuid4().hex[:8]}",
-        )
-        for w in workers
-    ]
-    client.gather(futures)
+def _warm_up(client: Any, model: ModelSpec, pools: Pools) -> None:
+    """Load the model on every model worker in parallel, before any input is read.
+
+    A worker plugin, so workers that join later load the model on arrival.
+    """
+    plugin = ModelWarmup(model, resource=pools.model)
+    try:
+        client.register_plugin(plugin)
+    except BaseException:
+        client.unregister_worker_plugin(plugin.name)
+        raise
 
 
-def _load_model(model: ModelSpec) -> None:
-    get_model(model)  # returns nothing: the model never travels to the client
-
-
-def _process_partition(
+def _preprocess_stage(
     frame: pd.DataFrame,
     *,
     partition: Partition,
-    model: ModelSpec,
     preprocess: Preprocess | None,
     keep: tuple[str, ...],
+    job: str,
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The CPU stage: preprocess one partition."""
+    start = time.time()
+    features, kept = preprocess_partition(
+        frame, preprocess=preprocess, keep=keep, number=partition.number, source=partition.source
+    )
+    trace.record(job, "preprocess", partition.number, start, rows=len(frame))
+    return features, kept, len(frame)
+
+
+def _infer_stage(
+    prepared: tuple[pd.DataFrame, pd.DataFrame, int],
+    *,
+    partition: Partition,
+    model: ModelSpec,
     partition_on: tuple[str, ...],
     schema: pa.Schema,
     output: str,
     storage_options: Mapping[str, Any],
+    job: str,
 ) -> dict[str, Any]:
-    """Preprocess, infer, write and commit one partition; return its statistics."""
+    """The model stage: infer, write and commit one partition; return its statistics."""
     from distributed import get_worker
 
-    start = time.perf_counter()
-    result = infer_partition(
-        frame,
+    features, kept, rows_in = prepared
+    start = time.time()
+    batch_stats = BatchStats()
+    result = infer_features(
+        features,
+        kept,
         model=model,
-        preprocess=preprocess,
-        keep=keep,
         number=partition.number,
         source=partition.source,
+        stats=batch_stats,
     )
-    inferred = time.perf_counter()
+    trace.record(job, "infer", partition.number, start, rows=len(result))
+    inferred = time.time()
     fs, root = fsspec.core.url_to_fs(output, **storage_options)
     retries = RetryStats()
     files = write_partition(
@@ -182,18 +203,36 @@ def _process_partition(
         partition_on=partition_on,
         stats=retries,
     )
-    write_marker(fs, root, partition, files=files, rows_in=len(frame), stats=retries)
+    write_marker(fs, root, partition, files=files, rows_in=rows_in, stats=retries)
+    trace.record(job, "write", partition.number, inferred, files=len(files))
     return {
         "slug": partition.slug,
         "partition": partition.number,
-        "rows_in": len(frame),
+        "rows_in": rows_in,
         "rows_out": len(result),
         "files": files,
         "worker": get_worker().address,
         "infer_seconds": inferred - start,
-        "write_seconds": time.perf_counter() - inferred,
+        "write_seconds": time.time() - inferred,
         "retries": retries.retries,
+        "batch": dataclasses.asdict(batch_stats),
     }
+
+
+def _process_partition(
+    frame: pd.DataFrame,
+    *,
+    partition: Partition,
+    preprocess: Preprocess | None,
+    keep: tuple[str, ...],
+    job: str,
+    **infer_options: Any,
+) -> dict[str, Any]:
+    """Both stages in one task, for a single-pool cluster (no transfer between them)."""
+    prepared = _preprocess_stage(
+        frame, partition=partition, preprocess=preprocess, keep=keep, job=job
+    )
+    return _infer_stage(prepared, partition=partition, job=job, **infer_options)
 
 
 def _now() -> str:
@@ -210,6 +249,7 @@ def run_job(
     partition_on: Sequence[str] | str | None = None,
     mode: str = "resume",
     client: Any = None,
+    pools: Mapping[str, str] | bool | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> JobResult:
     """Run a batch inference job and write the results as partitioned Parquet, exactly once.
@@ -244,6 +284,15 @@ def run_job(
     client : distributed.Client or str, optional
         The cluster to use, or a scheduler address. Default: the current
         client if there is one, else a :func:`local_cluster` for this job.
+    pools : mapping or bool, optional
+        Which workers do what. Default: when workers carry the resources
+        ``batchinfer.pools.preprocess`` and ``batchinfer.pools.model``
+        ("preprocess", "model"), reading and preprocessing run only on the
+        first pool and inference and writing only on the second, with the
+        CPU stage at most ``prefetch-per-model-thread`` x model threads
+        partitions ahead; without such resources every worker does both.
+        ``{"preprocess": NAME, "model": NAME}`` names other resources (both
+        pools must exist); ``False`` ignores resources.
     storage_options : dict, optional
         fsspec options for the input and output (e.g. ``endpoint_url``).
 
@@ -328,21 +377,27 @@ def run_job(
 
     stats: list[dict[str, Any]] = []
     loads: dict[str, Any] = {}
+    job = uuid.uuid4().hex[:12]
     if todo:
         _check_writable(fs, root, output)
         with connect(client) as c:
-            _warm_up(c, model)
+            pool = detect_pools(c, pools)
+            _warm_up(c, model, pool)
             stats = _run_partitions(
                 c,
                 ddf,
                 todo,
-                model=model,
+                pools=pool,
+                job=job,
                 preprocess=preprocess,
                 keep=keep,
-                partition_on=partition_on,
-                schema=schema,
-                output=output,
-                storage_options=storage_options,
+                infer_options={
+                    "model": model,
+                    "partition_on": partition_on,
+                    "schema": schema,
+                    "output": output,
+                    "storage_options": storage_options,
+                },
             )
             loads = model_stats(c, model)
 
@@ -383,6 +438,12 @@ def run_job(
         write_seconds=sum(s["write_seconds"] for s in stats),
         retries=sum(s["retries"] for s in stats),
         started=started,
+        job=job,
+        oom_events=sum(s["batch"]["oom_events"] for s in stats),
+        batch_size={s["worker"]: s["batch"]["batch_size"] for s in stats},
+        tokens=sum(s["batch"]["tokens"] for s in stats),
+        padded_tokens=sum(s["batch"]["padded_tokens"] for s in stats),
+        padded_tokens_unsorted=sum(s["batch"]["padded_tokens_unsorted"] for s in stats),
     )
     manifest_retries = RetryStats()
     result.finished = _now()
@@ -462,16 +523,32 @@ def _result_from_manifest(
 
 
 def _run_partitions(
-    c: Any, ddf: Any, todo: list[Partition], **options: Any
+    c: Any,
+    ddf: Any,
+    todo: list[Partition],
+    *,
+    pools: Pools,
+    job: str,
+    preprocess: Preprocess | None,
+    keep: tuple[str, ...],
+    infer_options: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """Submit ``todo`` through a bounded window; return each partition's statistics."""
+    """Submit ``todo`` through a bounded window; return each partition's statistics.
+
+    On a mixed cluster each partition is a read and a preprocess task on the
+    CPU pool and an infer-and-write task on the model pool (restricted with
+    ``resources=`` at submit time, since graph-time annotations are dropped);
+    otherwise one task does both stages.
+    """
     from distributed import as_completed
 
     graph = dict(ddf.__dask_graph__())
     keys = ddf.__dask_keys__()
-    threads = sum(w["nthreads"] for w in c.scheduler_info(n_workers=-1)["workers"].values())
-    window = max(2, int(_config.get("inflight-per-thread")) * threads)
-    job_id = uuid.uuid4().hex[:8]
+    if pools.mixed:
+        prefetch = int(_config.get("prefetch-per-model-thread")) * pools.model_threads
+        window = pools.model_threads + prefetch
+    else:
+        window = max(2, int(_config.get("inflight-per-thread")) * pools.total_threads)
     pending = as_completed(loop=c.loop)
     queue = iter(todo)
     stats: list[dict[str, Any]] = []
@@ -481,16 +558,24 @@ def _run_partitions(
         if partition is None:
             return
         key = keys[partition.number]
-        read = c.get(cull(graph, [key])[0], [key], sync=False)[0]
-        pending.add(
-            c.submit(
-                _process_partition,
-                read,
-                partition=partition,
-                key=f"batchinfer-process-{job_id}-{partition.number}",
-                **options,
-            )
-        )
+        cpu = {pools.preprocess: 1} if pools.mixed else None
+        read = c.get(cull(graph, [key])[0], [key], sync=False, resources=cpu)[0]
+        name = f"batchinfer-{job}-{partition.number}"
+        if pools.mixed:
+            prepared = c.submit(
+                _preprocess_stage, read, partition=partition, preprocess=preprocess, keep=keep,
+                job=job, resources=cpu, key=f"preprocess-{name}",
+            )  # fmt: skip
+            done = c.submit(
+                _infer_stage, prepared, partition=partition, job=job,
+                resources={pools.model: 1}, key=f"infer-{name}", **infer_options,
+            )  # fmt: skip
+        else:
+            done = c.submit(
+                _process_partition, read, partition=partition, preprocess=preprocess, keep=keep,
+                job=job, key=f"process-{name}", **infer_options,
+            )  # fmt: skip
+        pending.add(done)
 
     for _ in range(window):
         submit_next()

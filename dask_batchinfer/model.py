@@ -9,6 +9,7 @@ per-process cache (:mod:`dask_batchinfer.cache`) and never enters a task graph.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ __all__ = ["ModelSpec", "from_callable", "from_torch", "sentence_encoder"]
 OutputType = Any
 
 _DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,20 @@ class ModelSpec:
         ``"auto"`` picks ``cuda`` when the worker sees a GPU, else ``cpu``.
     name : str, optional
         A human name for reports; defaults to the loader's name.
+    precision : {"fp32", "bf16", "fp16"}, default "fp32"
+        ``"bf16"``/``"fp16"`` run ``predict`` under ``torch.autocast``.
+    compile : bool, default False
+        ``torch.compile`` the module at load time and warm it up there on
+        ``example`` (so the first partition does not pay the compilation).
+    example : callable, optional
+        ``example()`` returns a small DataFrame shaped like a preprocessed
+        partition, used for the compile warm-up (``from_torch`` makes one).
+    token_budget : int, optional
+        Batch variable-length rows by a budget of padded tokens
+        (rows x longest row per batch) over length-sorted rows, instead of
+        fixed ``batch_size`` rows; needs ``lengths``. Output order is the input order.
+    lengths : callable, optional
+        ``lengths(model, inputs)`` returns each row's length in tokens.
 
     Examples
     --------
@@ -88,7 +104,13 @@ class ModelSpec:
     batch_size: int | None = None
     device: str = "auto"
     name: str | None = None
+    precision: str = "fp32"
+    compile: bool = False
+    example: Callable[[], pd.DataFrame] | None = None
+    token_budget: int | None = None
+    lengths: Callable[[Any, Any], Any] | None = None
     token: str = dataclasses.field(init=False, repr=False, compare=False)
+    cache_key: str = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not callable(self.load):
@@ -113,6 +135,20 @@ class ModelSpec:
             raise InputError(
                 f"ModelSpec(device={self.device!r}) must be one of {_DEVICES} or 'cuda:N'"
             )
+        if self.precision not in PRECISIONS:
+            raise InputError(f"ModelSpec(precision={self.precision!r}) must be one of {PRECISIONS}")
+        if self.token_budget is not None:
+            if not isinstance(self.token_budget, int) or self.token_budget < 1:
+                raise InputError(
+                    f"ModelSpec(token_budget={self.token_budget!r}) must be a positive integer"
+                )
+            if self.lengths is None:
+                raise InputError("ModelSpec(token_budget=...) needs lengths=... to measure rows")
+        if self.compile and self.example is None:
+            raise InputError(
+                "ModelSpec(compile=True) needs example=... (a function returning a small "
+                "input DataFrame) to warm the compiled model up at load time"
+            )
         outputs = dict(self.outputs)
         for column, kind in outputs.items():
             _arrow_type(column, kind)  # validates
@@ -122,18 +158,28 @@ class ModelSpec:
         set_(self, "input_columns", tuple(self.input_columns))
         set_(self, "load_kwargs", dict(self.load_kwargs))
         set_(self, "name", self.name or getattr(self.load, "__name__", type(self.load).__name__))
+        # The loaded model is shared by specs that load the same thing the same way.
+        set_(
+            self,
+            "cache_key",
+            tokenize(
+                code_token(self.load),
+                value_token(self.load_kwargs),
+                self.device,
+                self.compile,
+            ),
+        )
+        # What shapes the outputs: batch sizes and budgets do not.
         set_(
             self,
             "token",
             tokenize(
-                code_token(self.load),
-                value_token(self.load_kwargs),
+                self.cache_key,
                 code_token(self.predict),
                 code_token(self.collate),
                 self.outputs,
                 self.input_columns,
-                self.batch_size,
-                self.device,
+                self.precision,
             ),
         )
 
@@ -225,6 +271,8 @@ def from_torch(
     predict: Callable[[Any, Any], Any] = _call_module,
     batch_size: int | None = None,
     device: str = "auto",
+    precision: str = "fp32",
+    compile: bool = False,
     name: str | None = None,
 ) -> ModelSpec:
     """A spec for a ``torch.nn.Module`` built by ``factory(**factory_kwargs)``.
@@ -244,8 +292,9 @@ def from_torch(
         Keyword arguments for ``factory`` (e.g. a weights path).
     predict : callable, default ``model(batch)``
         Override to post-process, e.g. ``lambda m, x: m(x).softmax(-1)``.
-    batch_size, device, name
-        See :class:`ModelSpec`.
+    batch_size, device, precision, compile, name
+        See :class:`ModelSpec`. With ``compile=True`` the module is compiled and
+        warmed up on zeros at load time.
 
     Examples
     --------
@@ -260,8 +309,18 @@ def from_torch(
         outputs=outputs,
         batch_size=batch_size,
         device=device,
+        precision=precision,
+        compile=compile,
+        example=functools.partial(
+            _zeros_frame, columns=tuple(input_columns), rows=batch_size or _config.get("batch-size")
+        ),
         name=name or getattr(factory, "__name__", None),
     )
+
+
+def _zeros_frame(columns: tuple[str, ...], rows: int) -> pd.DataFrame:
+    """An all-zero float32 frame: a warm-up example for numeric models."""
+    return pd.DataFrame(np.zeros((rows, len(columns)), dtype=np.float32), columns=list(columns))
 
 
 # --- any callable ------------------------------------------------------------
@@ -370,6 +429,24 @@ class _Encode:
         return ("dask_batchinfer.model._Encode", self.normalize)
 
 
+@dataclasses.dataclass(frozen=True)
+class _TokenLengths:
+    """Each text's length in tokens, as the encoder will truncate it."""
+
+    def __call__(self, model: Any, texts: list[str]) -> list[int]:
+        encoded = model.tokenizer(
+            texts,
+            add_special_tokens=True,
+            truncation=True,
+            max_length=model.max_seq_length,
+            return_length=True,
+        )
+        return encoded["length"]
+
+    def __dask_tokenize__(self) -> str:
+        return "dask_batchinfer.model._TokenLengths"
+
+
 def sentence_encoder(
     path: str | None = None,
     *,
@@ -379,6 +456,8 @@ def sentence_encoder(
     normalize: bool = True,
     max_seq_length: int | None = None,
     batch_size: int = 128,
+    token_budget: int | None = 8192,
+    precision: str = "fp32",
     device: str = "auto",
     name: str | None = None,
 ) -> ModelSpec:
@@ -401,7 +480,12 @@ def sentence_encoder(
     max_seq_length : int, optional
         Truncate texts to this many tokens (default: the model's own limit).
     batch_size : int, default 128
-    device, name
+        The most rows per batch.
+    token_budget : int or None, default 8192
+        Rows are sorted by token count and batched so that rows x longest row
+        stays within this budget (less padding, steady memory); ``None``
+        batches ``batch_size`` rows in input order. Output order is input order.
+    precision, device, name
         See :class:`ModelSpec`.
 
     Examples
@@ -418,6 +502,9 @@ def sentence_encoder(
         input_columns=[text_column],
         outputs={output_column: ("float32", dim)},
         batch_size=batch_size,
+        token_budget=token_budget,
+        lengths=_TokenLengths() if token_budget is not None else None,
+        precision=precision,
         device=device,
         name=name or (f"sentence-encoder:{path}" if path else "all-MiniLM-L6-v2"),
     )

@@ -7,14 +7,20 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from dask_batchinfer.batching import run_model
+from dask_batchinfer.batching import BatchStats, run_model
 from dask_batchinfer.errors import BatchInferError, InputError, ModelLoadError, PartitionError
 from dask_batchinfer.model import ModelSpec
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-__all__ = ["infer_partition", "output_meta", "predict"]
+__all__ = [
+    "infer_features",
+    "infer_partition",
+    "output_meta",
+    "predict",
+    "preprocess_partition",
+]
 
 Preprocess = Callable[[pd.DataFrame], pd.DataFrame]
 
@@ -57,23 +63,34 @@ def output_meta(input_meta: pd.DataFrame, model: ModelSpec, keep: Sequence[str])
     return pd.concat([input_meta[list(keep)].iloc[:0], meta], axis=1)
 
 
-def infer_partition(
+def _where(number: int | None, source: str | None) -> str:
+    where = f"partition {number}" if number is not None else "a partition"
+    return f"{where} (file {source})" if source else where
+
+
+def _partition_error(
+    err: Exception, stage: str, number: int | None, source: str | None
+) -> PartitionError:
+    cause = str(err) if isinstance(err, BatchInferError) else f"{type(err).__name__}: {err}"
+    return PartitionError(
+        f"{_where(number, source)} failed in {stage}: {cause}",
+        partition=number if number is not None else -1,
+        source=source,
+    )
+
+
+def preprocess_partition(
     frame: pd.DataFrame,
     *,
-    model: ModelSpec,
     preprocess: Preprocess | None = None,
     keep: Sequence[str] = (),
     number: int | None = None,
     source: str | None = None,
-) -> pd.DataFrame:
-    """Preprocess one partition, run the model and return ``keep`` + output columns.
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run ``preprocess`` on one partition; return ``(features, keep columns)``.
 
-    Errors are re-raised as :class:`PartitionError` naming the partition (and
-    the input file, when known); model-loading errors pass through unchanged.
+    Errors are re-raised as :class:`PartitionError` naming the partition and file.
     """
-    where = f"partition {number}" if number is not None else "a partition"
-    if source:
-        where += f" (file {source})"
     try:
         features = preprocess(frame) if preprocess is not None else frame
         if not isinstance(features, pd.DataFrame):
@@ -85,19 +102,49 @@ def infer_partition(
                 f"preprocess returned {len(features)} rows for {len(frame)} input rows; it "
                 f"must keep every row, in order (filter rows before run_job/predict)"
             )
-        outputs = run_model(model, features).set_axis(frame.index)
+    except Exception as err:
+        raise _partition_error(err, "preprocessing", number, source) from err
+    return features, frame[list(keep)]
+
+
+def infer_features(
+    features: pd.DataFrame,
+    kept: pd.DataFrame,
+    *,
+    model: ModelSpec,
+    number: int | None = None,
+    source: str | None = None,
+    stats: BatchStats | None = None,
+) -> pd.DataFrame:
+    """Run the model on preprocessed ``features``; return ``kept`` + output columns.
+
+    Errors are re-raised as :class:`PartitionError` naming the partition and
+    file; model-loading errors pass through unchanged.
+    """
+    try:
+        outputs = run_model(model, features, stats).set_axis(kept.index)
     except ModelLoadError:
         raise
     except Exception as err:
-        cause = str(err) if isinstance(err, BatchInferError) else f"{type(err).__name__}: {err}"
-        raise PartitionError(
-            f"{where} failed in model {model.name!r}: {cause}",
-            partition=number if number is not None else -1,
-            source=source,
-        ) from err
-    if not keep:
-        return outputs
-    return pd.concat([frame[list(keep)], outputs], axis=1)
+        raise _partition_error(err, f"model {model.name!r}", number, source) from err
+    return pd.concat([kept, outputs], axis=1) if len(kept.columns) else outputs
+
+
+def infer_partition(
+    frame: pd.DataFrame,
+    *,
+    model: ModelSpec,
+    preprocess: Preprocess | None = None,
+    keep: Sequence[str] = (),
+    number: int | None = None,
+    source: str | None = None,
+    stats: BatchStats | None = None,
+) -> pd.DataFrame:
+    """Preprocess one partition, run the model and return ``keep`` + output columns."""
+    features, kept = preprocess_partition(
+        frame, preprocess=preprocess, keep=keep, number=number, source=source
+    )
+    return infer_features(features, kept, model=model, number=number, source=source, stats=stats)
 
 
 def _predict_partition(

@@ -45,6 +45,16 @@ class JobResult:
         Storage calls retried after a transient error (S3 5xx, resets).
     files_removed : int
         Stale data files deleted after the commit (earlier runs' leftovers).
+    job : str
+        The job's id in the workers' stage records (:func:`dask_batchinfer.trace.collect`).
+    oom_events : int
+        Batches that ran out of GPU memory and were split and retried.
+    batch_size : dict of str to int
+        Rows per batch in the end on each worker (smaller than the spec's
+        after out-of-memory recovery).
+    tokens, padded_tokens, padded_tokens_unsorted : int
+        With token-budget batching: real tokens, tokens as batched (with
+        padding), and as batched in input order without sorting.
     """
 
     output: str
@@ -64,8 +74,26 @@ class JobResult:
     write_seconds: float = 0.0
     retries: int = 0
     files_removed: int = 0
+    job: str = ""
+    oom_events: int = 0
+    batch_size: dict[str, int] = dataclasses.field(default_factory=dict)
+    tokens: int = 0
+    padded_tokens: int = 0
+    padded_tokens_unsorted: int = 0
     started: str = ""
     finished: str = ""
+
+    @property
+    def padding_fraction(self) -> float | None:
+        """Share of padding in the tokens the model saw (token-budget batching), else None."""
+        return 1 - self.tokens / self.padded_tokens if self.padded_tokens else None
+
+    @property
+    def padding_fraction_unsorted(self) -> float | None:
+        """The same, had rows been batched in input order without sorting."""
+        if not self.padded_tokens_unsorted:
+            return None
+        return 1 - self.tokens / self.padded_tokens_unsorted
 
     @property
     def rows_per_second(self) -> float:
@@ -91,6 +119,10 @@ class JobResult:
             "files": len(self.files),
             "retries": self.retries,
             "files_removed": self.files_removed,
+            "oom_events": self.oom_events,
+            "batch_size": dict(self.batch_size),
+            "padding_fraction": _round(self.padding_fraction),
+            "padding_fraction_unsorted": _round(self.padding_fraction_unsorted),
         }
 
     def __str__(self) -> str:
@@ -109,5 +141,24 @@ class JobResult:
                 f"  wall time   {self.wall_seconds:.2f} s  ({self.rows_per_second:,.0f} rows/s)",
                 f"  model load  {loads or 'n/a (nothing to run)'}",
                 f"  storage     {self.retries} retries, {self.files_removed} stale files removed",
+                *self._batching_lines(),
             ]
         )
+
+    def _batching_lines(self) -> list[str]:
+        lines = []
+        if self.oom_events:
+            sizes = sorted(set(self.batch_size.values()))
+            lines.append(
+                f"  GPU memory  {self.oom_events} out-of-memory splits; batch size now {sizes}"
+            )
+        if self.padding_fraction is not None:
+            lines.append(
+                f"  padding     {self.padding_fraction:.1%} of tokens with length-sorted batches "
+                f"({self.padding_fraction_unsorted:.1%} unsorted)"
+            )
+        return lines
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

@@ -29,8 +29,10 @@ __all__ = [
     "feature_columns",
     "make_features",
     "make_mlp",
+    "oom_model",
     "read_call_log",
     "set_call_log",
+    "sleepy_preprocess",
     "slow_model",
     "threads_probe",
     "tiny_model",
@@ -160,6 +162,48 @@ def set_call_log(path: str | None) -> None:
         os.environ.pop(CALL_LOG_ENV, None)
     else:
         os.environ[CALL_LOG_ENV] = path
+
+
+class _OOMMLP(TinyMLP):
+    def __init__(self, limit: int, **kwargs: int) -> None:
+        super().__init__(**kwargs)
+        self.limit = limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory (simulated: a batch of {len(x)} rows > {self.limit})"
+            )
+        return super().forward(x)
+
+
+def make_oom_mlp(limit: int, n_features: int = 8, hidden: int = 16, seed: int = 0) -> TinyMLP:
+    """A :class:`TinyMLP` that raises ``torch.cuda.OutOfMemoryError`` above ``limit`` rows."""
+    return _OOMMLP(limit, n_features=n_features, hidden=hidden, seed=seed)
+
+
+def oom_model(limit: int = 40, seed: int = 0, batch_size: int = 256) -> ModelSpec:
+    """A :class:`TinyMLP` spec whose batches above ``limit`` rows run "out of GPU memory".
+
+    Its scores equal :func:`tiny_model`'s for the same seed.
+    """
+    return from_torch(
+        make_oom_mlp,
+        factory_kwargs={"limit": limit, "seed": seed},
+        input_columns=feature_columns(8),
+        outputs={"score": "float32"},
+        batch_size=batch_size,
+        name=f"oom-mlp-limit{limit}",
+    )
+
+
+def sleepy_preprocess(frame: pd.DataFrame, delay: float = 0.05) -> pd.DataFrame:
+    """A preprocessing step that takes ``delay`` seconds and changes nothing.
+
+    Use ``functools.partial(sleepy_preprocess, delay=...)`` as ``preprocess=``.
+    """
+    time.sleep(delay)
+    return frame
 
 
 def read_call_log(path: str | os.PathLike) -> tuple[int, int]:

@@ -21,8 +21,13 @@ def test_spec_token_is_stable_and_discriminating():
     assert a is not b and a.token == b.token
     assert pickle.loads(pickle.dumps(a)).token == a.token
     assert tiny_model(seed=2).token != a.token
-    assert a.with_options(batch_size=7).token != a.token
+    # batch sizes do not change outputs, so neither the token nor the cached model
+    assert a.with_options(batch_size=7).token == a.token
+    assert a.with_options(batch_size=7).cache_key == a.cache_key
     assert a.with_options(batch_size=7).batch_size == 7
+    # precision changes outputs but not the loaded model
+    assert a.with_options(precision="bf16").token != a.token
+    assert a.with_options(precision="bf16").cache_key == a.cache_key
 
 
 def test_spec_pickle_is_small():
@@ -40,6 +45,9 @@ def test_spec_pickle_is_small():
         ({"outputs": {"y": ("float32", 0)}}, "output column 'y'"),
         ({"input_columns": "f0"}, "did you mean ['f0']"),
         ({"load": 3}, "load=..."),
+        ({"precision": "int4"}, "precision='int4'"),
+        ({"token_budget": 100}, "needs lengths"),
+        ({"compile": True, "example": None}, "needs example"),
     ],
 )
 def test_spec_validation_names_the_argument(changes, message):
@@ -127,7 +135,7 @@ def test_cache_loads_once_under_concurrency():
     assert all(m is models[0] for m in models)
     # an equal spec built separately shares the entry (keyed by token, not id)
     assert cache.get_model(tiny_model(seed=424242)).model is models[0]
-    assert cache.local_stats()[spec.token]["loads"] == 1
+    assert cache.local_stats()[spec.cache_key]["loads"] == 1
 
 
 def test_model_load_failure_names_the_model():

@@ -1,0 +1,152 @@
+"""Cluster shapes and stage routing: a CPU pool for preprocessing, a model pool for inference."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+import dask_batchinfer as dbi
+from dask_batchinfer import trace
+from dask_batchinfer.batching import run_model
+from dask_batchinfer.cluster import detect_pools
+from dask_batchinfer.testing import (
+    make_features,
+    oom_model,
+    sleepy_preprocess,
+    slow_model,
+    tiny_model,
+)
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    """A mixed cluster: 2 CPU-pool workers and 1 model-pool worker, all on CPU."""
+    from distributed import Client
+
+    with dbi.local_cluster(kind="mixed", cpu_workers=2, model_workers=1,
+                           silence_logs=logging.WARNING) as cluster, \
+            Client(cluster, set_as_default=False) as client:  # fmt: skip
+        client.wait_for_workers(3)
+        yield client
+
+
+def _pool_addresses(client, resource):
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {a for a, w in workers.items() if resource in (w.get("resources") or {})}
+
+
+def _waiting(records):
+    """Most partitions ever preprocessed but not yet picked up by inference."""
+    pre_end = {r["partition"]: r["end"] for r in records if r["stage"] == "preprocess"}
+    infer_start = {r["partition"]: r["start"] for r in records if r["stage"] == "infer"}
+    events = sorted([(t, 1) for t in pre_end.values()] + [(t, -1) for t in infer_start.values()])
+    most = level = 0
+    for _, step in events:
+        level += step
+        most = max(most, level)
+    return most
+
+
+def test_stages_run_on_their_pools_and_overlap(mixed, tmp_path):
+    frame = make_features(2000, seed=1)
+    result = dbi.run_job(
+        dd.from_pandas(frame, npartitions=20), slow_model(delay=0.05, seed=4), keep=["id"],
+        preprocess=functools.partial(sleepy_preprocess, delay=0.05),
+        output=str(tmp_path / "out"), client=mixed,
+    )  # fmt: skip
+    assert result.rows_out == 2000
+    records = trace.collect(mixed, result.job)
+    cpu_pool = _pool_addresses(mixed, "preprocess")
+    model_pool = _pool_addresses(mixed, "model")
+    assert len(cpu_pool) == 2 and len(model_pool) == 1
+    by_stage = {
+        s: [r for r in records if r["stage"] == s] for s in ("preprocess", "infer", "write")
+    }
+    assert all(len(rs) == 20 for rs in by_stage.values())
+    assert {r["worker"] for r in by_stage["preprocess"]} <= cpu_pool
+    assert {r["worker"] for r in by_stage["infer"] + by_stage["write"]} <= model_pool
+    overlaps = [
+        (p, i)
+        for p in by_stage["preprocess"]
+        for i in by_stage["infer"]
+        if p["start"] < i["end"] and i["start"] < p["end"]
+    ]
+    assert overlaps, "the CPU pool and the model pool never worked at the same time"
+    # the model was loaded on the model pool only, once
+    loads = {w: s for w, s in dbi.model_stats(mixed, slow_model(delay=0.05, seed=4)).items() if s}
+    assert set(loads) == model_pool and [s["loads"] for s in loads.values()] == [1]
+    back = pd.read_parquet(tmp_path / "out").sort_values("id")
+    expected = run_model(tiny_model(seed=4), frame)["score"].to_numpy()
+    np.testing.assert_allclose(back["score"].to_numpy(), expected, rtol=1e-5)
+
+
+def test_backpressure_bounds_work_waiting_for_the_model(mixed, tmp_path):
+    bound = 1 + 2 * 1  # model threads + prefetch-per-model-thread x model threads
+    result = dbi.run_job(
+        dd.from_pandas(make_features(3000), npartitions=30), slow_model(delay=0.1, seed=5),
+        output=str(tmp_path / "out"), client=mixed,
+    )  # fmt: skip
+    waiting = _waiting(trace.collect(mixed, result.job))
+    assert 1 <= waiting <= bound, waiting
+
+
+def test_pool_detection_errors(mixed, client):
+    with pytest.raises(dbi.InputError, match="'gpu'.*dask cuda worker"):
+        detect_pools(mixed, {"preprocess": "preprocess", "model": "gpu"})
+    with pytest.raises(dbi.InputError, match="expected"):
+        detect_pools(mixed, {"cpu": "preprocess"})
+    assert detect_pools(mixed, None).mixed
+    assert not detect_pools(mixed, False).mixed
+    assert not detect_pools(client, None).mixed  # the plain session cluster: one pool
+    with pytest.raises(dbi.InputError, match="'preprocess'.*dask worker"):
+        detect_pools(client, True)
+
+
+def test_local_cluster_without_gpus():
+    assert dbi.cluster.gpu_count() == 0  # no dask-cuda / NVML here
+    with pytest.raises(dbi.InputError, match=r"pip install 'dask-batchinfer\[gpu\]'"):
+        dbi.local_cluster(kind="gpu")
+    with pytest.raises(dbi.InputError, match="kind="):
+        dbi.local_cluster(kind="tpu")
+    with dbi.local_cluster(n_workers=1, threads_per_worker=1,
+                           silence_logs=logging.WARNING) as cluster:  # fmt: skip
+        assert type(cluster).__name__ == "LocalCluster"
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+
+
+def test_out_of_memory_recovery_in_a_job(client, tmp_path):
+    frame = make_features(2000, seed=6)
+    result = dbi.run_job(dd.from_pandas(frame, npartitions=4), oom_model(limit=50, seed=7),
+                         output=str(tmp_path / "out"), keep=["id"])  # fmt: skip
+    assert result.oom_events >= 1
+    assert set(result.batch_size.values()) == {32}
+    assert "out-of-memory" in str(result)
+    back = pd.read_parquet(tmp_path / "out").sort_values("id")
+    one_row = run_model(tiny_model(seed=7, batch_size=1), frame)["score"].to_numpy()
+    np.testing.assert_allclose(back["score"].to_numpy(), one_row, rtol=1e-6, atol=1e-6)
+
+
+def test_workers_that_join_later_load_on_arrival(tmp_path):
+    from distributed import Client
+
+    spec = tiny_model(seed=8)
+    with dbi.local_cluster(n_workers=1, threads_per_worker=1,
+                           silence_logs=logging.WARNING) as cluster, \
+            Client(cluster, set_as_default=False) as c:  # fmt: skip
+        dbi.run_job(dd.from_pandas(make_features(100), npartitions=2), spec,
+                    output=str(tmp_path / "out"), client=c)  # fmt: skip
+        cluster.scale(2)
+        c.wait_for_workers(2)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            stats = dbi.model_stats(c, spec)
+            if all(s and s["loads"] == 1 for s in stats.values()):
+                break
+            time.sleep(0.1)
+        assert len(stats) == 2 and all(s and s["loads"] == 1 for s in stats.values()), stats
