@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean gpu-bundle gpu-check
 
 install: $(STAMP)
 
@@ -29,3 +29,10 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) batchinfer-demo-output .pytest_cache
+
+# GPU check: prepare .gpu/ here (wheels + fp16 MiniLM), run gpu-check on the GPU machine.
+gpu-bundle: $(STAMP)
+	PY=$(BIN)/python scripts/gpu_bundle.sh
+
+gpu-check:
+	scripts/gpu_check.sh

@@ -6,11 +6,12 @@ Exit codes: 0 success, 1 the job failed, 2 usage error (bad option or argument).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from dask_batchinfer.errors import BatchInferError, InputError
@@ -124,6 +125,34 @@ def _parser() -> argparse.ArgumentParser:
         "stays readable until the new one commits; error: refuse an existing output",
     )
     run.add_argument(
+        "--cluster",
+        choices=["auto", "cpu", "gpu", "mixed"],
+        default="auto",
+        help="shape of the local cluster started without --scheduler: auto (GPUs when "
+        "dask-cuda sees some, else CPU), cpu, gpu (dask-cuda, one worker per GPU), or mixed "
+        "(a CPU pool that reads and preprocesses, a model pool that infers and writes)",
+    )
+    run.add_argument(
+        "--cpu-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU-pool workers with --cluster mixed",
+    )
+    run.add_argument(
+        "--model-workers",
+        type=int,
+        metavar="N",
+        help="model-pool workers with --cluster mixed (default: one per GPU, else 1)",
+    )
+    run.add_argument(
+        "--pool-resources",
+        nargs=2,
+        metavar=("PREPROCESS", "MODEL"),
+        help="resource names marking the CPU pool and the model pool of the cluster "
+        "(default: preprocess model, when workers carry them)",
+    )
+    run.add_argument(
         "--json", action="store_true", help="print the result summary as JSON instead of text"
     )
 
@@ -167,18 +196,42 @@ def _run(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         model = model.with_options(batch_size=args.batch_size)
     preprocess = load_object(args.preprocess, "preprocess") if args.preprocess else None
-    result = run_job(
-        args.input,
-        model,
-        output=args.output,
-        preprocess=preprocess,
-        keep=args.keep or None,
-        partition_on=args.partition_on or None,
-        mode=args.mode,
-        client=args.scheduler,
-    )
+    pools = None
+    if args.pool_resources:
+        pools = dict(zip(("preprocess", "model"), args.pool_resources, strict=True))
+    with contextlib.ExitStack() as stack:
+        client: Any = args.scheduler
+        if client is None:
+            client = stack.enter_context(_start_cluster(args))
+        result = run_job(
+            args.input,
+            model,
+            output=args.output,
+            preprocess=preprocess,
+            keep=args.keep or None,
+            partition_on=args.partition_on or None,
+            mode=args.mode,
+            client=client,
+            pools=pools,
+        )
     print(json.dumps(result.summary(), indent=1) if args.json else result)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _start_cluster(args: argparse.Namespace) -> Iterator[Any]:
+    from distributed import Client
+
+    from dask_batchinfer.cluster import local_cluster
+
+    options: dict[str, Any] = {}
+    if args.cluster == "mixed":
+        options = {"cpu_workers": args.cpu_workers, "model_workers": args.model_workers}
+    with local_cluster(kind=args.cluster, **options) as cluster, Client(cluster) as client:
+        logging.getLogger("dask_batchinfer").info(
+            "started %s; dashboard at %s", type(cluster).__name__, client.dashboard_link
+        )
+        yield client
 
 
 def _demo(args: argparse.Namespace) -> int:

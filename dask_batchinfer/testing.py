@@ -28,6 +28,7 @@ __all__ = [
     "factory_calls",
     "feature_columns",
     "make_features",
+    "hog_model",
     "make_mlp",
     "oom_model",
     "read_call_log",
@@ -204,6 +205,38 @@ def sleepy_preprocess(frame: pd.DataFrame, delay: float = 0.05) -> pd.DataFrame:
     """
     time.sleep(delay)
     return frame
+
+
+class _HogMLP(TinyMLP):
+    def __init__(self, fraction: float, **kwargs: int) -> None:
+        super().__init__(**kwargs)
+        self.fraction = fraction
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cuda":  # a real allocation that grows with the batch
+            total = torch.cuda.get_device_properties(x.device).total_memory
+            per_row = int(total * self.fraction) // 4
+            scratch = torch.empty((len(x), per_row), dtype=torch.float32, device=x.device)
+            del scratch
+        return super().forward(x)
+
+
+def make_hog_mlp(fraction: float, n_features: int = 8, hidden: int = 16, seed: int = 0):
+    """A :class:`TinyMLP` that allocates ``fraction`` of the GPU's memory per row on CUDA."""
+    return _HogMLP(fraction, n_features=n_features, hidden=hidden, seed=seed)
+
+
+def hog_model(fraction: float = 1 / 48, seed: int = 0, batch_size: int = 256) -> ModelSpec:
+    """A :class:`TinyMLP` spec whose batches really run out of GPU memory above
+    about ``1 / fraction`` rows. Scores equal :func:`tiny_model`'s for the same seed."""
+    return from_torch(
+        make_hog_mlp,
+        factory_kwargs={"fraction": fraction, "seed": seed},
+        input_columns=feature_columns(8),
+        outputs={"score": "float32"},
+        batch_size=batch_size,
+        name="hog-mlp",
+    )
 
 
 def read_call_log(path: str | os.PathLike) -> tuple[int, int]:

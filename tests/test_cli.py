@@ -37,6 +37,8 @@ def test_help_explains_every_option():
         "--partition-on",
         "--preprocess",
         "--mode",
+        "--cluster",
+        "--pool-resources",
     ):
         assert option in out
     assert (
@@ -47,7 +49,8 @@ def test_help_explains_every_option():
 
 
 @pytest.mark.slow
-def test_run_on_parquet_starts_its_own_cluster(tmp_path):
+@pytest.mark.parametrize("cluster", [[], ["--cluster", "mixed", "--cpu-workers", "1"]])
+def test_run_on_parquet_starts_its_own_cluster(tmp_path, cluster):
     frame = make_features(500, seed=9)
     (tmp_path / "in").mkdir()
     frame.iloc[:200].to_parquet(tmp_path / "in" / "a.parquet", index=False)
@@ -65,11 +68,12 @@ def test_run_on_parquet_starts_its_own_cluster(tmp_path):
         "--batch-size",
         "64",
         "--json",
+        *cluster,
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert (summary["rows_in"], summary["rows_out"], summary["partitions"]) == (500, 500, 2)
-    assert list(summary["model_loads"].values()) == [1] * len(summary["model_loads"])
+    assert list(summary["model_loads"].values()) == [1]  # one model worker in both shapes
     back = pd.read_parquet(tmp_path / "out")
     assert sorted(back["id"]) == list(range(500))
     assert np.isfinite(back["score"]).all()

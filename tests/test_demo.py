@@ -21,6 +21,8 @@ def test_demo_embeds_the_corpus(client, tmp_path):
     result = run_demo(str(tmp_path), n_docs=240, partitions=3, client=client, verbose=False)
     assert (result.rows_in, result.rows_out, result.partitions) == (240, 240, 3)
     assert set(result.model_loads.values()) == {1}
+    assert result.padding_fraction is not None
+    assert result.padding_fraction <= result.padding_fraction_unsorted  # length-sorted batches
     written = (
         ds.dataset(str(tmp_path / "embeddings"), format="parquet", partitioning="hive")
         .to_table()

@@ -1,0 +1,87 @@
+"""GPU behaviour; skipped without a CUDA GPU. Run with `make gpu-check` on a GPU machine."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import dask_batchinfer as dbi
+from dask_batchinfer import cache
+from dask_batchinfer.batching import BatchStats, run_model
+from dask_batchinfer.testing import hog_model, make_features, tiny_model
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _cpu_scores(frame, seed):
+    return run_model(tiny_model(seed=seed).with_options(device="cpu"), frame)["score"].to_numpy()
+
+
+def test_pinned_prefetch_on_gpu_matches_cpu():
+    frame = make_features(5000, seed=1)
+    spec = tiny_model(seed=2, batch_size=128).with_options(device="cuda")
+    out = run_model(spec, frame)["score"].to_numpy()
+    assert cache.get_model(spec).device == "cuda"
+    np.testing.assert_allclose(out, _cpu_scores(frame, 2), rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_on_gpu():
+    frame = make_features(2000, seed=3)
+    spec = tiny_model(seed=4).with_options(device="cuda", precision="bf16")
+    np.testing.assert_allclose(
+        run_model(spec, frame)["score"], _cpu_scores(frame, 4), atol=0.1, rtol=0.05
+    )
+
+
+def test_real_out_of_memory_recovery():
+    frame = make_features(1000, seed=5)
+    spec = hog_model(fraction=1 / 48, seed=6, batch_size=256).with_options(device="cuda")
+    stats = BatchStats()
+    out = run_model(spec, frame, stats)["score"].to_numpy()
+    assert stats.oom_events >= 1 and stats.batch_size == 32, stats
+    np.testing.assert_allclose(out, _cpu_scores(frame, 6), rtol=1e-4, atol=1e-4)
+
+
+def test_evict_releases_gpu_memory():
+    spec = dbi.from_torch(
+        torch.nn.Linear, factory_kwargs={"in_features": 8, "out_features": 2**25},
+        input_columns=[f"f{i}" for i in range(8)], outputs={"y": ("float32", 2**25)},
+        device="cuda",
+    )  # fmt: skip
+    before = torch.cuda.memory_allocated()
+    cache.get_model(spec)
+    assert torch.cuda.memory_allocated() - before > 2**30
+    assert cache.evict(spec)
+    assert torch.cuda.memory_allocated() - before < 2**20
+
+
+def test_local_cuda_cluster_job(tmp_path):
+    pytest.importorskip("dask_cuda")
+    import dask.dataframe as dd
+    import pandas as pd
+    from distributed import Client
+
+    frame = make_features(20_000, seed=7)
+    spec = tiny_model(seed=8, batch_size=4096)
+    with dbi.local_cluster(kind="gpu", silence_logs=logging.WARNING) as cluster, \
+            Client(cluster, set_as_default=False) as c:  # fmt: skip
+        assert type(cluster).__name__ == "LocalCUDACluster"
+        result = dbi.run_job(dd.from_pandas(frame, npartitions=8), spec, keep=["id"],
+                             output=str(tmp_path / "out"), client=c)  # fmt: skip
+        stats = [s for s in dbi.model_stats(c, spec).values() if s]
+        assert stats and all(s["device"] == "cuda" and s["loads"] == 1 for s in stats)
+        used = c.run(torch.cuda.memory_allocated)
+        c.unregister_worker_plugin(f"batchinfer-warmup-{spec.cache_key}")  # teardown
+        after = c.run(torch.cuda.memory_allocated)
+        assert all(after[w] <= used[w] for w in used)
+    assert result.rows_out == 20_000
+    back = pd.read_parquet(tmp_path / "out").sort_values("id")
+    np.testing.assert_allclose(
+        back["score"].to_numpy(), _cpu_scores(frame, 8), rtol=1e-4, atol=1e-4
+    )
