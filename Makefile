@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean gpu-bundle gpu-check
+.PHONY: demo test lint install clean gpu-bundle gpu-check bench bench-smoke
 
 install: $(STAMP)
 
@@ -36,3 +36,15 @@ gpu-bundle: $(STAMP)
 
 gpu-check:
 	scripts/gpu_check.sh
+
+# Benchmarks (not part of make test): ratios against the in-memory limit, a
+# hand-written loop and Ray Data, measured side by side in one run.
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench
+	$(BIN)/python -m benchmarks.run
+
+bench-smoke: $(VENV)/.bench
+	$(BIN)/python -m benchmarks.run --smoke

@@ -328,7 +328,8 @@ def _run(
 
     rows = len(frame)
     inputs = spec.make_inputs(frame)
-    with loaded.lock, torch.inference_mode(), _autocast(spec, loaded.device):
+    turn = loaded.lock if loaded.device != "cpu" else contextlib.nullcontext()
+    with turn, torch.inference_mode(), _autocast(spec, loaded.device):
         inputs, order, ranges = _plan(spec, loaded, inputs, rows, stats)
         if loaded.device.startswith("cuda"):
             inputs = _pin(inputs)
@@ -351,14 +352,14 @@ def run_model(
 ) -> pd.DataFrame:
     """Run ``spec`` over every row of ``frame``; return the output columns on ``frame``'s index.
 
-    The model comes from the per-process cache; forward passes hold the
-    model's lock and run under ``torch.inference_mode()``. ``stats``, when
+    The model comes from the per-process cache; forward passes run under
+    ``torch.inference_mode()`` (taking turns on a GPU). ``stats``, when
     given, receives batch counts, out-of-memory recoveries and padding.
     """
     if len(frame) == 0:
         return spec.meta().set_axis(frame.index[:0])
     loaded = get_model(spec)
-    configure_torch_threads()
+    configure_torch_threads(loaded.device)
     return _run(spec, loaded, frame, stats if stats is not None else BatchStats())
 
 
@@ -366,7 +367,7 @@ def warm_up(spec: ModelSpec, loaded: LoadedModel) -> None:
     """Run ``spec.example()`` through the model (at load time, e.g. to compile it)."""
     if spec.example is None:
         return
-    configure_torch_threads()
+    configure_torch_threads(loaded.device)
     example = spec.example()
     _run(spec, loaded, example, BatchStats())
     if len(example) > 1:  # a partial last batch: compile the dynamic-shape variant now too

@@ -6,9 +6,9 @@ the spec's token (``dask.base.tokenize``), so two equal specs share one model.
 Loads of one spec are serialised by a per-token lock; loads of different specs
 run in parallel. The cache is emptied in a forked child.
 
-Forward passes of one model run one at a time (:attr:`LoadedModel.lock`) with
-torch using as many threads as the worker has, so a worker never
-oversubscribes its cores while its other threads read, preprocess and write.
+On CPU each task thread runs forward passes with one torch thread, side by
+side; on a GPU forward passes take turns (:attr:`LoadedModel.lock`). Either
+way a worker never has more busy threads than it was given.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class LoadedModel:
     model: Any
     device: str
     load_seconds: float
+    #: Forward passes on an accelerator take turns; on CPU they run side by side.
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
     #: The largest batch (rows) known to fit after an out-of-memory error; None: no limit seen.
     max_batch: int | None = None
@@ -86,20 +87,24 @@ def _worker_threads() -> int | None:
         return None
 
 
-def configure_torch_threads() -> None:
-    """Give torch as many intra-op threads as this worker has task threads.
+def configure_torch_threads(device: str = "cpu") -> None:
+    """Keep torch's threads within the worker's: never more busy threads than it has.
 
-    OpenMP keeps the thread count per calling thread, and the nanny starts
-    workers with ``OMP_NUM_THREADS=1``, so this runs in each thread that runs
-    a model (cheap: a comparison once the count is right).
+    On CPU each of the worker's task threads runs its own forward passes with
+    one torch thread (measured faster than one multi-threaded forward at a
+    time: nothing else competes with OpenMP's threads for the cores). On a GPU
+    forward passes take turns (``LoadedModel.lock``) and torch's host-side
+    threads get the worker's thread count. OpenMP keeps the count per calling
+    thread, so this runs in every thread that runs a model (cheap once set).
     """
     nthreads = _worker_threads()
     if nthreads is None:
         return
     import torch
 
-    if torch.get_num_threads() != nthreads:
-        torch.set_num_threads(nthreads)
+    wanted = 1 if device == "cpu" else nthreads
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 def resolve_device(device: str) -> str:
@@ -114,8 +119,8 @@ def resolve_device(device: str) -> str:
 def _load(spec: ModelSpec) -> LoadedModel:
     import torch
 
-    configure_torch_threads()
     device = resolve_device(spec.device)
+    configure_torch_threads(device)
     start = time.perf_counter()
     try:
         model = spec.load(**spec.load_kwargs)

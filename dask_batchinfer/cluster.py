@@ -73,7 +73,7 @@ def local_cluster(
         :func:`mixed_cluster`.
     threads_per_worker : int, optional
         Task threads per worker (torch uses as many). Default
-        ``batchinfer.threads-per-worker`` (4), at most the CPU count.
+        ``batchinfer.threads-per-worker`` (1: a process per core), at most the CPU count.
     kind : {"auto", "cpu", "gpu", "mixed"}, default "auto"
         The cluster shape, see the module docstring.
     gpu : bool, optional

@@ -110,19 +110,20 @@ def _check_not_nested(source: Any, output: str, storage_options: Mapping[str, An
 
 
 def _partitions(
-    ddf: Any, files: list[InputFile] | None, job_token: str, generation: str
+    ddf: Any, groups: list[list[InputFile]] | None, job_token: str, generation: str
 ) -> list[Partition]:
-    if files is not None:
-        return [
-            Partition(
-                number=i,
-                slug=partition_slug(f.relpath),
-                source=f.path,
-                fingerprint=tokenize(f.relpath, f.size, f.version, job_token),
-                generation=generation,
-            )
-            for i, f in enumerate(files)
-        ]
+    if groups is not None:
+        partitions = []
+        for i, group in enumerate(groups):
+            first, last = group[0], group[-1]
+            slug = partition_slug(first.relpath)
+            source = first.path
+            if len(group) > 1:
+                slug = f"{slug}--{partition_slug(last.relpath)}"
+                source = f"{first.path} .. {last.path} ({len(group)} files)"
+            identity = [(f.relpath, f.size, f.version) for f in group]
+            partitions.append(Partition(i, slug, source, tokenize(identity, job_token), generation))
+        return partitions
     return [
         Partition(
             number=i,
@@ -333,7 +334,7 @@ def run_job(
     output = os.fspath(output)
     storage_options = dict(storage_options or {})
     _check_not_nested(source, output, storage_options)
-    ddf, files = _open_source(source, storage_options)
+    ddf, groups = _open_source(source, storage_options)
     keep = check_keep(keep, list(ddf.columns))
     partition_on = _check_partition_on(partition_on, list(ddf.columns), model)
     keep = keep + tuple(c for c in partition_on if c in ddf.columns and c not in keep)
@@ -359,7 +360,7 @@ def run_job(
         model.token, code_token(preprocess), keep, partition_on, schema.to_string(), __version__
     )
     generation = uuid.uuid4().hex if mode == "overwrite" else ""
-    partitions = _partitions(ddf, files, job_token, generation)
+    partitions = _partitions(ddf, groups, job_token, generation)
     job_fingerprint = tokenize([p.fingerprint for p in partitions])
 
     if mode == "resume" and _finished(state, job_fingerprint):
@@ -377,12 +378,14 @@ def run_job(
 
     stats: list[dict[str, Any]] = []
     loads: dict[str, Any] = {}
+    startup = 0.0
     job = uuid.uuid4().hex[:12]
     if todo:
         _check_writable(fs, root, output)
         with connect(client) as c:
             pool = detect_pools(c, pools)
             _warm_up(c, model, pool)
+            startup = time.perf_counter() - wall_start
             stats = _run_partitions(
                 c,
                 ddf,
@@ -439,6 +442,8 @@ def run_job(
         retries=sum(s["retries"] for s in stats),
         started=started,
         job=job,
+        startup_seconds=startup,
+        first_commit_seconds=(min(s["done"] for s in stats) - wall_start) if stats else 0.0,
         oom_events=sum(s["batch"]["oom_events"] for s in stats),
         batch_size={s["worker"]: s["batch"]["batch_size"] for s in stats},
         tokens=sum(s["batch"]["tokens"] for s in stats),
@@ -581,7 +586,7 @@ def _run_partitions(
         submit_next()
     for future in pending:
         try:
-            stats.append(future.result())
+            stats.append(future.result() | {"done": time.perf_counter()})
         except BaseException:
             for other in list(pending.futures):
                 other.cancel()

@@ -45,6 +45,11 @@ class JobResult:
         Storage calls retried after a transient error (S3 5xx, resets).
     files_removed : int
         Stale data files deleted after the commit (earlier runs' leftovers).
+    startup_seconds : float
+        From the call until the model was loaded on every model worker
+        (cluster start included).
+    first_commit_seconds : float
+        From the call until the first partition was committed.
     job : str
         The job's id in the workers' stage records (:func:`dask_batchinfer.trace.collect`).
     oom_events : int
@@ -75,6 +80,8 @@ class JobResult:
     retries: int = 0
     files_removed: int = 0
     job: str = ""
+    startup_seconds: float = 0.0
+    first_commit_seconds: float = 0.0
     oom_events: int = 0
     batch_size: dict[str, int] = dataclasses.field(default_factory=dict)
     tokens: int = 0
@@ -113,6 +120,8 @@ class JobResult:
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
             "wall_seconds": round(self.wall_seconds, 3),
+            "startup_seconds": round(self.startup_seconds, 3),
+            "first_commit_seconds": round(self.first_commit_seconds, 3),
             "rows_per_second": round(self.rows_per_second, 1),
             "model_load_seconds": {w: round(s, 3) for w, s in self.model_load_seconds.items()},
             "model_loads": dict(self.model_loads),

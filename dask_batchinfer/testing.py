@@ -92,18 +92,36 @@ def tiny_model(
     )
 
 
-def _torch_threads(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    return torch.full((len(batch),), torch.get_num_threads(), dtype=torch.int32)
+_active = 0
+_active_lock = __import__("threading").Lock()
+
+
+def _torch_threads(model: torch.nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    global _active
+    with _active_lock:
+        _active += 1
+        concurrent = _active
+    time.sleep(0.05)  # long enough for forwards in other threads to overlap
+    with _active_lock:
+        concurrent = max(concurrent, _active)
+        _active -= 1
+    rows = len(batch)
+    return {
+        "threads": torch.full((rows,), torch.get_num_threads(), dtype=torch.int32),
+        "concurrent": torch.full((rows,), concurrent, dtype=torch.int32),
+    }
 
 
 def threads_probe(n_features: int = 8) -> ModelSpec:
-    """A spec whose output ``threads`` is ``torch.get_num_threads()`` during the forward pass."""
+    """A spec reporting, per row, ``threads`` (``torch.get_num_threads()`` in its forward
+    pass) and ``concurrent`` (forward passes running in the process at that time)."""
     return from_torch(
         make_mlp,
         factory_kwargs={"n_features": n_features, "seed": -1},
         predict=_torch_threads,
         input_columns=feature_columns(n_features),
-        outputs={"threads": "int32"},
+        outputs={"threads": "int32", "concurrent": "int32"},
+        batch_size=50,
         name="threads-probe",
     )
 

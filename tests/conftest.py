@@ -16,6 +16,18 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Most tests write a few tiny input files and count partitions: one file, one
+# partition (subprocesses inherit this too). test_small_files_are_grouped
+# checks the default grouping.
+os.environ["DASK_BATCHINFER__PARTITION_SIZE"] = "1B"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_partition_per_file():
+    import dask
+
+    with dask.config.set({"batchinfer.partition-size": "1B"}):
+        yield
 
 
 def _free_port() -> int:

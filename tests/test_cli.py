@@ -73,7 +73,9 @@ def test_run_on_parquet_starts_its_own_cluster(tmp_path, cluster):
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert (summary["rows_in"], summary["rows_out"], summary["partitions"]) == (500, 500, 2)
-    assert list(summary["model_loads"].values()) == [1]  # one model worker in both shapes
+    assert set(summary["model_loads"].values()) == {1}  # once per model worker
+    if cluster:  # mixed: only the one model worker loads it
+        assert len(summary["model_loads"]) == 1
     back = pd.read_parquet(tmp_path / "out")
     assert sorted(back["id"]) == list(range(500))
     assert np.isfinite(back["score"]).all()

@@ -8,6 +8,7 @@ what resume and incremental runs key on, and errors can name the file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import posixpath
 from collections.abc import Mapping
@@ -15,13 +16,14 @@ from typing import Any
 
 import fsspec
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.commit import MANIFEST, is_visible
 from dask_batchinfer.io.retry import retry
 
-__all__ = ["InputFile", "list_parquet_files", "read_output", "read_parquet_files"]
+__all__ = ["InputFile", "group_files", "list_parquet_files", "read_output", "read_parquet_files"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,24 +63,71 @@ def list_parquet_files(fs: fsspec.AbstractFileSystem, root: str) -> list[InputFi
     return files
 
 
-def _read_file(path: str, *, protocol: str, storage_options: Mapping[str, Any]) -> pd.DataFrame:
-    fs = fsspec.filesystem(protocol, **storage_options)
-    try:
-        table = retry(lambda: pq.read_table(path, filesystem=fs), what=f"reading {path}")
-    except Exception as err:
-        raise InputError(f"cannot read input file {path!r}: {type(err).__name__}: {err}") from err
-    return table.to_pandas()
+def group_files(files: list[InputFile], target_bytes: int) -> list[list[InputFile]]:
+    """Consecutive files grouped up to ``target_bytes`` each: many tiny files, few partitions.
+
+    A file at least as large as the target is a partition of its own.
+    """
+    groups: list[list[InputFile]] = []
+    size = 0
+    for f in files:
+        if groups and size + f.size <= target_bytes:
+            groups[-1].append(f)
+            size += f.size
+        else:
+            groups.append([f])
+            size = f.size
+    return groups
+
+
+def _read_files(
+    paths: list[str], *, protocol: str, storage_options: Mapping[str, Any]
+) -> pd.DataFrame:
+    # Local files through Arrow's own filesystem (native, threaded reads); others through fsspec.
+    fs = None if protocol in ("file", "local") else fsspec.filesystem(protocol, **storage_options)
+    tables = []
+    for path in paths:
+        try:
+            read = functools.partial(pq.read_table, path, filesystem=fs)
+            tables.append(retry(read, what=f"reading {path}"))
+        except Exception as err:
+            raise InputError(
+                f"cannot read input file {path!r}: {type(err).__name__}: {err}"
+            ) from err
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+    return table.to_pandas(types_mapper=arrow_types)
+
+
+def arrow_types(kind: pa.DataType) -> pd.ArrowDtype | None:
+    """Keep binary and nested columns as Arrow-backed pandas columns.
+
+    As plain ``object`` columns, Dask would try to turn them into strings
+    (``dataframe.convert-string``) and fail on bytes that are not UTF-8.
+    """
+    nested = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_struct(kind)
+    binary = (
+        pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+        or pa.types.is_fixed_size_binary(kind)
+    )  # fmt: skip
+    return pd.ArrowDtype(kind) if nested or binary or pa.types.is_fixed_size_list(kind) else None
 
 
 def read_parquet_files(url: str, storage_options: Mapping[str, Any] | None = None):
     """A Dask DataFrame with one partition per Parquet file under ``url``.
 
+    Consecutive files smaller than ``batchinfer.partition-size`` (16 MiB) are
+    read together as one partition, so a folder of many tiny files does not
+    become many tiny tasks.
+
     Returns
     -------
-    (dask.dataframe.DataFrame, list of InputFile)
-        The frame and the file behind each partition.
+    (dask.dataframe.DataFrame, list of list of InputFile)
+        The frame and the files behind each partition.
     """
     import dask.dataframe as dd
+    from dask.utils import parse_bytes
+
+    from dask_batchinfer import _config
 
     options = dict(storage_options or {})
     fs, root = fsspec.core.url_to_fs(url, **options)
@@ -90,16 +139,17 @@ def read_parquet_files(url: str, storage_options: Mapping[str, Any] | None = Non
     except Exception as err:
         raise InputError(f"cannot read the schema of {files[0].path!r}: {err}") from err
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    groups = group_files(files, parse_bytes(_config.get("partition-size")))
     ddf = dd.from_map(
-        _read_file,
-        [f.path for f in files],
-        meta=schema.empty_table().to_pandas(),
+        _read_files,
+        [[f.path for f in group] for group in groups],
+        meta=schema.empty_table().to_pandas(types_mapper=arrow_types),
         label="read-parquet-file",
         protocol=protocol,
         storage_options=options,
         enforce_metadata=False,
     )
-    return ddf, files
+    return ddf, groups
 
 
 def read_output(url: str, storage_options: Mapping[str, Any] | None = None):

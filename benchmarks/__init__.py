@@ -1,0 +1,1 @@
+"""Benchmarks of dask-batchinfer (``make bench``); see ``benchmarks/run.py``."""

@@ -1,0 +1,92 @@
+"""Write a benchmark report: JSON, a Markdown table and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def _f(value, digits=0, suffix=""):
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"Benchmark ({report['mode']} sizes, {report['reps']} interleaved repetitions, medians; "
+        f"{report['cpus']} CPUs; {report['date']}). Ray Data: {report['ray']}.",
+        "",
+        "| workload | rows | ours rows/s | L0 rows/s | L1 rows/s | Ray rows/s | naive rows/s "
+        "| ours/L0 | ours/L1 | ours/Ray steady | ours/Ray cold | cold s ours / L1 / Ray "
+        "| start-up s | first commit s | peak PSS MB (growth) | loads | max abs diff |",
+        "|" + "---|" * 17,
+    ]
+    for name, w in report["workloads"].items():
+        hi = w["sizes"][-1]
+        hi_key = str(hi) if str(hi) in w["ours"]["cold_seconds"] else hi
+        r = w.get("ratios", {})
+        ray = w.get("ray")
+        pss = w["ours"]["peak_pss_mb"]
+        lo_key = str(w["sizes"][0]) if str(w["sizes"][0]) in pss else w["sizes"][0]
+        colds = " / ".join(
+            _f(w[v]["cold_seconds"][hi_key], 1) if v in w else "n/a" for v in ("ours", "l1", "ray")
+        )
+        lines.append(
+            f"| {name} | {' → '.join(f'{n:,}' for n in w['sizes'])} "
+            f"| {_f(w['ours']['steady_rows_per_second'])} | {_f(w['l0']['rows_per_second'])} "
+            f"| {_f(w['l1']['steady_rows_per_second'])} "
+            f"| {_f(ray['steady_rows_per_second']) if ray else 'n/a'} "
+            f"| {_f(w['naive']['rows_per_second'])} "
+            f"| {_f(r.get('ours_vs_l0'), 2)} | {_f(r.get('ours_vs_l1_steady'), 2)} "
+            f"| {_f(r.get('ours_vs_ray_steady'), 2)} | {_f(r.get('ours_vs_ray_cold'), 2)} "
+            f"| {colds} | {_f(w['ours']['startup_seconds'], 2)} "
+            f"| {_f(w['ours']['first_commit_seconds'], 2)} "
+            f"| {_f(pss[lo_key])} → {_f(pss[hi_key])} ({_f(r.get('memory_growth'), 2)}x) "
+            f"| {_f(w['ours']['model_loads'])} "
+            f"| {w.get('correctness', {}).get('max_abs_diff', 'n/a'):.2g} |"
+        )
+    s = report["small_files"]
+    lines += [
+        "",
+        f"Small files: {s['rows']:,} rows in {s['files']:,} files took {s['seconds_many']:.1f} s "
+        f"versus {s['seconds_few']:.1f} s in large files: slowdown {s['slowdown']:.2f}x. "
+        f"Importing torch takes {report['torch_import_seconds']:.2f} s in a fresh process.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["workloads"])
+    series = [
+        ("L0 (limit)", lambda w: w["l0"]["rows_per_second"]),
+        ("ours", lambda w: w["ours"]["steady_rows_per_second"]),
+        ("L1 hand loop", lambda w: w["l1"]["steady_rows_per_second"]),
+        ("Ray Data", lambda w: w["ray"]["steady_rows_per_second"] if "ray" in w else 0),
+    ]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        w = report["workloads"][name]
+        values = [f(w) for _, f in series]
+        ax.bar([label for label, _ in series], values, color=["grey", "C0", "C1", "C2"])
+        ax.set_title(name)
+        ax.set_ylabel("rows/s (steady)")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(report: dict, folder: str) -> None:
+    mode = report["mode"]
+    with open(os.path.join(folder, f"{mode}.json"), "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    with open(os.path.join(folder, f"{mode}.md"), "w") as f:
+        f.write(markdown(report))
+    chart(report, os.path.join(folder, f"{mode}.png"))
+    print(markdown(report))

@@ -1,0 +1,243 @@
+"""The benchmark suite: every workload against the limit, a hand loop and Ray Data.
+
+    python -m benchmarks.run            # default sizes (about 20 minutes on 2 cores)
+    python -m benchmarks.run --smoke    # tiny sizes, one repetition: checks the code runs
+    python -m benchmarks.run --full     # the sizes of the issue (hours on 2 cores)
+
+Each variant runs in its own process (``benchmarks/variant.py``), timed from
+process start to committed output, with the process tree's PSS sampled every
+0.2 s. Variants are interleaved (A B A B ..., order flipped every repetition)
+and medians reported. Steady-state rows/s is the slope between the two input
+sizes, so start-up costs cancel. Results go to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import psutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DATA = os.path.join(HERE, ".data")
+RESULTS = os.path.join(HERE, "results")
+
+SIZES = {
+    "smoke": {"W1-h256": (4_000, 8_000), "W1-h1024": (4_000, 8_000), "W2-minilm": (60, 120),
+              "W3-cnn": (200, 400)},
+    "default": {"W1-h256": (1_000_000, 4_000_000), "W1-h1024": (1_000_000, 4_000_000),
+                "W2-minilm": (2_000, 8_000), "W3-cnn": (5_000, 20_000)},
+    "full": {"W1-h256": (1_000_000, 4_000_000, 16_000_000),
+             "W1-h1024": (1_000_000, 4_000_000, 16_000_000),
+             "W2-minilm": (50_000, 200_000), "W3-cnn": (20_000, 50_000)},
+}  # fmt: skip
+ROWS_PER_FILE = {"smoke": {"W1": 2_000, "W2": 30, "W3": 100}}
+
+
+def _pss_tree(pid: int) -> int:
+    try:
+        parent = psutil.Process(pid)
+        processes = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in processes:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def run_variant(variant: str, workload: str, input_dir: str, output_dir: str) -> dict:
+    """Run one variant in a fresh process; return its JSON plus peak PSS (bytes)."""
+    shutil.rmtree(output_dir, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1",
+           "RAY_DEDUP_LOGS": "0"}  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.variant", variant, workload, input_dir, output_dir],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _pss_tree(process.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    done.set()
+    sampler.join()
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if process.returncode != 0 or not lines:
+        raise RuntimeError(f"{variant} on {workload} failed:\n{stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :]) | {"peak_pss": peak}
+
+
+def prepare(workload: str, rows: int, rows_per_file: int) -> str:
+    from benchmarks.workloads import WORKLOADS
+
+    folder = os.path.join(DATA, f"{workload.split('-')[0]}-{rows}-{rows_per_file}")
+    if not os.path.exists(os.path.join(folder, "_READY")):
+        shutil.rmtree(folder, ignore_errors=True)
+        WORKLOADS[workload].write(folder, rows, rows_per_file)
+        open(os.path.join(folder, "_READY"), "w").close()
+    return folder
+
+
+def _correctness(workload: str, ours_dir: str, l0_prefix: str) -> dict:
+    import pandas as pd
+
+    expected = np.load(l0_prefix + ".npy")
+    ids = np.load(l0_prefix + ".ids.npy")
+    back = pd.read_parquet(ours_dir)
+    back = back.set_index("id").loc[ids]
+    column = [c for c in back.columns if c not in ("id",)][0]
+    got = (
+        np.stack(back[column].to_numpy())
+        if back[column].dtype == object
+        else back[column].to_numpy()
+    )
+    diff = np.abs(got.reshape(expected.shape) - expected)
+    return {"same_ids": bool(len(back) == len(ids)), "max_abs_diff": float(np.max(diff))}
+
+
+def bench_workload(workload: str, mode: str, reps: int, variants: list[str]) -> dict:
+    from benchmarks.workloads import WORKLOADS
+
+    sizes = SIZES[mode][workload]
+    per_file = ROWS_PER_FILE.get(mode, {}).get(workload[:2], WORKLOADS[workload].rows_per_file)
+    inputs = {n: prepare(workload, n, per_file) for n in sizes}
+    scratch = os.path.join(DATA, "out")
+    runs: dict[str, dict[int, list[dict]]] = {v: {n: [] for n in sizes} for v in variants}
+    for rep in range(reps):
+        order = variants if rep % 2 == 0 else variants[::-1]
+        for variant in order:
+            for n in sizes:
+                print(f"  {workload} {variant} rows={n} rep={rep + 1}", flush=True)
+                runs[variant][n].append(
+                    run_variant(variant, workload, inputs[n], os.path.join(scratch, variant))
+                )
+    limit = {sizes[-1]: [run_variant("l0", workload, inputs[sizes[-1]],
+                                     os.path.join(scratch, f"l0-{sizes[-1]}"))
+                         for _ in range(reps)]}  # fmt: skip
+    naive = run_variant("naive", workload, inputs[sizes[0]], os.path.join(scratch, "naive"))
+
+    def med(values):
+        return statistics.median(values)
+
+    summary: dict = {"workload": workload, "sizes": list(sizes), "rows_per_file": per_file}
+    lo, hi = sizes[0], sizes[-1]
+    for variant, by_size in runs.items():
+        cold = {n: med([r["cold_seconds"] for r in rs]) for n, rs in by_size.items()}
+        summary[variant] = {
+            "cold_seconds": cold,
+            "steady_rows_per_second": (hi - lo) / max(cold[hi] - cold[lo], 1e-9),
+            "peak_pss_mb": {
+                n: med([r["peak_pss"] for r in rs]) / 2**20 for n, rs in by_size.items()
+            },
+            "model_loads": med([r.get("model_loads", 0) for r in by_size[lo]]),
+            "first_commit_seconds": med([r.get("first_commit_seconds") or 0 for r in by_size[lo]]),
+            "startup_seconds": med([r.get("startup_seconds") or 0 for r in by_size[lo]]),
+            "import_seconds": med([r.get("import_seconds") or 0 for r in by_size[lo]]),
+        }
+    summary["l0"] = {
+        "rows_per_second": med([hi / r["compute_seconds"] for r in limit[hi]]),
+        "best": {k: limit[hi][0][k] for k in ("best_threads", "best_batch_size")},
+    }
+    summary["naive"] = {"rows_per_second": 1 / naive["per_row_seconds"]}
+    if "ours" in runs:
+        ours = summary["ours"]
+        summary["ratios"] = {
+            "ours_vs_l0": ours["steady_rows_per_second"] / summary["l0"]["rows_per_second"],
+            "ours_vs_naive": ours["steady_rows_per_second"] / summary["naive"]["rows_per_second"],
+        }
+        for peer in ("l1", "ray"):
+            if peer in summary:
+                summary["ratios"][f"ours_vs_{peer}_steady"] = (
+                    ours["steady_rows_per_second"] / summary[peer]["steady_rows_per_second"]
+                )
+                summary["ratios"][f"ours_vs_{peer}_cold"] = (
+                    summary[peer]["cold_seconds"][hi] / ours["cold_seconds"][hi]
+                )
+        pss = ours["peak_pss_mb"]
+        summary["ratios"]["memory_growth"] = pss[hi] / pss[lo]
+        run_variant("ours", workload, inputs[hi], os.path.join(scratch, "check"))
+        summary["correctness"] = _correctness(workload, os.path.join(scratch, "check"),
+                                              os.path.join(scratch, f"l0-{hi}"))  # fmt: skip
+    return summary
+
+
+def small_files(mode: str, reps: int) -> dict:
+    """W1-h256 on many tiny files versus the same rows in ~60k-row files."""
+    rows, tiny = (8_000, 80) if mode == "smoke" else (1_000_000, 1_000)
+    big = 2_000 if mode == "smoke" else 60_000
+    many, few = prepare("W1-h256", rows, tiny), prepare("W1-h256", rows, big)
+    scratch = os.path.join(DATA, "out")
+    times: dict[str, list[float]] = {"many": [], "few": []}
+    for _ in range(reps):
+        for name, folder in (("few", few), ("many", many)):
+            times[name].append(
+                run_variant("ours", "W1-h256", folder, f"{scratch}/small")["cold_seconds"]
+            )
+    few_s, many_s = statistics.median(times["few"]), statistics.median(times["many"])
+    return {"rows": rows, "files": rows // tiny, "seconds_many": many_s, "seconds_few": few_s,
+            "slowdown": many_s / few_s}  # fmt: skip
+
+
+def torch_import_seconds() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_const", const="smoke", dest="mode")
+    parser.add_argument("--full", action="store_const", const="full", dest="mode")
+    parser.add_argument("--reps", type=int)
+    parser.add_argument("--workloads", nargs="+", default=list(SIZES["default"]))
+    parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--results", default=RESULTS)
+    args = parser.parse_args(argv)
+    mode = args.mode or "default"
+    reps = args.reps or (1 if mode == "smoke" else 3)
+    variants = ["ours", "l1"]
+    has_ray = importlib.util.find_spec("ray") is not None
+    if has_ray and not args.no_ray:
+        variants.append("ray")
+    report = {
+        "mode": mode, "reps": reps, "cpus": os.cpu_count(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ray": "measured" if "ray" in variants else "skipped (not installed, or --no-ray)",
+        "torch_import_seconds": torch_import_seconds(),
+        "workloads": {},
+    }  # fmt: skip
+    for workload in args.workloads:
+        print(f"{workload} ...", flush=True)
+        report["workloads"][workload] = bench_workload(workload, mode, reps, variants)
+    report["small_files"] = small_files(mode, reps)
+    os.makedirs(args.results, exist_ok=True)
+    from benchmarks.report import write_report
+
+    write_report(report, args.results)
+    return report
+
+
+if __name__ == "__main__":
+    main()

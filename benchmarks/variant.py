@@ -1,0 +1,196 @@
+"""One benchmark variant in its own process; prints one JSON line.
+
+    python -m benchmarks.variant VARIANT WORKLOAD INPUT OUTPUT
+
+Variants:
+
+- ``ours``: ``dask_batchinfer.run_job`` with its default local cluster.
+- ``l1``: a careful single-process loop (pyarrow read, numpy, torch, pyarrow write).
+- ``l0``: the limit: the same model on all rows already in memory as one
+  contiguous tensor, best batch size and thread count (loading is not timed).
+- ``naive``: one row per call on a 1,000-row sample, extrapolated.
+- ``ray``: Ray Data ``read_parquet`` -> ``map_batches`` with an actor pool -> ``write_parquet``.
+
+Times are seconds from this process's start (``cold``), so imports, cluster
+start and model load count, as a user waiting for the output sees them.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+
+import psutil
+
+STARTED = psutil.Process().create_time()
+
+
+def _since_start() -> float:
+    return time.time() - STARTED
+
+
+def _files(folder: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(folder, "*.parquet")))
+
+
+def ours(workload, input_dir: str, output_dir: str) -> dict:
+    import dask_batchinfer as dbi
+
+    imported = _since_start()
+    result = dbi.run_job(input_dir, workload.spec(), output=output_dir, keep=[workload.id_column])
+    return {
+        "rows": result.rows_out,
+        "import_seconds": imported,
+        "startup_seconds": result.startup_seconds,
+        "first_commit_seconds": result.first_commit_seconds,
+        "model_loads": sum(result.model_loads.values()),
+        "model_workers": len(result.model_loads),
+    }
+
+
+def _table(workload, frame, outputs):
+    import numpy as np
+    import pyarrow as pa
+
+    outputs = np.asarray(outputs)
+    columns = {workload.id_column: pa.array(frame[workload.id_column].to_numpy())}
+    if outputs.ndim == 1:
+        columns["out"] = pa.array(outputs)
+    else:
+        flat = pa.array(np.ascontiguousarray(outputs, dtype=np.float32).reshape(-1))
+        columns["out"] = pa.FixedSizeListArray.from_arrays(flat, outputs.shape[1])
+    return pa.table(columns)
+
+
+def l1(workload, input_dir: str, output_dir: str, batch_size: int = 8192) -> dict:
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = workload.model()
+    os.makedirs(output_dir, exist_ok=True)
+    rows = 0
+    first = None
+    with torch.inference_mode():
+        for i, path in enumerate(_files(input_dir)):
+            frame = pq.read_table(path).to_pandas()
+            inputs = workload.to_inputs(frame)
+            outs = []
+            for start in range(0, len(frame), batch_size):
+                out = workload.forward(model, inputs[start : start + batch_size])
+                outs.append(out.numpy() if isinstance(out, torch.Tensor) else out)
+            table = _table(workload, frame, np.concatenate(outs))
+            pq.write_table(table, os.path.join(output_dir, f"part-{i:05d}.parquet"))
+            rows += len(frame)
+            first = first or _since_start()
+    return {"rows": rows, "first_commit_seconds": first, "model_loads": 1}
+
+
+def _load_all(workload, input_dir: str):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    return pd.concat([pq.read_table(p).to_pandas() for p in _files(input_dir)], ignore_index=True)
+
+
+def l0(workload, input_dir: str, output_dir: str) -> dict:
+    import numpy as np
+    import torch
+
+    frame = _load_all(workload, input_dir)
+    inputs = workload.to_inputs(frame)
+    model = workload.model()
+    best = {}
+    text = isinstance(inputs, list)
+    images = not text and inputs.dim() == 4
+    sizes = (64, 256) if text else (256, 1024) if images else (4096, 16384)
+    thread_counts = [os.cpu_count() or 1] if text else sorted({1, os.cpu_count() or 1})
+    with torch.inference_mode():
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            for batch_size in sizes:
+                workload.forward(model, inputs[:batch_size])  # warm-up
+                start = time.perf_counter()
+                outs = [workload.forward(model, inputs[i : i + batch_size])
+                        for i in range(0, len(frame), batch_size)]  # fmt: skip
+                best[(threads, batch_size)] = time.perf_counter() - start
+    threads, batch_size = min(best, key=best.get)
+    out = np.concatenate([o.numpy() if isinstance(o, torch.Tensor) else o for o in outs])
+    np.save(os.path.join(output_dir + ".npy"), out)
+    np.save(os.path.join(output_dir + ".ids.npy"), frame[workload.id_column].to_numpy())
+    return {
+        "rows": len(frame),
+        "compute_seconds": best[(threads, batch_size)],
+        "best_threads": threads,
+        "best_batch_size": batch_size,
+    }
+
+
+def naive(workload, input_dir: str, output_dir: str, sample: int = 1000) -> dict:
+    import pyarrow.parquet as pq
+    import torch
+
+    frame = pq.read_table(_files(input_dir)[0]).to_pandas().iloc[:sample]
+    model = workload.model()
+    inputs = workload.to_inputs(frame)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for i in range(len(frame)):
+            workload.forward(model, inputs[i : i + 1])
+        seconds = time.perf_counter() - start
+    return {"rows": len(frame), "compute_seconds": seconds, "per_row_seconds": seconds / len(frame)}
+
+
+def ray(workload, input_dir: str, output_dir: str) -> dict:
+    import numpy as np
+    import ray as ray_
+    import torch
+
+    ray_.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    imported = _since_start()
+
+    class Predictor:
+        def __init__(self) -> None:
+            torch.set_num_threads(1)
+            self.model = workload.model()
+
+        def __call__(self, batch):
+            import pandas as pd
+
+            frame = pd.DataFrame(batch) if not isinstance(batch, pd.DataFrame) else batch
+            with torch.inference_mode():
+                out = workload.forward(self.model, workload.to_inputs(frame))
+            out = out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+            return {workload.id_column: frame[workload.id_column].to_numpy(),
+                    "out": out if out.ndim == 1 else list(out)}  # fmt: skip
+
+    dataset = ray_.data.read_parquet(input_dir)
+    predictions = dataset.map_batches(
+        Predictor, batch_size=4096 if workload.rows_per_file > 10_000 else 256,
+        batch_format="pandas", concurrency=os.cpu_count() or 1,
+        num_cpus=0.5,  # whole-CPU actors on every core would starve the read tasks (deadlock)
+    )  # fmt: skip
+    predictions.write_parquet(output_dir)
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.read_metadata(p).num_rows for p in glob.glob(f"{output_dir}/*.parquet"))
+    ray_.shutdown()
+    return {"rows": rows, "import_seconds": imported, "model_loads": os.cpu_count()}
+
+
+def main() -> None:
+    variant, workload_name, input_dir, output_dir = sys.argv[1:5]
+    from benchmarks.workloads import WORKLOADS
+
+    workload = WORKLOADS[workload_name]
+    result = globals()[variant](workload, input_dir, output_dir)
+    result["cold_seconds"] = _since_start()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
