@@ -51,6 +51,7 @@ from dask_batchinfer.model import ModelSpec
 from dask_batchinfer.plugins import ModelWarmup
 from dask_batchinfer.predict import (
     Preprocess,
+    check_inputs,
     check_keep,
     check_spec,
     infer_features,
@@ -329,8 +330,6 @@ def run_job(
         raise InputError(f"mode={mode!r}: expected one of {MODES}")
     if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
         raise InputError(f"output must be a local path or URL, got {output!r}")
-    if preprocess is not None and not callable(preprocess):
-        raise InputError(f"preprocess must be callable, got {preprocess!r}")
     output = os.fspath(output)
     storage_options = dict(storage_options or {})
     _check_not_nested(source, output, storage_options)
@@ -338,13 +337,7 @@ def run_job(
     keep = check_keep(keep, list(ddf.columns))
     partition_on = _check_partition_on(partition_on, list(ddf.columns), model)
     keep = keep + tuple(c for c in partition_on if c in ddf.columns and c not in keep)
-    if preprocess is None:
-        missing = [c for c in model.input_columns if c not in ddf.columns]
-        if missing:
-            raise InputError(
-                f"model {model.name!r} needs input column(s) {missing}; the input has "
-                f"{list(ddf.columns)}. Rename the columns or pass preprocess= to build them"
-            )
+    check_inputs(model, list(ddf.columns), preprocess)
     schema = output_schema(output_meta(ddf._meta, model, keep))
     fs, root = fsspec.core.url_to_fs(output, **storage_options)
     root = root.rstrip("/")

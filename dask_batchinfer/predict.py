@@ -49,6 +49,20 @@ def check_keep(keep: Sequence[str] | str | None, columns: Sequence[str]) -> tupl
     return tuple(keep)
 
 
+def check_inputs(model: ModelSpec, columns: Sequence[str], preprocess: object) -> None:
+    """The model's input columns are there (unless ``preprocess`` builds them)."""
+    if preprocess is not None:
+        if not callable(preprocess):
+            raise InputError(f"preprocess must be callable, got {preprocess!r}")
+        return
+    missing = [c for c in model.input_columns if c not in columns]
+    if missing:
+        raise InputError(
+            f"model {model.name!r} needs input column(s) {missing}; the input has "
+            f"{list(columns)}. Rename the columns or pass preprocess= to build them"
+        )
+
+
 def output_meta(input_meta: pd.DataFrame, model: ModelSpec, keep: Sequence[str]) -> pd.DataFrame:
     """The empty frame describing ``predict``'s output: ``keep`` columns, then the outputs."""
     clash = [c for c in keep if c in model.outputs]
@@ -207,15 +221,7 @@ def predict(
             f"with dask.dataframe.from_pandas(df, npartitions=...)"
         )
     keep = check_keep(keep, list(ddf.columns))
-    if preprocess is None:
-        missing = [c for c in model.input_columns if c not in ddf.columns]
-        if missing:
-            raise InputError(
-                f"model {model.name!r} needs input column(s) {missing}; the DataFrame has "
-                f"{list(ddf.columns)}. Rename the columns or pass preprocess= to build them"
-            )
-    elif not callable(preprocess):
-        raise InputError(f"preprocess must be callable, got {preprocess!r}")
+    check_inputs(model, list(ddf.columns), preprocess)
     meta = output_meta(ddf._meta, model, keep)
     return ddf.map_partitions(
         _predict_partition,
