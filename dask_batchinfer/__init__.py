@@ -15,16 +15,30 @@ from __future__ import annotations
 from dask_batchinfer import _config  # noqa: F401  (registers the batchinfer.* defaults)
 from dask_batchinfer.cache import model_stats
 from dask_batchinfer.cluster import local_cluster
-from dask_batchinfer.errors import BatchInferError, InputError, ModelLoadError, PartitionError
+from dask_batchinfer.errors import (
+    BadRowsError,
+    BatchInferError,
+    InputError,
+    ModelLoadError,
+    PartitionError,
+)
 from dask_batchinfer.io.read import read_output
 from dask_batchinfer.job import run_job
-from dask_batchinfer.model import ModelSpec, from_callable, from_torch, sentence_encoder
+from dask_batchinfer.model import (
+    ModelSpec,
+    file_sha256,
+    from_callable,
+    from_torch,
+    from_torch_file,
+    sentence_encoder,
+)
 from dask_batchinfer.predict import predict
 from dask_batchinfer.report import JobResult
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BadRowsError",
     "BatchInferError",
     "InputError",
     "JobResult",
@@ -32,8 +46,10 @@ __all__ = [
     "ModelSpec",
     "PartitionError",
     "__version__",
+    "file_sha256",
     "from_callable",
     "from_torch",
+    "from_torch_file",
     "local_cluster",
     "model_stats",
     "predict",

@@ -1,6 +1,7 @@
 """The ``dask-batchinfer`` command.
 
-Exit codes: 0 success, 1 the job failed, 2 usage error (bad option or argument).
+Exit codes: 0 success, 1 the job failed, 2 usage error (bad option or argument),
+3 more bad rows than ``--max-bad-rows`` allows.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from dask_batchinfer.errors import BatchInferError, InputError
+from dask_batchinfer.errors import BadRowsError, BatchInferError, InputError
 from dask_batchinfer.model import ModelSpec
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BAD_ROWS = 0, 1, 2, 3
 
 
 def load_object(reference: str, what: str) -> Any:
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dask-batchinfer",
         description="Offline batch inference on Dask: Parquet in, partitioned Parquet out.",
-        epilog="Exit codes: 0 success, 1 job failed, 2 usage error.",
+        epilog="Exit codes: 0 success, 1 job failed, 2 usage error, 3 too many bad rows.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -123,6 +124,20 @@ def _parser() -> argparse.ArgumentParser:
         help="resume (default): skip partitions already committed with the same inputs, "
         "model and code, run the rest; overwrite: recompute everything, the old output "
         "stays readable until the new one commits; error: refuse an existing output",
+    )
+    run.add_argument(
+        "--on-error",
+        choices=["raise", "quarantine"],
+        default="raise",
+        help="raise (default): fail on the first row the model cannot take, naming file, "
+        "partition, row and cause; quarantine: write such rows to OUTPUT/_errors/ and go on",
+    )
+    run.add_argument(
+        "--max-bad-rows",
+        type=float,
+        metavar="N",
+        help="with --on-error quarantine: fail (exit code 3) past N bad rows (N >= 1) or past "
+        "a fraction N of the rows (N < 1)",
     )
     run.add_argument(
         "--cluster",
@@ -213,9 +228,19 @@ def _run(args: argparse.Namespace) -> int:
             mode=args.mode,
             client=client,
             pools=pools,
+            on_error=args.on_error,
+            max_bad_rows=_bad_rows_limit(args.max_bad_rows),
         )
     print(json.dumps(result.summary(), indent=1) if args.json else result)
     return EXIT_OK
+
+
+def _bad_rows_limit(value: float | None) -> int | float | None:
+    if value is None or value < 1:
+        return value
+    if value != int(value):
+        raise InputError(f"--max-bad-rows {value}: a count must be a whole number")
+    return int(value)
 
 
 @contextlib.contextmanager
@@ -263,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:
         print(f"dask-batchinfer: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BadRowsError as err:
+        print(f"dask-batchinfer: too many bad rows: {err}", file=sys.stderr)
+        return EXIT_BAD_ROWS
     except BatchInferError as err:
         print(f"dask-batchinfer: job failed: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -6,11 +6,12 @@ Every exception subclasses a builtin, so ``except ValueError`` keeps working::
      +-- InputError(BatchInferError, ValueError)      bad arguments or input data
      +-- ModelLoadError(BatchInferError, RuntimeError) a model recipe failed to load
      +-- PartitionError(BatchInferError, RuntimeError) one partition failed; names it
+     +-- BadRowsError(BatchInferError, RuntimeError)   more rows quarantined than allowed
 """
 
 from __future__ import annotations
 
-__all__ = ["BatchInferError", "InputError", "ModelLoadError", "PartitionError"]
+__all__ = ["BadRowsError", "BatchInferError", "InputError", "ModelLoadError", "PartitionError"]
 
 
 class BatchInferError(Exception):
@@ -43,6 +44,10 @@ class PartitionError(BatchInferError, RuntimeError):
 
     def __reduce__(self):  # keep the attributes when the error crosses processes
         return (_rebuild_partition_error, (str(self), self.partition, self.source))
+
+
+class BadRowsError(BatchInferError, RuntimeError):
+    """``on_error="quarantine"`` found more bad rows than ``max_bad_rows`` allows."""
 
 
 def _rebuild_partition_error(message: str, partition: int, source: str | None) -> PartitionError:

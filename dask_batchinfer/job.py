@@ -31,7 +31,7 @@ from dask_batchinfer import _config, trace
 from dask_batchinfer.batching import BatchStats
 from dask_batchinfer.cache import model_stats
 from dask_batchinfer.cluster import Pools, connect, detect_pools
-from dask_batchinfer.errors import InputError
+from dask_batchinfer.errors import BadRowsError, InputError
 from dask_batchinfer.fingerprint import code_token, partition_slug
 from dask_batchinfer.io.commit import (
     MANIFEST,
@@ -44,7 +44,7 @@ from dask_batchinfer.io.commit import (
     write_json,
     write_marker,
 )
-from dask_batchinfer.io.parquet import output_schema, write_partition
+from dask_batchinfer.io.parquet import output_schema, write_errors, write_partition
 from dask_batchinfer.io.read import InputFile, read_parquet_files
 from dask_batchinfer.io.retry import RetryStats, retry
 from dask_batchinfer.model import ModelSpec
@@ -177,6 +177,7 @@ def _infer_stage(
     output: str,
     storage_options: Mapping[str, Any],
     job: str,
+    on_error: str = "raise",
 ) -> dict[str, Any]:
     """The model stage: infer, write and commit one partition; return its statistics."""
     from distributed import get_worker
@@ -184,13 +185,14 @@ def _infer_stage(
     features, kept, rows_in = prepared
     start = time.time()
     batch_stats = BatchStats()
-    result = infer_features(
+    result, bad = infer_features(
         features,
         kept,
         model=model,
         number=partition.number,
         source=partition.source,
         stats=batch_stats,
+        on_error=on_error,
     )
     trace.record(job, "infer", partition.number, start, rows=len(result))
     inferred = time.time()
@@ -205,7 +207,8 @@ def _infer_stage(
         partition_on=partition_on,
         stats=retries,
     )
-    write_marker(fs, root, partition, files=files, rows_in=rows_in, stats=retries)
+    errors = write_errors(bad, fs=fs, root=root, stem=partition.stem, stats=retries)
+    write_marker(fs, root, partition, files=files, rows_in=rows_in, errors=errors, stats=retries)
     trace.record(job, "write", partition.number, inferred, files=len(files))
     return {
         "slug": partition.slug,
@@ -213,6 +216,8 @@ def _infer_stage(
         "rows_in": rows_in,
         "rows_out": len(result),
         "files": files,
+        "errors": [path for path, _ in errors],
+        "rows_quarantined": len(bad),
         "worker": get_worker().address,
         "infer_seconds": inferred - start,
         "write_seconds": time.time() - inferred,
@@ -252,6 +257,8 @@ def run_job(
     mode: str = "resume",
     client: Any = None,
     pools: Mapping[str, str] | bool | None = None,
+    on_error: str = "raise",
+    max_bad_rows: int | float | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> JobResult:
     """Run a batch inference job and write the results as partitioned Parquet, exactly once.
@@ -295,6 +302,18 @@ def run_job(
         partitions ahead; without such resources every worker does both.
         ``{"preprocess": NAME, "model": NAME}`` names other resources (both
         pools must exist); ``False`` ignores resources.
+    on_error : {"raise", "quarantine"}, default "raise"
+        What a row the model fails on does. ``"raise"`` fails the job with a
+        :class:`PartitionError` naming the file, the partition, the row and
+        its ``keep`` ids, and the cause. ``"quarantine"`` finds the failing
+        rows by halving the failing batch, writes them with their ``keep``
+        columns, ``row``, ``error_type`` and ``error`` to
+        ``_errors/<partition>.parquet`` beside the output, and goes on. Rows
+        out + rows quarantined = rows in.
+    max_bad_rows : int or float, optional
+        With quarantine: fail with :class:`BadRowsError` (no ``_SUCCESS``)
+        once more rows than this (a count), or more than this fraction of the
+        rows in (a float below 1, checked at the end), were quarantined.
     storage_options : dict, optional
         fsspec options for the input and output (e.g. ``endpoint_url``).
 
@@ -328,6 +347,16 @@ def run_job(
     model = check_spec(model)
     if mode not in MODES:
         raise InputError(f"mode={mode!r}: expected one of {MODES}")
+    if on_error not in ("raise", "quarantine"):
+        raise InputError(f"on_error={on_error!r}: expected 'raise' or 'quarantine'")
+    if max_bad_rows is not None and (
+        isinstance(max_bad_rows, bool) or not isinstance(max_bad_rows, (int, float))
+        or max_bad_rows < 0 or (isinstance(max_bad_rows, float) and max_bad_rows >= 1)
+    ):  # fmt: skip
+        raise InputError(
+            f"max_bad_rows={max_bad_rows!r}: expected a count (int >= 0) or a fraction "
+            f"(float in [0, 1))"
+        )
     if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
         raise InputError(f"output must be a local path or URL, got {output!r}")
     output = os.fspath(output)
@@ -393,12 +422,24 @@ def run_job(
                     "schema": schema,
                     "output": output,
                     "storage_options": storage_options,
+                    "on_error": on_error,
                 },
+                bad_rows_allowed=(
+                    max_bad_rows - sum(m.get("rows_quarantined", 0) for m in done.values())
+                    if isinstance(max_bad_rows, int)
+                    else None
+                ),
             )
             loads = model_stats(c, model)
 
     committed = [
-        {"slug": slug, **{k: m[k] for k in ("rows_in", "rows_out")}, "files": m["files"]}
+        {
+            "slug": slug,
+            **{k: m[k] for k in ("rows_in", "rows_out")},
+            "files": m["files"],
+            "errors": m.get("errors", []),
+            "rows_quarantined": m.get("rows_quarantined", 0),
+        }
         for slug, m in done.items()
     ] + [
         {
@@ -406,6 +447,8 @@ def run_job(
             "rows_in": s["rows_in"],
             "rows_out": s["rows_out"],
             "files": [{"path": path, "rows": rows} for path, rows in s["files"]],
+            "errors": s["errors"],
+            "rows_quarantined": s["rows_quarantined"],
         }
         for s in stats
     ]
@@ -426,6 +469,8 @@ def run_job(
         partitions_invalidated=invalidated,
         rows_in=sum(c["rows_in"] for c in committed),
         rows_out=sum(c["rows_out"] for c in committed),
+        rows_quarantined=sum(c["rows_quarantined"] for c in committed),
+        error_files=[path for c in committed for path in c["errors"]],
         wall_seconds=0.0,
         model_load_seconds={w: s["load_seconds"] for w, s in loads.items() if s},
         model_loads={w: s["loads"] for w, s in loads.items() if s},
@@ -443,6 +488,16 @@ def run_job(
         padded_tokens=sum(s["batch"]["padded_tokens"] for s in stats),
         padded_tokens_unsorted=sum(s["batch"]["padded_tokens_unsorted"] for s in stats),
     )
+    if (
+        isinstance(max_bad_rows, float)
+        and result.rows_in
+        and result.rows_quarantined / result.rows_in > max_bad_rows
+    ):
+        raise BadRowsError(
+            f"{result.rows_quarantined} of {result.rows_in} rows quarantined "
+            f"({result.rows_quarantined / result.rows_in:.2%}), more than "
+            f"max_bad_rows={max_bad_rows:.2%}; see {output}/_errors/ for the rows and their errors"
+        )
     manifest_retries = RetryStats()
     result.finished = _now()
     write_json(
@@ -463,7 +518,7 @@ def run_job(
             "finished": result.finished,
             **result.summary(),
         }
-        | {"files": file_list},
+        | {"files": file_list, "errors": result.error_files},
         manifest_retries,
     )
     result.retries += manifest_retries.retries
@@ -473,6 +528,7 @@ def run_job(
         keep_files={f["path"] for f in file_list},
         keep_slugs={p.slug for p in partitions},
         state=state,
+        keep_errors=set(result.error_files),
     )
     result.wall_seconds = time.perf_counter() - wall_start
     return result
@@ -530,8 +586,12 @@ def _run_partitions(
     preprocess: Preprocess | None,
     keep: tuple[str, ...],
     infer_options: dict[str, Any],
+    bad_rows_allowed: int | None = None,
 ) -> list[dict[str, Any]]:
     """Submit ``todo`` through a bounded window; return each partition's statistics.
+
+    Stops with :class:`BadRowsError` once more than ``bad_rows_allowed`` rows
+    were quarantined.
 
     On a mixed cluster each partition is a read and a preprocess task on the
     CPU pool and an infer-and-write task on the model pool (restricted with
@@ -577,9 +637,16 @@ def _run_partitions(
 
     for _ in range(window):
         submit_next()
+    quarantined = 0
     for future in pending:
         try:
             stats.append(future.result() | {"done": time.perf_counter()})
+            quarantined += stats[-1]["rows_quarantined"]
+            if bad_rows_allowed is not None and quarantined > bad_rows_allowed:
+                raise BadRowsError(
+                    f"{quarantined} bad rows quarantined so far, more than max_bad_rows allows; "
+                    f"see the _errors/ folder of the output for the rows and their errors"
+                )
         except BaseException:
             for other in list(pending.futures):
                 other.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from dask_batchinfer.batching import BatchStats, run_model
@@ -83,7 +84,7 @@ def _where(number: int | None, source: str | None) -> str:
 
 
 def _partition_error(
-    err: Exception, stage: str, number: int | None, source: str | None
+    err: BaseException, stage: str, number: int | None, source: str | None
 ) -> PartitionError:
     cause = str(err) if isinstance(err, BatchInferError) else f"{type(err).__name__}: {err}"
     return PartitionError(
@@ -121,6 +122,47 @@ def preprocess_partition(
     return features, frame[list(keep)]
 
 
+ERROR_COLUMNS = ("row", "error_type", "error")
+
+
+def _bad_rows(
+    features: pd.DataFrame, model: ModelSpec, stats: BatchStats | None, first_only: bool
+) -> tuple[list[tuple[int, pd.DataFrame]], list[tuple[int, BaseException]]]:
+    """Split rows the model fails on from the rest by halving failing ranges.
+
+    Returns the outputs of the good ranges (with their start row) and each bad
+    row with its error. ``first_only`` stops at the first bad row.
+    """
+    good: list[tuple[int, pd.DataFrame]] = []
+    bad: list[tuple[int, BaseException]] = []
+
+    def visit(lo: int, hi: int) -> None:
+        if first_only and bad:
+            return
+        try:
+            good.append((lo, run_model(model, features.iloc[lo:hi], stats)))
+        except ModelLoadError:
+            raise
+        except Exception as err:
+            if hi - lo == 1:
+                bad.append((lo, err))
+                return
+            mid = (lo + hi) // 2
+            visit(lo, mid)
+            visit(mid, hi)
+
+    mid = len(features) // 2
+    visit(0, mid)
+    visit(mid, len(features))
+    return good, bad
+
+
+def _describe_row(kept: pd.DataFrame, row: int) -> str:
+    values = {c: kept.iloc[row][c] for c in kept.columns[:3]}
+    ids = ", ".join(f"{c}={getattr(v, 'item', lambda v=v: v)()!r}" for c, v in values.items())
+    return f"row {row}" + (f" ({ids})" if ids else "")
+
+
 def infer_features(
     features: pd.DataFrame,
     kept: pd.DataFrame,
@@ -129,19 +171,51 @@ def infer_features(
     number: int | None = None,
     source: str | None = None,
     stats: BatchStats | None = None,
-) -> pd.DataFrame:
-    """Run the model on preprocessed ``features``; return ``kept`` + output columns.
+    on_error: str = "raise",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run the model on preprocessed ``features``.
 
-    Errors are re-raised as :class:`PartitionError` naming the partition and
-    file; model-loading errors pass through unchanged.
+    Returns ``(kept + output columns, bad rows)``. When the partition fails,
+    the failing rows are found by halving: with ``on_error="raise"`` the first
+    one is named in a :class:`PartitionError` (partition, file, row, ids,
+    cause); with ``"quarantine"`` the other rows' outputs are returned and the
+    bad rows come back as ``kept`` columns plus ``row``, ``error_type`` and
+    ``error``. Model-loading errors pass through unchanged.
     """
     try:
         outputs = run_model(model, features, stats).set_axis(kept.index)
+        bad_rows = kept.iloc[:0].assign(row=pd.Series([], dtype="int64"),
+                                        error_type=pd.Series([], dtype="str"),
+                                        error=pd.Series([], dtype="str"))  # fmt: skip
     except ModelLoadError:
         raise
     except Exception as err:
-        raise _partition_error(err, f"model {model.name!r}", number, source) from err
-    return pd.concat([kept, outputs], axis=1) if len(kept.columns) else outputs
+        good: list[tuple[int, pd.DataFrame]] = []
+        bad: list[tuple[int, BaseException]] = [(0, err)] if len(features) == 1 else []
+        if len(features) > 1:
+            good, bad = _bad_rows(features, model, stats, first_only=on_error == "raise")
+        if on_error == "raise" or not bad:
+            row, cause = bad[0] if bad else (None, err)
+            where = f"model {model.name!r}" + (
+                f" at {_describe_row(kept, row)}" if row is not None else ""
+            )
+            raise _partition_error(cause, where, number, source) from cause
+        rows = [r for r, _ in bad]
+        bad_rows = kept.iloc[rows].assign(
+            row=pd.Series(rows, index=kept.index[rows], dtype="int64"),
+            error_type=pd.Series(
+                [type(e).__name__ for _, e in bad], index=kept.index[rows], dtype="str"
+            ),
+            error=pd.Series([str(e)[:2000] for _, e in bad], index=kept.index[rows], dtype="str"),
+        )
+        good.sort(key=lambda g: g[0])
+        positions = [np.arange(lo, lo + len(out)) for lo, out in good]
+        good_rows = np.concatenate(positions) if positions else np.empty(0, dtype=np.int64)
+        outputs = pd.concat([out for _, out in good]) if good else model.meta()
+        outputs = outputs.set_axis(kept.index[good_rows])
+        kept = kept.iloc[good_rows]
+    result = pd.concat([kept, outputs], axis=1) if len(kept.columns) else outputs
+    return result, bad_rows
 
 
 def infer_partition(
@@ -158,7 +232,10 @@ def infer_partition(
     features, kept = preprocess_partition(
         frame, preprocess=preprocess, keep=keep, number=number, source=source
     )
-    return infer_features(features, kept, model=model, number=number, source=source, stats=stats)
+    result, _ = infer_features(
+        features, kept, model=model, number=number, source=source, stats=stats
+    )
+    return result
 
 
 def _predict_partition(

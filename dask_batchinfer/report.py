@@ -45,6 +45,10 @@ class JobResult:
         Storage calls retried after a transient error (S3 5xx, resets).
     files_removed : int
         Stale data files deleted after the commit (earlier runs' leftovers).
+    rows_quarantined : int
+        Rows set aside by ``on_error="quarantine"``; rows_out + rows_quarantined = rows_in.
+    error_files : list of str
+        Where they are (``_errors/...parquet``, relative to ``output``).
     startup_seconds : float
         From the call until the model was loaded on every model worker
         (cluster start included).
@@ -79,6 +83,8 @@ class JobResult:
     write_seconds: float = 0.0
     retries: int = 0
     files_removed: int = 0
+    rows_quarantined: int = 0
+    error_files: list[str] = dataclasses.field(default_factory=list)
     job: str = ""
     startup_seconds: float = 0.0
     first_commit_seconds: float = 0.0
@@ -119,6 +125,7 @@ class JobResult:
             "partitions_invalidated": self.partitions_invalidated,
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
+            "rows_quarantined": self.rows_quarantined,
             "wall_seconds": round(self.wall_seconds, 3),
             "startup_seconds": round(self.startup_seconds, 3),
             "first_commit_seconds": round(self.first_commit_seconds, 3),
@@ -146,7 +153,12 @@ class JobResult:
                 f"  partitions  {self.partitions}: {self.partitions_run} run, "
                 f"{self.partitions_skipped} skipped (already committed), "
                 f"{self.partitions_invalidated} invalidated; {len(self.files)} files",
-                f"  rows        {self.rows_in:,} in, {self.rows_out:,} out",
+                f"  rows        {self.rows_in:,} in, {self.rows_out:,} out"
+                + (
+                    f", {self.rows_quarantined:,} quarantined in _errors/"
+                    if self.rows_quarantined
+                    else ""
+                ),
                 f"  wall time   {self.wall_seconds:.2f} s  ({self.rows_per_second:,.0f} rows/s)",
                 f"  model load  {loads or 'n/a (nothing to run)'}",
                 f"  storage     {self.retries} retries, {self.files_removed} stale files removed",

@@ -29,6 +29,7 @@ import functools
 import json
 import posixpath
 import uuid
+from collections.abc import Sequence, Set
 from typing import Any
 
 import fsspec
@@ -50,6 +51,7 @@ __all__ = [
 
 STAGING = "_staging"
 COMMITTED = "_committed"
+ERRORS = "_errors"
 MANIFEST = "_SUCCESS"
 
 
@@ -152,6 +154,7 @@ def write_marker(
     *,
     files: list[tuple[str, int]],
     rows_in: int,
+    errors: Sequence[tuple[str, int]] = (),
     stats: RetryStats | None = None,
 ) -> None:
     """Mark ``partition`` committed: its fingerprint and files, written last."""
@@ -166,6 +169,8 @@ def write_marker(
             "files": [{"path": path, "rows": rows} for path, rows in files],
             "rows_in": rows_in,
             "rows_out": sum(rows for _, rows in files),
+            "errors": [path for path, _ in errors],
+            "rows_quarantined": sum(rows for _, rows in errors),
         },
         stats,
     )
@@ -179,6 +184,7 @@ class OutputState:
     markers: dict[str, dict[str, Any]]
     files: set[str]  # visible files, relative to the root
     exists: bool
+    error_files: set[str] = dataclasses.field(default_factory=set)  # quarantined rows
 
     def committed(self, partition: Partition) -> dict[str, Any] | None:
         """The marker of ``partition`` if it is committed with the same fingerprint."""
@@ -187,6 +193,8 @@ class OutputState:
             return None
         if not all(f["path"] in self.files for f in marker.get("files", [])):
             return None  # a file was deleted by hand: run the partition again
+        if not all(path in self.error_files for path in marker.get("errors", [])):
+            return None
         return marker
 
 
@@ -214,7 +222,8 @@ def load_state(fs: fsspec.AbstractFileSystem, root: str) -> OutputState:
                 markers[marker["slug"]] = marker
     manifest = _read_json(fs, posixpath.join(root, MANIFEST)) if MANIFEST in relpaths else None
     files = {rel for rel in relpaths if is_visible(rel)}
-    return OutputState(manifest, markers, files, exists=bool(relpaths))
+    errors = {rel for rel in relpaths if rel.startswith(f"{ERRORS}/")}
+    return OutputState(manifest, markers, files, exists=bool(relpaths), error_files=errors)
 
 
 def collect_garbage(
@@ -224,16 +233,21 @@ def collect_garbage(
     keep_files: set[str],
     keep_slugs: set[str],
     state: OutputState,
+    keep_errors: Set[str] = frozenset(),
 ) -> int:
     """Delete visible data files not in ``keep_files``, markers of other slugs, and staging.
 
     Returns the number of data files deleted.
     """
     stale = sorted(rel for rel in state.files if rel.endswith(".parquet") and rel not in keep_files)
-    doomed = [posixpath.join(root, rel) for rel in stale] + [
-        posixpath.join(root, COMMITTED, f"{slug}.json")
-        for slug in sorted(set(state.markers) - keep_slugs)
-    ]
+    doomed = (
+        [posixpath.join(root, rel) for rel in stale]
+        + [posixpath.join(root, rel) for rel in sorted(state.error_files - keep_errors)]
+        + [
+            posixpath.join(root, COMMITTED, f"{slug}.json")
+            for slug in sorted(set(state.markers) - keep_slugs)
+        ]
+    )
     for path in doomed:
         retry(functools.partial(fs.rm, path), what=f"removing {path}")
     staging = posixpath.join(root, STAGING)

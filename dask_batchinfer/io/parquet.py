@@ -17,10 +17,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dask_batchinfer.io.commit import STAGING, ensure_dir, move_into_place
+from dask_batchinfer.io.commit import ERRORS, STAGING, ensure_dir, move_into_place
 from dask_batchinfer.io.retry import RetryStats, retry
 
-__all__ = ["output_schema", "write_partition"]
+__all__ = ["output_schema", "write_errors", "write_partition"]
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
@@ -89,3 +89,20 @@ def write_partition(
         _put(fs, table, root, relpath, stats)
         written.append((relpath, table.num_rows))
     return written
+
+
+def write_errors(
+    bad: pd.DataFrame,
+    *,
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    stem: str,
+    stats: RetryStats | None = None,
+) -> list[tuple[str, int]]:
+    """Write quarantined rows to ``_errors/<stem>.parquet``; nothing when there are none."""
+    if not len(bad):
+        return []
+    ensure_dir(fs, posixpath.join(root, STAGING))
+    relpath = f"{ERRORS}/{stem}.parquet"
+    _put(fs, pa.Table.from_pandas(bad, preserve_index=False), root, relpath, stats)
+    return [(relpath, len(bad))]
