@@ -36,8 +36,8 @@ RESULTS = os.path.join(HERE, "results")
 SIZES = {
     "smoke": {"W1-h256": (4_000, 8_000), "W1-h1024": (4_000, 8_000), "W2-minilm": (60, 120),
               "W3-cnn": (200, 400)},
-    "default": {"W1-h256": (1_000_000, 4_000_000), "W1-h1024": (1_000_000, 4_000_000),
-                "W2-minilm": (2_000, 8_000), "W3-cnn": (5_000, 20_000)},
+    "default": {"W1-h256": (500_000, 2_000_000), "W1-h1024": (500_000, 2_000_000),
+                "W2-minilm": (1_000, 4_000), "W3-cnn": (5_000, 20_000)},
     "full": {"W1-h256": (1_000_000, 4_000_000, 16_000_000),
              "W1-h1024": (1_000_000, 4_000_000, 16_000_000),
              "W2-minilm": (50_000, 200_000), "W3-cnn": (20_000, 50_000)},
@@ -228,11 +228,13 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_import_seconds": torch_import_seconds(),
         "workloads": {},
     }  # fmt: skip
+    os.makedirs(args.results, exist_ok=True)
     for workload in args.workloads:
         print(f"{workload} ...", flush=True)
         report["workloads"][workload] = bench_workload(workload, mode, reps, variants)
+        with open(os.path.join(args.results, f"{mode}.partial.json"), "w") as f:
+            json.dump(report, f, indent=1, default=str)  # survives an interrupted run
     report["small_files"] = small_files(mode, reps)
-    os.makedirs(args.results, exist_ok=True)
     from benchmarks.report import write_report
 
     write_report(report, args.results)

@@ -65,11 +65,12 @@ def _table(workload, frame, outputs):
     return pa.table(columns)
 
 
-def l1(workload, input_dir: str, output_dir: str, batch_size: int = 8192) -> dict:
+def l1(workload, input_dir: str, output_dir: str) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
     import torch
 
+    batch_size = workload.spec().batch_size  # the same batch size as ours
     torch.set_num_threads(os.cpu_count() or 1)
     model = workload.model()
     os.makedirs(output_dir, exist_ok=True)
