@@ -199,7 +199,7 @@ def test_small_files_are_grouped(client, tmp_path):
     (tmp_path / "in").mkdir()
     for i in range(50):
         frame.iloc[i * 100 : (i + 1) * 100].to_parquet(tmp_path / "in" / f"p{i:03d}.parquet")
-    with dask.config.set({"batchinfer.partition-size": "16MiB"}):
+    with dask.config.set({"batchinfer.partition-size": "16MiB", "batchinfer.min-partitions": 1}):
         result = dbi.run_job(str(tmp_path / "in"), tiny_model(seed=15),
                              output=str(tmp_path / "out"), keep=["id"])  # fmt: skip
         again = dbi.run_job(str(tmp_path / "in"), tiny_model(seed=15),
@@ -208,6 +208,10 @@ def test_small_files_are_grouped(client, tmp_path):
     assert [f["partition"] for f in result.files] == ["p000--p049"]
     assert again.partitions_run == 0
     assert sorted(pd.read_parquet(tmp_path / "out")["id"]) == list(range(5000))
+    with dask.config.set({"batchinfer.partition-size": "16MiB"}):  # default min-partitions: 32
+        spread = dbi.run_job(str(tmp_path / "in"), tiny_model(seed=15),
+                             output=str(tmp_path / "out2"), keep=["id"])  # fmt: skip
+    assert spread.partitions == 50  # 50 files of 100 rows: not fewer than 32 partitions
 
 
 def _byte_sums(batch: pd.DataFrame) -> np.ndarray:

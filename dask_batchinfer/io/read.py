@@ -139,7 +139,9 @@ def read_parquet_files(url: str, storage_options: Mapping[str, Any] | None = Non
     except Exception as err:
         raise InputError(f"cannot read the schema of {files[0].path!r}: {err}") from err
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    groups = group_files(files, parse_bytes(_config.get("partition-size")))
+    # Group only as far as keeps enough partitions for the cluster to share the work.
+    spread = sum(f.size for f in files) // min(len(files), int(_config.get("min-partitions")))
+    groups = group_files(files, min(parse_bytes(_config.get("partition-size")), max(1, spread)))
     ddf = dd.from_map(
         _read_files,
         [[f.path for f in group] for group in groups],
