@@ -21,6 +21,7 @@ from dask_batchinfer.errors import (
     InputError,
     ModelLoadError,
     PartitionError,
+    SchemaError,
 )
 from dask_batchinfer.io.read import read_output
 from dask_batchinfer.job import run_job
@@ -45,6 +46,7 @@ __all__ = [
     "ModelLoadError",
     "ModelSpec",
     "PartitionError",
+    "SchemaError",
     "__version__",
     "file_sha256",
     "from_callable",

@@ -44,6 +44,7 @@ class BatchStats:
     tokens: int = 0  # real tokens (token-budget batching only)
     padded_tokens: int = 0  # tokens including padding, as batched
     padded_tokens_unsorted: int = 0  # the same had rows been batched in input order
+    truncated: int = 0  # rows longer than the model's length limit
 
     def add(self, other: BatchStats) -> None:
         for field in dataclasses.fields(self):
@@ -306,11 +307,17 @@ def _plan(
 ) -> tuple[Any, np.ndarray | None, list[tuple[int, int]]]:
     """Inputs in batching order, the order used (None: input order), and the batch ranges."""
     step = min(spec.batch_size or rows, loaded.max_batch or rows)
-    if spec.token_budget is None or spec.lengths is None:
+    if spec.lengths is None:
         return inputs, None, _row_ranges(rows, step)
     lengths = np.asarray(spec.lengths(loaded.model, inputs), dtype=np.int64)
     if lengths.shape != (rows,):
         raise InputError(f"lengths() returned shape {lengths.shape} for {rows} rows")
+    limit = spec.length_limit(loaded.model) if spec.length_limit is not None else None
+    if limit is not None:
+        stats.truncated += int((lengths > limit).sum())
+        lengths = np.minimum(lengths, limit)
+    if spec.token_budget is None:
+        return inputs, None, _row_ranges(rows, step)
     lengths = np.maximum(lengths, 1)
     order = np.argsort(lengths, kind="stable")
     sorted_lengths = lengths[order]

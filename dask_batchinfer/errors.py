@@ -4,6 +4,7 @@ Every exception subclasses a builtin, so ``except ValueError`` keeps working::
 
     BatchInferError
      +-- InputError(BatchInferError, ValueError)      bad arguments or input data
+     |    +-- SchemaError                              a partition lacks a column
      +-- ModelLoadError(BatchInferError, RuntimeError) a model recipe failed to load
      +-- PartitionError(BatchInferError, RuntimeError) one partition failed; names it
      +-- BadRowsError(BatchInferError, RuntimeError)   more rows quarantined than allowed
@@ -11,7 +12,14 @@ Every exception subclasses a builtin, so ``except ValueError`` keeps working::
 
 from __future__ import annotations
 
-__all__ = ["BadRowsError", "BatchInferError", "InputError", "ModelLoadError", "PartitionError"]
+__all__ = [
+    "BadRowsError",
+    "BatchInferError",
+    "InputError",
+    "ModelLoadError",
+    "PartitionError",
+    "SchemaError",
+]
 
 
 class BatchInferError(Exception):
@@ -20,6 +28,14 @@ class BatchInferError(Exception):
 
 class InputError(BatchInferError, ValueError):
     """An argument, a column or an input partition is not what the job needs."""
+
+
+class SchemaError(InputError):
+    """A partition lacks a column the model reads (schema drift between input files).
+
+    A whole-partition error: ``on_error="quarantine"`` does not set its rows
+    aside one by one, the job fails naming the file and the column.
+    """
 
 
 class ModelLoadError(BatchInferError, RuntimeError):

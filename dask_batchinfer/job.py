@@ -12,12 +12,14 @@ incremental runs); see :mod:`dask_batchinfer.io.commit` for the protocol.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
 import posixpath
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,7 +29,7 @@ import pyarrow as pa
 from dask.base import tokenize
 from dask.optimization import cull
 
-from dask_batchinfer import _config, trace
+from dask_batchinfer import _config, secrets, trace
 from dask_batchinfer.batching import BatchStats
 from dask_batchinfer.cache import model_stats
 from dask_batchinfer.cluster import Pools, connect, detect_pools
@@ -50,6 +52,7 @@ from dask_batchinfer.io.retry import RetryStats, retry
 from dask_batchinfer.model import ModelSpec
 from dask_batchinfer.plugins import ModelWarmup
 from dask_batchinfer.predict import (
+    Prepared,
     Preprocess,
     check_inputs,
     check_keep,
@@ -65,13 +68,13 @@ __all__ = ["MODES", "run_job"]
 MODES = ("resume", "overwrite", "error")
 
 
-def _open_source(source: Any, storage_options: Mapping[str, Any]):
+def _open_source(source: Any, storage_options: Mapping[str, Any], task_options: Mapping[str, Any]):
     import dask.dataframe as dd
 
     if isinstance(source, dd.DataFrame):
         return source, None
     if isinstance(source, (str, os.PathLike)):
-        return read_parquet_files(os.fspath(source), storage_options)
+        return read_parquet_files(os.fspath(source), storage_options, task_options=task_options)
     raise InputError(
         f"source must be a dask DataFrame or a Parquet path (local or s3://), got "
         f"{type(source).__name__}"
@@ -157,18 +160,24 @@ def _preprocess_stage(
     preprocess: Preprocess | None,
     keep: tuple[str, ...],
     job: str,
-) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    on_error: str = "raise",
+) -> Prepared:
     """The CPU stage: preprocess one partition."""
     start = time.time()
-    features, kept = preprocess_partition(
-        frame, preprocess=preprocess, keep=keep, number=partition.number, source=partition.source
+    prepared = preprocess_partition(
+        frame,
+        preprocess=preprocess,
+        keep=keep,
+        number=partition.number,
+        source=partition.source,
+        on_error=on_error,
     )
     trace.record(job, "preprocess", partition.number, start, rows=len(frame))
-    return features, kept, len(frame)
+    return prepared
 
 
 def _infer_stage(
-    prepared: tuple[pd.DataFrame, pd.DataFrame, int],
+    prepared: Prepared,
     *,
     partition: Partition,
     model: ModelSpec,
@@ -182,21 +191,24 @@ def _infer_stage(
     """The model stage: infer, write and commit one partition; return its statistics."""
     from distributed import get_worker
 
-    features, kept, rows_in = prepared
+    rows_in = prepared.rows_in
     start = time.time()
     batch_stats = BatchStats()
     result, bad = infer_features(
-        features,
-        kept,
+        prepared.features,
+        prepared.kept,
         model=model,
         number=partition.number,
         source=partition.source,
         stats=batch_stats,
         on_error=on_error,
+        positions=prepared.positions,
     )
+    if len(prepared.bad):
+        bad = pd.concat([prepared.bad, bad]) if len(bad) else prepared.bad
     trace.record(job, "infer", partition.number, start, rows=len(result))
     inferred = time.time()
-    fs, root = fsspec.core.url_to_fs(output, **storage_options)
+    fs, root = fsspec.core.url_to_fs(output, **secrets.resolve(storage_options))
     retries = RetryStats()
     files = write_partition(
         result,
@@ -237,7 +249,12 @@ def _process_partition(
 ) -> dict[str, Any]:
     """Both stages in one task, for a single-pool cluster (no transfer between them)."""
     prepared = _preprocess_stage(
-        frame, partition=partition, preprocess=preprocess, keep=keep, job=job
+        frame,
+        partition=partition,
+        preprocess=preprocess,
+        keep=keep,
+        job=job,
+        on_error=infer_options.get("on_error", "raise"),
     )
     return _infer_stage(prepared, partition=partition, job=job, **infer_options)
 
@@ -246,6 +263,19 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _redacting(function: Any) -> Any:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except BaseException as err:
+            secrets.redact_exception(err)
+            raise
+
+    return wrapper
+
+
+@_redacting
 def run_job(
     source: Any,
     model: ModelSpec,
@@ -316,6 +346,10 @@ def run_job(
         rows in (a float below 1, checked at the end), were quarantined.
     storage_options : dict, optional
         fsspec options for the input and output (e.g. ``endpoint_url``).
+        Credentials in them (``key``, ``secret``, ``token``, ...) reach the
+        workers once, through a worker plugin, and never travel in the task
+        graph (see :mod:`dask_batchinfer.secrets`); better still, leave them
+        to the workers' environment or AWS profiles.
 
     Returns
     -------
@@ -361,12 +395,17 @@ def run_job(
         raise InputError(f"output must be a local path or URL, got {output!r}")
     output = os.fspath(output)
     storage_options = dict(storage_options or {})
+    # Credentials reach the workers once, in a plugin; tasks carry a reference.
+    public_options, secret_options = secrets.split(storage_options)
+    secrets.remember(secret_options)
+    credentials = secrets.new_reference() if secret_options else None
+    task_options = public_options | ({secrets.REFERENCE: credentials} if credentials else {})
     _check_not_nested(source, output, storage_options)
-    ddf, groups = _open_source(source, storage_options)
+    ddf, groups = _open_source(source, storage_options, task_options)
     keep = check_keep(keep, list(ddf.columns))
     partition_on = _check_partition_on(partition_on, list(ddf.columns), model)
     keep = keep + tuple(c for c in partition_on if c in ddf.columns and c not in keep)
-    check_inputs(model, list(ddf.columns), preprocess)
+    check_inputs(model, ddf._meta, preprocess)
     schema = output_schema(output_meta(ddf._meta, model, keep))
     fs, root = fsspec.core.url_to_fs(output, **storage_options)
     root = root.rstrip("/")
@@ -404,7 +443,11 @@ def run_job(
     job = uuid.uuid4().hex[:12]
     if todo:
         _check_writable(fs, root, output)
-        with connect(client) as c:
+        with (
+            connect(client) as c,
+            _credentials(c, credentials, secret_options),
+            _tidy_on_failure(fs, root),
+        ):
             pool = detect_pools(c, pools)
             _warm_up(c, model, pool)
             startup = time.perf_counter() - wall_start
@@ -421,7 +464,7 @@ def run_job(
                     "partition_on": partition_on,
                     "schema": schema,
                     "output": output,
-                    "storage_options": storage_options,
+                    "storage_options": task_options,
                     "on_error": on_error,
                 },
                 bad_rows_allowed=(
@@ -487,6 +530,7 @@ def run_job(
         tokens=sum(s["batch"]["tokens"] for s in stats),
         padded_tokens=sum(s["batch"]["padded_tokens"] for s in stats),
         padded_tokens_unsorted=sum(s["batch"]["padded_tokens_unsorted"] for s in stats),
+        rows_truncated=sum(s["batch"]["truncated"] for s in stats),
     )
     if (
         isinstance(max_bad_rows, float)
@@ -532,6 +576,37 @@ def run_job(
     )
     result.wall_seconds = time.perf_counter() - wall_start
     return result
+
+
+@contextlib.contextmanager
+def _credentials(client: Any, name: str | None, secret: Mapping[str, Any]) -> Iterator[None]:
+    if name is None:
+        yield
+        return
+    secrets.register(client, name, secret)
+    try:
+        yield
+    finally:
+        secrets.unregister(client, name)
+
+
+@contextlib.contextmanager
+def _tidy_on_failure(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[None]:
+    """When the job fails, remove ``_staging/`` if nothing is left in it (local disk).
+
+    Committed partitions stay (a re-run resumes from them); a straggling task
+    that still writes keeps the folder, and the next run's clean-up removes it.
+    """
+    try:
+        yield
+    except BaseException:
+        staging = posixpath.join(root, STAGING)
+        if not fs.protocol or "file" in fs.protocol or "local" in fs.protocol:
+            try:
+                os.rmdir(staging)
+            except OSError:
+                pass
+        raise
 
 
 def _check_writable(fs: fsspec.AbstractFileSystem, root: str, output: str) -> None:
@@ -623,6 +698,7 @@ def _run_partitions(
             prepared = c.submit(
                 _preprocess_stage, read, partition=partition, preprocess=preprocess, keep=keep,
                 job=job, resources=cpu, key=f"preprocess-{name}",
+                on_error=infer_options.get("on_error", "raise"),
             )  # fmt: skip
             done = c.submit(
                 _infer_stage, prepared, partition=partition, job=job,

@@ -19,7 +19,7 @@ import pyarrow as pa
 from dask.base import tokenize
 
 from dask_batchinfer import _config
-from dask_batchinfer.errors import InputError
+from dask_batchinfer.errors import InputError, SchemaError
 from dask_batchinfer.fingerprint import code_token, value_token
 
 if TYPE_CHECKING:
@@ -88,6 +88,15 @@ class ModelSpec:
         fixed ``batch_size`` rows; needs ``lengths``. Output order is the input order.
     lengths : callable, optional
         ``lengths(model, inputs)`` returns each row's length in tokens.
+    length_limit : callable, optional
+        ``length_limit(model)``: the most tokens the model reads per row.
+        With ``lengths``, rows longer than this are counted as truncated
+        (``JobResult.rows_truncated``); ``lengths`` should then measure rows
+        before truncation (at least up to the limit + 1).
+    allow_nulls : bool, default False
+        Let null values (None, NaN, NA) in ``input_columns`` through to the
+        model. By default a null fails its row: the job stops naming the
+        column and row, or with ``on_error="quarantine"`` the row is set aside.
 
     Examples
     --------
@@ -116,6 +125,8 @@ class ModelSpec:
     example: Callable[[], pd.DataFrame] | None = None
     token_budget: int | None = None
     lengths: Callable[[Any, Any], Any] | None = None
+    length_limit: Callable[[Any], int | None] | None = None
+    allow_nulls: bool = False
     token: str = dataclasses.field(init=False, repr=False, compare=False)
     cache_key: str = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -210,10 +221,12 @@ class ModelSpec:
         """Turn a partition into model inputs (see ``collate``)."""
         missing = [c for c in self.input_columns if c not in frame.columns]
         if missing:
-            raise InputError(
-                f"model {self.name!r} needs column(s) {missing}; the partition has "
-                f"{list(frame.columns)}"
+            raise SchemaError(
+                f"model {self.name!r} needs column(s) {missing}; this partition has "
+                f"{list(frame.columns)} (do the input files share one schema?)"
             )
+        if not self.allow_nulls:
+            check_nulls(frame, self.input_columns)
         if self.collate is None:
             return float_tensor(frame, self.input_columns)
         selected = frame[list(self.input_columns)] if self.input_columns else frame
@@ -240,6 +253,21 @@ def output_dtype(column: str, kind: OutputType) -> Any:
     if isinstance(kind, tuple):
         return pd.ArrowDtype(_arrow_type(column, kind))
     return np.dtype(kind)
+
+
+def check_nulls(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    """Raise :class:`InputError` naming the columns of ``frame`` that hold nulls, and where."""
+    found = []
+    for column in columns:
+        count = int(frame[column].isna().sum())
+        if count:
+            found.append(f"{column!r} ({count} of {len(frame)} rows)")
+    if found:
+        raise InputError(
+            f"null values in required input column(s) {', '.join(found)}; fill or drop them "
+            f"in preprocess=, set the rows aside with on_error='quarantine', or pass "
+            f"ModelSpec(allow_nulls=True) if the model handles them"
+        )
 
 
 def float_tensor(frame: pd.DataFrame, columns: Sequence[str]) -> torch.Tensor:
@@ -567,20 +595,24 @@ class _Encode:
 
 @dataclasses.dataclass(frozen=True)
 class _TokenLengths:
-    """Each text's length in tokens, as the encoder will truncate it."""
+    """Each text's length in tokens, up to one past the encoder's limit (to count truncation)."""
 
     def __call__(self, model: Any, texts: list[str]) -> list[int]:
         encoded = model.tokenizer(
             texts,
             add_special_tokens=True,
             truncation=True,
-            max_length=model.max_seq_length,
+            max_length=model.max_seq_length + 1,
             return_length=True,
         )
         return encoded["length"]
 
     def __dask_tokenize__(self) -> str:
         return "dask_batchinfer.model._TokenLengths"
+
+
+def _max_seq_length(model: Any) -> int:
+    return int(model.max_seq_length)
 
 
 def sentence_encoder(
@@ -614,7 +646,9 @@ def sentence_encoder(
     normalize : bool, default True
         L2-normalise embeddings, so a dot product is the cosine similarity.
     max_seq_length : int, optional
-        Truncate texts to this many tokens (default: the model's own limit).
+        Truncate texts to this many tokens (default: the model's own limit,
+        256 for all-MiniLM-L6-v2). Truncated rows are counted in
+        ``JobResult.rows_truncated``.
     batch_size : int, default 128
         The most rows per batch.
     token_budget : int or None, default 8192
@@ -639,7 +673,8 @@ def sentence_encoder(
         outputs={output_column: ("float32", dim)},
         batch_size=batch_size,
         token_budget=token_budget,
-        lengths=_TokenLengths() if token_budget is not None else None,
+        lengths=_TokenLengths(),
+        length_limit=_max_seq_length,
         precision=precision,
         device=device,
         name=name or (f"sentence-encoder:{path}" if path else "all-MiniLM-L6-v2"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -9,13 +10,20 @@ import numpy as np
 import pandas as pd
 
 from dask_batchinfer.batching import BatchStats, run_model
-from dask_batchinfer.errors import BatchInferError, InputError, ModelLoadError, PartitionError
+from dask_batchinfer.errors import (
+    BatchInferError,
+    InputError,
+    ModelLoadError,
+    PartitionError,
+    SchemaError,
+)
 from dask_batchinfer.model import ModelSpec
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
 __all__ = [
+    "Prepared",
     "infer_features",
     "infer_partition",
     "output_meta",
@@ -50,8 +58,36 @@ def check_keep(keep: Sequence[str] | str | None, columns: Sequence[str]) -> tupl
     return tuple(keep)
 
 
-def check_inputs(model: ModelSpec, columns: Sequence[str], preprocess: object) -> None:
-    """The model's input columns are there (unless ``preprocess`` builds them)."""
+def _usable_as_float(dtype: object) -> bool:
+    """Whether a column of ``dtype`` can become float32 model input (strings: row by row)."""
+    if isinstance(dtype, pd.ArrowDtype):
+        import pyarrow as pa
+
+        kind = dtype.pyarrow_dtype
+        return bool(
+            pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+            or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_decimal(kind)
+        )  # fmt: skip
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _usable_as_float(dtype.categories.dtype)
+    return bool(
+        pd.api.types.is_numeric_dtype(dtype)
+        or pd.api.types.is_bool_dtype(dtype)
+        or pd.api.types.is_string_dtype(dtype)
+        or pd.api.types.is_object_dtype(dtype)
+    ) and not pd.api.types.is_complex_dtype(dtype)
+
+
+def check_inputs(model: ModelSpec, meta: pd.DataFrame, preprocess: object) -> None:
+    """The model's input columns are there with usable dtypes (unless ``preprocess`` builds them).
+
+    ``meta`` is the input's empty frame (``ddf._meta``). For the default
+    float32 input, numeric, boolean and string columns are accepted (strings
+    convert row by row; a value that does not fails its row); dates, lists,
+    bytes and the like are refused here, before any task runs.
+    """
+    columns = list(meta.columns)
     if preprocess is not None:
         if not callable(preprocess):
             raise InputError(f"preprocess must be callable, got {preprocess!r}")
@@ -60,7 +96,17 @@ def check_inputs(model: ModelSpec, columns: Sequence[str], preprocess: object) -
     if missing:
         raise InputError(
             f"model {model.name!r} needs input column(s) {missing}; the input has "
-            f"{list(columns)}. Rename the columns or pass preprocess= to build them"
+            f"{columns}. Rename the columns or pass preprocess= to build them"
+        )
+    if model.collate is not None:
+        return
+    dtypes = {c: meta[c].dtype for c in model.input_columns}
+    wrong = {c: str(dtype) for c, dtype in dtypes.items() if not _usable_as_float(dtype)}
+    if wrong:
+        raise InputError(
+            f"model {model.name!r} reads column(s) {list(wrong)} as float32 numbers, but "
+            f"their dtypes are {wrong}; expected numeric, boolean or numeric strings. Convert "
+            f"them in preprocess=, or give the spec a collate= that understands them"
         )
 
 
@@ -86,7 +132,7 @@ def _where(number: int | None, source: str | None) -> str:
 def _partition_error(
     err: BaseException, stage: str, number: int | None, source: str | None
 ) -> PartitionError:
-    cause = str(err) if isinstance(err, BatchInferError) else f"{type(err).__name__}: {err}"
+    cause = _error_text(err)
     return PartitionError(
         f"{_where(number, source)} failed in {stage}: {cause}",
         partition=number if number is not None else -1,
@@ -94,44 +140,33 @@ def _partition_error(
     )
 
 
-def preprocess_partition(
-    frame: pd.DataFrame,
-    *,
-    preprocess: Preprocess | None = None,
-    keep: Sequence[str] = (),
-    number: int | None = None,
-    source: str | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run ``preprocess`` on one partition; return ``(features, keep columns)``.
-
-    Errors are re-raised as :class:`PartitionError` naming the partition and file.
-    """
-    try:
-        features = preprocess(frame) if preprocess is not None else frame
-        if not isinstance(features, pd.DataFrame):
-            raise InputError(
-                f"preprocess must return a pandas DataFrame, got {type(features).__name__}"
-            )
-        if len(features) != len(frame):
-            raise InputError(
-                f"preprocess returned {len(features)} rows for {len(frame)} input rows; it "
-                f"must keep every row, in order (filter rows before run_job/predict)"
-            )
-    except Exception as err:
-        raise _partition_error(err, "preprocessing", number, source) from err
-    return features, frame[list(keep)]
+class _ShapeError(InputError):
+    """``preprocess`` broke its contract (a whole-partition error: never bisected)."""
 
 
-ERROR_COLUMNS = ("row", "error_type", "error")
+def _apply(preprocess: Preprocess | None, frame: pd.DataFrame) -> pd.DataFrame:
+    features = preprocess(frame) if preprocess is not None else frame
+    if not isinstance(features, pd.DataFrame):
+        raise _ShapeError(
+            f"preprocess must return a pandas DataFrame, got {type(features).__name__}"
+        )
+    if len(features) != len(frame):
+        raise _ShapeError(
+            f"preprocess returned {len(features)} rows for {len(frame)} input rows; it "
+            f"must keep every row, in order (filter rows before run_job/predict)"
+        )
+    return features
 
 
-def _bad_rows(
-    features: pd.DataFrame, model: ModelSpec, stats: BatchStats | None, first_only: bool
+def _bisect(
+    run: Callable[[int, int], pd.DataFrame], rows: int, first_only: bool
 ) -> tuple[list[tuple[int, pd.DataFrame]], list[tuple[int, BaseException]]]:
-    """Split rows the model fails on from the rest by halving failing ranges.
+    """Run ``run(lo, hi)`` over ``[0, rows)``, halving the ranges that fail.
 
     Returns the outputs of the good ranges (with their start row) and each bad
-    row with its error. ``first_only`` stops at the first bad row.
+    row with its error. ``first_only`` stops at the first bad row. Model
+    loading errors and broken preprocess contracts are not row errors: they
+    pass through.
     """
     good: list[tuple[int, pd.DataFrame]] = []
     bad: list[tuple[int, BaseException]] = []
@@ -140,8 +175,8 @@ def _bad_rows(
         if first_only and bad:
             return
         try:
-            good.append((lo, run_model(model, features.iloc[lo:hi], stats)))
-        except ModelLoadError:
+            good.append((lo, run(lo, hi)))
+        except (ModelLoadError, SchemaError, _ShapeError):
             raise
         except Exception as err:
             if hi - lo == 1:
@@ -151,16 +186,115 @@ def _bad_rows(
             visit(lo, mid)
             visit(mid, hi)
 
-    mid = len(features) // 2
+    if rows == 1:
+        try:
+            good.append((0, run(0, 1)))
+        except (ModelLoadError, SchemaError, _ShapeError):
+            raise
+        except Exception as err:
+            bad.append((0, err))
+        return good, bad
+    mid = rows // 2
     visit(0, mid)
-    visit(mid, len(features))
+    visit(mid, rows)
     return good, bad
 
 
-def _describe_row(kept: pd.DataFrame, row: int) -> str:
+def _describe_row(kept: pd.DataFrame, row: int, label: int | None = None) -> str:
     values = {c: kept.iloc[row][c] for c in kept.columns[:3]}
     ids = ", ".join(f"{c}={getattr(v, 'item', lambda v=v: v)()!r}" for c, v in values.items())
-    return f"row {row}" + (f" ({ids})" if ids else "")
+    return f"row {row if label is None else label}" + (f" ({ids})" if ids else "")
+
+
+def _no_bad_rows(kept: pd.DataFrame) -> pd.DataFrame:
+    return kept.iloc[:0].assign(row=pd.Series([], dtype="int64"),
+                                error_type=pd.Series([], dtype="str"),
+                                error=pd.Series([], dtype="str"))  # fmt: skip
+
+
+def _bad_frame(
+    kept: pd.DataFrame, bad: list[tuple[int, BaseException]], positions: np.ndarray | None
+) -> pd.DataFrame:
+    rows = [r for r, _ in bad]
+    index = kept.index[rows]
+    labels = positions[rows] if positions is not None else np.asarray(rows, dtype=np.int64)
+    return kept.iloc[rows].assign(
+        row=pd.Series(labels, index=index, dtype="int64"),
+        error_type=pd.Series([type(e).__name__ for _, e in bad], index=index, dtype="str"),
+        error=pd.Series([str(e)[:2000] for _, e in bad], index=index, dtype="str"),
+    )
+
+
+def _good_positions(good: list[tuple[int, pd.DataFrame]]) -> np.ndarray:
+    positions = [np.arange(lo, lo + len(out)) for lo, out in good]
+    return np.concatenate(positions) if positions else np.empty(0, dtype=np.int64)
+
+
+def _error_text(err: BaseException) -> str:
+    return str(err) if isinstance(err, BatchInferError) else f"{type(err).__name__}: {err}"
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One preprocessed partition on its way to the model.
+
+    ``features`` and ``kept`` hold the rows preprocessing succeeded on;
+    ``bad`` the rows it failed on (quarantine); ``positions`` each kept row's
+    position in the input partition (None: all rows, in order).
+    """
+
+    features: pd.DataFrame
+    kept: pd.DataFrame
+    bad: pd.DataFrame
+    rows_in: int
+    positions: np.ndarray | None = None
+
+
+def preprocess_partition(
+    frame: pd.DataFrame,
+    *,
+    preprocess: Preprocess | None = None,
+    keep: Sequence[str] = (),
+    number: int | None = None,
+    source: str | None = None,
+    on_error: str = "raise",
+) -> Prepared:
+    """Run ``preprocess`` on one partition.
+
+    When it fails, the failing rows are found by halving (``preprocess`` is
+    expected to work row by row: the same rows give the same features
+    whatever the batch). ``on_error="raise"`` raises a :class:`PartitionError`
+    naming the partition, file, first bad row and cause; ``"quarantine"``
+    returns the other rows and the bad ones in ``Prepared.bad``.
+    """
+    kept_all = frame[list(keep)]
+    try:
+        features = _apply(preprocess, frame)
+        return Prepared(features, kept_all, _no_bad_rows(kept_all), len(frame))
+    except _ShapeError as err:
+        raise _partition_error(err, "preprocessing", number, source) from err
+    except Exception as err:
+        if preprocess is None:
+            raise _partition_error(err, "preprocessing", number, source) from err
+        first_error = err
+    try:
+        good, bad = _bisect(
+            lambda lo, hi: _apply(preprocess, frame.iloc[lo:hi]),
+            len(frame),
+            first_only=on_error == "raise",
+        )
+    except _ShapeError as err:
+        raise _partition_error(err, "preprocessing", number, source) from err
+    if on_error == "raise" or not bad:
+        row, cause = bad[0] if bad else (None, first_error)
+        where = "preprocessing" + (f" at {_describe_row(kept_all, row)}" if row is not None else "")
+        raise _partition_error(cause, where, number, source) from cause
+    good.sort(key=lambda g: g[0])
+    positions = _good_positions(good)
+    features = pd.concat([out for _, out in good]) if good else frame.iloc[:0]
+    return Prepared(
+        features, kept_all.iloc[positions], _bad_frame(kept_all, bad, None), len(frame), positions
+    )
 
 
 def infer_features(
@@ -172,6 +306,7 @@ def infer_features(
     source: str | None = None,
     stats: BatchStats | None = None,
     on_error: str = "raise",
+    positions: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the model on preprocessed ``features``.
 
@@ -179,38 +314,38 @@ def infer_features(
     the failing rows are found by halving: with ``on_error="raise"`` the first
     one is named in a :class:`PartitionError` (partition, file, row, ids,
     cause); with ``"quarantine"`` the other rows' outputs are returned and the
-    bad rows come back as ``kept`` columns plus ``row``, ``error_type`` and
-    ``error``. Model-loading errors pass through unchanged.
+    bad rows come back as ``kept`` columns plus ``row`` (its position in the
+    input partition, see ``positions``), ``error_type`` and ``error``.
+    Model-loading errors pass through unchanged.
     """
+
+    def run(lo: int, hi: int) -> pd.DataFrame:
+        attempt = BatchStats()
+        out = run_model(model, features.iloc[lo:hi], attempt)
+        if stats is not None:
+            stats.add(attempt)
+        return out
+
     try:
-        outputs = run_model(model, features, stats).set_axis(kept.index)
-        bad_rows = kept.iloc[:0].assign(row=pd.Series([], dtype="int64"),
-                                        error_type=pd.Series([], dtype="str"),
-                                        error=pd.Series([], dtype="str"))  # fmt: skip
+        outputs = run(0, len(features)).set_axis(kept.index)
+        bad_rows = _no_bad_rows(kept)
     except ModelLoadError:
         raise
+    except SchemaError as err:
+        raise _partition_error(err, f"model {model.name!r}", number, source) from err
     except Exception as err:
-        good: list[tuple[int, pd.DataFrame]] = []
-        bad: list[tuple[int, BaseException]] = [(0, err)] if len(features) == 1 else []
-        if len(features) > 1:
-            good, bad = _bad_rows(features, model, stats, first_only=on_error == "raise")
+        good, bad = _bisect(run, len(features), first_only=on_error == "raise")
         if on_error == "raise" or not bad:
             row, cause = bad[0] if bad else (None, err)
             where = f"model {model.name!r}" + (
-                f" at {_describe_row(kept, row)}" if row is not None else ""
+                f" at {_describe_row(kept, row, positions[row] if positions is not None else None)}"
+                if row is not None
+                else ""
             )
             raise _partition_error(cause, where, number, source) from cause
-        rows = [r for r, _ in bad]
-        bad_rows = kept.iloc[rows].assign(
-            row=pd.Series(rows, index=kept.index[rows], dtype="int64"),
-            error_type=pd.Series(
-                [type(e).__name__ for _, e in bad], index=kept.index[rows], dtype="str"
-            ),
-            error=pd.Series([str(e)[:2000] for _, e in bad], index=kept.index[rows], dtype="str"),
-        )
+        bad_rows = _bad_frame(kept, bad, positions)
         good.sort(key=lambda g: g[0])
-        positions = [np.arange(lo, lo + len(out)) for lo, out in good]
-        good_rows = np.concatenate(positions) if positions else np.empty(0, dtype=np.int64)
+        good_rows = _good_positions(good)
         outputs = pd.concat([out for _, out in good]) if good else model.meta()
         outputs = outputs.set_axis(kept.index[good_rows])
         kept = kept.iloc[good_rows]
@@ -229,11 +364,11 @@ def infer_partition(
     stats: BatchStats | None = None,
 ) -> pd.DataFrame:
     """Preprocess one partition, run the model and return ``keep`` + output columns."""
-    features, kept = preprocess_partition(
+    prepared = preprocess_partition(
         frame, preprocess=preprocess, keep=keep, number=number, source=source
     )
     result, _ = infer_features(
-        features, kept, model=model, number=number, source=source, stats=stats
+        prepared.features, prepared.kept, model=model, number=number, source=source, stats=stats
     )
     return result
 
@@ -298,7 +433,7 @@ def predict(
             f"with dask.dataframe.from_pandas(df, npartitions=...)"
         )
     keep = check_keep(keep, list(ddf.columns))
-    check_inputs(model, list(ddf.columns), preprocess)
+    check_inputs(model, ddf._meta, preprocess)
     meta = output_meta(ddf._meta, model, keep)
     return ddf.map_partitions(
         _predict_partition,

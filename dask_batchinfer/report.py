@@ -61,6 +61,9 @@ class JobResult:
     batch_size : dict of str to int
         Rows per batch in the end on each worker (smaller than the spec's
         after out-of-memory recovery).
+    rows_truncated : int
+        Rows longer than the model reads (e.g. texts past the encoder's
+        ``max_seq_length``), truncated by the model; counted, not failed.
     tokens, padded_tokens, padded_tokens_unsorted : int
         With token-budget batching: real tokens, tokens as batched (with
         padding), and as batched in input order without sorting.
@@ -93,6 +96,7 @@ class JobResult:
     tokens: int = 0
     padded_tokens: int = 0
     padded_tokens_unsorted: int = 0
+    rows_truncated: int = 0
     started: str = ""
     finished: str = ""
 
@@ -126,6 +130,7 @@ class JobResult:
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
             "rows_quarantined": self.rows_quarantined,
+            "rows_truncated": self.rows_truncated,
             "wall_seconds": round(self.wall_seconds, 3),
             "startup_seconds": round(self.startup_seconds, 3),
             "first_commit_seconds": round(self.first_commit_seconds, 3),
@@ -172,6 +177,11 @@ class JobResult:
             sizes = sorted(set(self.batch_size.values()))
             lines.append(
                 f"  GPU memory  {self.oom_events} out-of-memory splits; batch size now {sizes}"
+            )
+        if self.rows_truncated:
+            lines.append(
+                f"  truncated   {self.rows_truncated:,} rows longer than the model's limit "
+                f"were truncated"
             )
         if self.padding_fraction is not None:
             lines.append(

@@ -31,6 +31,7 @@ __all__ = [
     "hog_model",
     "make_mlp",
     "oom_model",
+    "parse_json_features",
     "read_call_log",
     "set_call_log",
     "sleepy_preprocess",
@@ -293,3 +294,19 @@ def uneven_partitions(frame: pd.DataFrame, sizes: Sequence[int]):
     bounds = np.cumsum([0, *sizes])
     chunks = [frame.iloc[start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
     return dd.from_map(_identity, chunks, meta=frame.iloc[:0], enforce_metadata=False)
+
+
+def parse_json_features(frame: pd.DataFrame, n_features: int = 8) -> pd.DataFrame:
+    """A row-wise preprocess: column ``raw`` holds a JSON list of ``n_features`` numbers.
+
+    A malformed row raises (``json.JSONDecodeError`` or ``ValueError``), the
+    way a real parsing step fails on bad records.
+    """
+    import json
+
+    values = [json.loads(raw) for raw in frame["raw"]]
+    for row in values:
+        if not isinstance(row, list) or len(row) != n_features:
+            raise ValueError(f"expected a list of {n_features} numbers, got {row!r}")
+    data = np.asarray(values, dtype=np.float32).reshape(len(frame), n_features)
+    return pd.DataFrame(data, columns=feature_columns(n_features), index=frame.index)

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dask_batchinfer import secrets
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.commit import MANIFEST, is_visible
 from dask_batchinfer.io.retry import retry
@@ -84,7 +85,11 @@ def _read_files(
     paths: list[str], *, protocol: str, storage_options: Mapping[str, Any]
 ) -> pd.DataFrame:
     # Local files through Arrow's own filesystem (native, threaded reads); others through fsspec.
-    fs = None if protocol in ("file", "local") else fsspec.filesystem(protocol, **storage_options)
+    fs = (
+        None
+        if protocol in ("file", "local")
+        else fsspec.filesystem(protocol, **secrets.resolve(storage_options))
+    )
     tables = []
     for path in paths:
         try:
@@ -112,12 +117,20 @@ def arrow_types(kind: pa.DataType) -> pd.ArrowDtype | None:
     return pd.ArrowDtype(kind) if nested or binary or pa.types.is_fixed_size_list(kind) else None
 
 
-def read_parquet_files(url: str, storage_options: Mapping[str, Any] | None = None):
+def read_parquet_files(
+    url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    task_options: Mapping[str, Any] | None = None,
+):
     """A Dask DataFrame with one partition per Parquet file under ``url``.
 
     Consecutive files smaller than ``batchinfer.partition-size`` (16 MiB) are
     read together as one partition, so a folder of many tiny files does not
     become many tiny tasks.
+
+    ``task_options`` replace ``storage_options`` inside the read tasks (e.g.
+    with credentials swapped for a reference, see :mod:`dask_batchinfer.secrets`).
 
     Returns
     -------
@@ -148,7 +161,7 @@ def read_parquet_files(url: str, storage_options: Mapping[str, Any] | None = Non
         meta=schema.empty_table().to_pandas(types_mapper=arrow_types),
         label="read-parquet-file",
         protocol=protocol,
-        storage_options=options,
+        storage_options=dict(task_options) if task_options is not None else options,
         enforce_metadata=False,
     )
     return ddf, groups
