@@ -53,6 +53,8 @@ def markdown(report: dict) -> str:
         f"versus {s['seconds_few']:.1f} s in large files: slowdown {s['slowdown']:.2f}x. "
         f"Importing torch takes {report['torch_import_seconds']:.2f} s in a fresh process.",
     ]
+    if report.get("note"):
+        lines += ["", f"Note: {report['note']}"]
     return "\n".join(lines) + "\n"
 
 

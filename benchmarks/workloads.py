@@ -193,7 +193,7 @@ WORKLOADS: dict[str, Workload] = {
     ),
     "W2-minilm": Workload(
         "W2-minilm", lambda: dbi.sentence_encoder(minilm_path(), batch_size=128),
-        write_text, _load_minilm, _texts, _encode, 5_000,
+        write_text, _load_minilm, _texts, _encode, 500,
     ),
     "W3-cnn": Workload(
         "W3-cnn", _cnn_spec, write_images, make_cnn, images_tensor, _call, 5_000,

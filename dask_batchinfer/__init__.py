@@ -33,8 +33,10 @@ from dask_batchinfer.model import (
     from_torch_file,
     sentence_encoder,
 )
+from dask_batchinfer.plan import Plan, plan
 from dask_batchinfer.predict import predict
 from dask_batchinfer.report import JobResult
+from dask_batchinfer.status import output_status
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,7 @@ __all__ = [
     "ModelLoadError",
     "ModelSpec",
     "PartitionError",
+    "Plan",
     "SchemaError",
     "__version__",
     "file_sha256",
@@ -54,6 +57,8 @@ __all__ = [
     "from_torch_file",
     "local_cluster",
     "model_stats",
+    "output_status",
+    "plan",
     "predict",
     "read_output",
     "run_job",

@@ -1,7 +1,12 @@
 """The ``dask-batchinfer`` command.
 
-Exit codes: 0 success, 1 the job failed, 2 usage error (bad option or argument),
-3 more bad rows than ``--max-bad-rows`` allows.
+Exit codes: 0 success, 1 the job failed, 2 usage error (bad option, argument
+or job file), 3 more bad rows than ``--max-bad-rows`` allows, 4 (``status``)
+the output is partial or its last run failed.
+
+``dask-batchinfer run --job job.toml`` takes every option of ``run`` from a
+TOML or YAML file (keys as the long options, with ``_`` or ``-``, plus
+``storage_options``); options on the command line win over the file.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from dask_batchinfer.model import ModelSpec
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BAD_ROWS = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BAD_ROWS, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
+REQUIRED = ("input", "output", "model")
 
 
 def load_object(reference: str, what: str) -> Any:
@@ -55,11 +61,59 @@ def load_model(reference: str) -> ModelSpec:
     return obj
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"anon\": false}'")
+    return value
+
+
+def load_job_file(path: str, known: set[str]) -> dict[str, Any]:
+    """Options from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) job file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise InputError(f"--job {path!r}: cannot read it: {err}") from err
+    try:
+        if path.endswith(".toml"):
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            data = tomllib.loads(raw.decode())
+        elif path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(raw)
+        else:
+            raise InputError(f"--job {path!r}: expected a .toml, .yaml or .yml file")
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(f"--job {path!r}: cannot parse it: {err}") from err
+    if not isinstance(data, dict):
+        raise InputError(f"--job {path!r}: expected a table of options at the top level")
+    data = data.get("job", data) if isinstance(data.get("job"), dict) else data
+    options = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(f"--job {path!r}: unknown option(s) {unknown}; known: {sorted(known)}")
+    for name in ("keep", "partition_on"):
+        if isinstance(options.get(name), str):
+            options[name] = [options[name]]
+    return options
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dask-batchinfer",
         description="Offline batch inference on Dask: Parquet in, partitioned Parquet out.",
-        epilog="Exit codes: 0 success, 1 job failed, 2 usage error, 3 too many bad rows.",
+        epilog="Exit codes: 0 success, 1 job failed, 2 usage error, 3 too many bad rows, "
+        "4 (status) output partial or last run failed.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -70,19 +124,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--input",
-        required=True,
         metavar="PATH",
         help="Parquet file or folder, local or s3://bucket/prefix (one partition per file)",
     )
     run.add_argument(
         "--output",
-        required=True,
         metavar="PATH",
-        help="output folder, local or s3://; gets part-NNNNN.parquet files and a _SUCCESS manifest",
+        help="output folder, local or s3://; gets part-<input>-<id>.parquet files, a _SUCCESS "
+        "manifest and a _report.json/_report.html",
     )
     run.add_argument(
         "--model",
-        required=True,
         metavar="MODULE:ATTR",
         help="a dask_batchinfer.ModelSpec, or a function returning one, e.g. mypkg.models:ranker",
     )
@@ -170,6 +222,45 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--json", action="store_true", help="print the result summary as JSON instead of text"
     )
+    run.add_argument(
+        "--job",
+        metavar="FILE",
+        help="a TOML or YAML job file holding any of these options (and storage_options); "
+        "options given on the command line win",
+    )
+    run.add_argument(
+        "--storage-options",
+        type=_json_object,
+        metavar="JSON",
+        help='fsspec options for input and output, e.g. \'{"endpoint_url": "http://..."}\'; '
+        "leave credentials to the environment or AWS profiles",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="measure a sample of partitions and print the projected time, the recommended "
+        "batch size and the output size; write nothing",
+    )
+    run.add_argument(
+        "--progress",
+        choices=["auto", "bar", "log", "off"],
+        default="auto",
+        help="auto (default): a bar in a terminal, key=value log lines otherwise (CI, cron)",
+    )
+    run.add_argument(
+        "--quiet", action="store_true", help="no progress and no log lines; errors only"
+    )
+
+    status = commands.add_parser(
+        "status",
+        help="summarise an output folder (complete, partial, failed) from its manifest",
+        description="Read an output's manifest, markers and last report; print a summary. "
+        "Exit code 0 when complete, 4 when partial or the last run failed, 2 when missing.",
+    )
+    status.add_argument("output", metavar="OUTPUT", help="the output folder (local or s3://)")
+    status.add_argument("--json", action="store_true", help="print the summary as JSON")
+    status.add_argument("--storage-options", type=_json_object, metavar="JSON",
+                        help="fsspec options, as for run")  # fmt: skip
 
     demo = commands.add_parser(
         "demo",
@@ -214,10 +305,18 @@ def _run(args: argparse.Namespace) -> int:
     pools = None
     if args.pool_resources:
         pools = dict(zip(("preprocess", "model"), args.pool_resources, strict=True))
+    progress: str | bool = False if args.quiet else args.progress
     with contextlib.ExitStack() as stack:
         client: Any = args.scheduler
         if client is None:
             client = stack.enter_context(_start_cluster(args))
+        if args.dry_run:
+            from dask_batchinfer.plan import plan
+
+            planned = plan(args.input, model, preprocess=preprocess, keep=args.keep or None,
+                           client=client, storage_options=args.storage_options)  # fmt: skip
+            print(json.dumps(planned.summary(), indent=1) if args.json else planned)
+            return EXIT_OK
         result = run_job(
             args.input,
             model,
@@ -230,9 +329,33 @@ def _run(args: argparse.Namespace) -> int:
             pools=pools,
             on_error=args.on_error,
             max_bad_rows=_bad_rows_limit(args.max_bad_rows),
+            storage_options=args.storage_options,
+            progress=progress,
         )
-    print(json.dumps(result.summary(), indent=1) if args.json else result)
+    _log_event(result.job, "finished", status=result.status, partitions_run=result.partitions_run,
+               partitions_skipped=result.partitions_skipped, rows_in=result.rows_in,
+               rows_out=result.rows_out, rows_quarantined=result.rows_quarantined,
+               wall_s=round(result.wall_seconds, 2), output=result.output)  # fmt: skip
+    if not args.quiet:
+        print(json.dumps(result.summary(), indent=1) if args.json else result)
     return EXIT_OK
+
+
+def _log_event(job: str, event: str, **fields: Any) -> None:
+    """One greppable ``key=value`` line on the ``dask_batchinfer`` logger."""
+    text = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) and ' ' in v else v}"
+                    for k, v in fields.items())  # fmt: skip
+    logging.getLogger("dask_batchinfer").info("job=%s event=%s %s", job or "-", event, text)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from dask_batchinfer.status import format_status, output_status
+
+    summary = output_status(args.output, args.storage_options)
+    print(json.dumps(summary, indent=1, default=str) if args.json else format_status(summary))
+    if summary["state"] == "missing":
+        return EXIT_USAGE
+    return EXIT_OK if summary["state"] == "complete" else EXIT_INCOMPLETE
 
 
 def _bad_rows_limit(value: float | None) -> int | float | None:
@@ -269,22 +392,53 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _log_to_stderr() -> None:
-    """Our own log records to stderr; Dask's stay with Dask's logging config."""
+def _log_to_stderr(quiet: bool = False) -> None:
+    """Our own log records to stderr, one ``key=value`` line each; Dask's stay with Dask."""
     logger = logging.getLogger("dask_batchinfer")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+        )
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise LookupError(name)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, taking ``run``'s options from ``--job FILE`` first (the command line wins)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        return args
+    if args.job:
+        run = _subparser(parser, "run")
+        known = {a.dest for a in run._actions if a.dest not in ("help", "job")}
+        run.set_defaults(**load_job_file(args.job, known))
+        args = parser.parse_args(argv)
+    missing = [f"--{name}" for name in REQUIRED if not getattr(args, name)]
+    if missing:
+        raise InputError(f"run needs {', '.join(missing)} (on the command line or in --job FILE)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dask-batchinfer`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
-    _log_to_stderr()
     try:
-        return _run(args) if args.command == "run" else _demo(args)
+        args = _parse(argv)
+    except InputError as err:
+        print(f"dask-batchinfer: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    _log_to_stderr(quiet=getattr(args, "quiet", False))
+    commands = {"run": _run, "demo": _demo, "status": _status}
+    try:
+        return commands[args.command](args)
     except InputError as err:
         print(f"dask-batchinfer: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import posixpath
 import time
@@ -43,11 +44,12 @@ from dask_batchinfer.io.commit import (
     collect_garbage,
     ensure_dir,
     load_state,
+    move_into_place,
     write_json,
     write_marker,
 )
 from dask_batchinfer.io.parquet import output_schema, write_errors, write_partition
-from dask_batchinfer.io.read import InputFile, read_parquet_files
+from dask_batchinfer.io.read import READ_TIMES, InputFile, read_parquet_files
 from dask_batchinfer.io.retry import RetryStats, retry
 from dask_batchinfer.model import ModelSpec
 from dask_batchinfer.plugins import ModelWarmup
@@ -61,11 +63,16 @@ from dask_batchinfer.predict import (
     output_meta,
     preprocess_partition,
 )
+from dask_batchinfer.progress import make_progress, resolve_mode
 from dask_batchinfer.report import JobResult
 
-__all__ = ["MODES", "run_job"]
+__all__ = ["MODES", "run_job", "save_report"]
+
+logger = logging.getLogger(__name__)
 
 MODES = ("resume", "overwrite", "error")
+REPORT_JSON = "_report.json"
+REPORT_HTML = "_report.html"
 
 
 def _open_source(source: Any, storage_options: Mapping[str, Any], task_options: Mapping[str, Any]):
@@ -163,6 +170,10 @@ def _preprocess_stage(
     on_error: str = "raise",
 ) -> Prepared:
     """The CPU stage: preprocess one partition."""
+    read = frame.attrs.get(READ_TIMES)
+    if read:
+        where = {"worker": read[2]} if len(read) > 2 and read[2] else {}
+        trace.record(job, "read", partition.number, read[0], end=read[1], rows=len(frame), **where)
     start = time.time()
     prepared = preprocess_partition(
         frame,
@@ -173,6 +184,8 @@ def _preprocess_stage(
         on_error=on_error,
     )
     trace.record(job, "preprocess", partition.number, start, rows=len(frame))
+    prepared.read_seconds = read[1] - read[0] if read else 0.0
+    prepared.preprocess_seconds = time.time() - start
     return prepared
 
 
@@ -231,6 +244,8 @@ def _infer_stage(
         "errors": [path for path, _ in errors],
         "rows_quarantined": len(bad),
         "worker": get_worker().address,
+        "read_seconds": prepared.read_seconds,
+        "preprocess_seconds": prepared.preprocess_seconds,
         "infer_seconds": inferred - start,
         "write_seconds": time.time() - inferred,
         "retries": retries.retries,
@@ -290,6 +305,7 @@ def run_job(
     on_error: str = "raise",
     max_bad_rows: int | float | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    progress: bool | str | None = None,
 ) -> JobResult:
     """Run a batch inference job and write the results as partitioned Parquet, exactly once.
 
@@ -350,12 +366,21 @@ def run_job(
         workers once, through a worker plugin, and never travel in the task
         graph (see :mod:`dask_batchinfer.secrets`); better still, leave them
         to the workers' environment or AWS profiles.
+    progress : bool or {"bar", "log"}, optional
+        Show progress: partitions committed of total, rows/s, ETA and time
+        per stage. Default (``batchinfer.progress: auto``): a widget in
+        Jupyter, a bar in a terminal, a log line every 10% elsewhere (CI
+        logs); ``False`` for none.
 
     Returns
     -------
     JobResult
         Rows in and out, partitions run/skipped/invalidated, retries, wall
-        time, model load time per worker, rows per second.
+        time split by phase and stage, model load time per worker, rows per
+        second, the stage timeline. In a notebook it renders as an HTML
+        report; ``result.plot()`` draws the timeline. The same report is
+        saved beside the output as ``_report.json`` and ``_report.html``
+        (also for a failed job, whose exception carries it as ``err.result``).
 
     Raises
     ------
@@ -394,6 +419,7 @@ def run_job(
     if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
         raise InputError(f"output must be a local path or URL, got {output!r}")
     output = os.fspath(output)
+    progress = resolve_mode(progress)  # validated before anything runs
     storage_options = dict(storage_options or {})
     # Credentials reach the workers once, in a plugin; tasks carry a reference.
     public_options, secret_options = secrets.split(storage_options)
@@ -425,6 +451,12 @@ def run_job(
     job_fingerprint = tokenize([p.fingerprint for p in partitions])
 
     if mode == "resume" and _finished(state, job_fingerprint):
+        manifest = state.manifest or {}
+        listed = {f["path"] for f in manifest.get("files", [])}
+        if state.files - listed or set(state.markers) - {p.slug for p in partitions}:
+            # a later run died after committing files of its own: back to the manifest
+            collect_garbage(fs, root, keep_files=listed, keep_slugs={p.slug for p in partitions},
+                            state=state, keep_errors=set(manifest.get("errors", [])))  # fmt: skip
         return _result_from_manifest(state, output, model, wall_start)
 
     done: dict[str, dict[str, Any]] = {}
@@ -438,43 +470,236 @@ def run_job(
     todo = [p for p in partitions if p.slug not in done]
 
     stats: list[dict[str, Any]] = []
-    loads: dict[str, Any] = {}
-    startup = 0.0
-    job = uuid.uuid4().hex[:12]
+    run = _RunInfo(job=uuid.uuid4().hex[:12])
+    build = functools.partial(
+        _build_result, output=output, model=model, mode=mode, partitions=partitions, done=done,
+        todo=todo, invalidated=invalidated, started=started, wall_start=wall_start,
+        stats=stats, run=run,
+    )  # fmt: skip
     if todo:
         _check_writable(fs, root, output)
-        with (
-            connect(client) as c,
-            _credentials(c, credentials, secret_options),
-            _tidy_on_failure(fs, root),
-        ):
-            pool = detect_pools(c, pools)
-            _warm_up(c, model, pool)
-            startup = time.perf_counter() - wall_start
-            stats = _run_partitions(
-                c,
-                ddf,
-                todo,
-                pools=pool,
-                job=job,
-                preprocess=preprocess,
-                keep=keep,
-                infer_options={
-                    "model": model,
-                    "partition_on": partition_on,
-                    "schema": schema,
-                    "output": output,
-                    "storage_options": task_options,
-                    "on_error": on_error,
-                },
-                bad_rows_allowed=(
-                    max_bad_rows - sum(m.get("rows_quarantined", 0) for m in done.values())
-                    if isinstance(max_bad_rows, int)
-                    else None
-                ),
-            )
-            loads = model_stats(c, model)
+        connect_start = time.perf_counter()
+        try:
+            with (
+                connect(client) as c,
+                _credentials(c, credentials, secret_options),
+                _tidy_on_failure(fs, root),
+            ):
+                run.cluster_seconds = time.perf_counter() - connect_start
+                run.dashboard_link = str(getattr(c, "dashboard_link", "") or "")
+                pool = detect_pools(c, pools)
+                _warm_up(c, model, pool)
+                run.startup = time.perf_counter() - wall_start
+                bar = make_progress(progress, total=len(todo), job=run.job,
+                                    dashboard_link=run.dashboard_link)  # fmt: skip
+                try:
+                    _run_partitions(
+                        c,
+                        ddf,
+                        todo,
+                        pools=pool,
+                        job=run.job,
+                        preprocess=preprocess,
+                        keep=keep,
+                        infer_options={
+                            "model": model,
+                            "partition_on": partition_on,
+                            "schema": schema,
+                            "output": output,
+                            "storage_options": task_options,
+                            "on_error": on_error,
+                        },
+                        bad_rows_allowed=(
+                            max_bad_rows - sum(m.get("rows_quarantined", 0) for m in done.values())
+                            if isinstance(max_bad_rows, int)
+                            else None
+                        ),
+                        stats=stats,
+                        progress=bar,
+                    )
+                finally:
+                    bar.close()
+                    _gather_run_info(c, model, run)
+        except Exception as err:
+            _fail(err, build(), fs, root)
+            raise
+    result = build()
+    if (
+        isinstance(max_bad_rows, float)
+        and result.rows_in
+        and result.rows_quarantined / result.rows_in > max_bad_rows
+    ):
+        too_many = BadRowsError(
+            f"{result.rows_quarantined} of {result.rows_in} rows quarantined "
+            f"({result.rows_quarantined / result.rows_in:.2%}), more than "
+            f"max_bad_rows={max_bad_rows:.2%}; see {output}/_errors/ for the rows and their errors"
+        )
+        _fail(too_many, result, fs, root)
+        raise too_many
+    manifest_retries = RetryStats()
+    result.finished = _now()
+    write_json(
+        fs,
+        root,
+        MANIFEST,
+        {
+            "version": __version__,
+            "job_fingerprint": job_fingerprint,
+            "model": model.name,
+            "model_token": model.token,
+            "preprocess_token": code_token(preprocess),
+            "input": [
+                {"slug": p.slug, "source": p.source, "fingerprint": p.fingerprint}
+                for p in partitions
+            ],
+            "started": result.started,
+            "finished": result.finished,
+            **result.summary(),
+        }
+        | {"files": result.files, "errors": result.error_files},
+        manifest_retries,
+    )
+    result.retries += manifest_retries.retries
+    result.files_removed = collect_garbage(
+        fs,
+        root,
+        keep_files={f["path"] for f in result.files},
+        keep_slugs={p.slug for p in partitions},
+        state=state,
+        keep_errors=set(result.error_files),
+    )
+    result.wall_seconds = time.perf_counter() - wall_start
+    report_retries = RetryStats()
+    save_report(fs, root, result, report_retries)
+    result.retries += report_retries.retries  # after the fact: the saved report has one less
+    return result
 
+
+def _fail(err: BaseException, result: JobResult, fs: Any, root: str) -> None:
+    """Mark ``result`` failed, save its report beside the output, attach it to ``err``."""
+    result.status = "failed"
+    result.error = secrets.redact(f"{type(err).__name__}: {err}")
+    result.finished = _now()
+    try:
+        save_report(fs, root, result)
+    except Exception:  # noqa: BLE001 - the job's own error matters more
+        logger.warning("could not save the report of the failed job", exc_info=True)
+    try:
+        err.result = result  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+
+
+def save_report(fs: Any, root: str, result: JobResult, stats: RetryStats | None = None) -> None:
+    """Write ``_report.json`` and ``_report.html`` beside the output (atomically).
+
+    Both start with ``_`` so that Parquet readers of the folder skip them.
+    """
+    write_json(fs, root, REPORT_JSON, result.to_json(), stats)
+    staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{REPORT_HTML}")
+
+    def put() -> None:
+        ensure_dir(fs, posixpath.dirname(staged))
+        fs.pipe_file(staged, result.to_html().encode())
+
+    retry(put, what=f"writing {staged}", stats=stats)
+    move_into_place(fs, staged, posixpath.join(root, REPORT_HTML), stats)
+    _drop_empty_staging(fs, root)
+
+
+@contextlib.contextmanager
+def _credentials(client: Any, name: str | None, secret: Mapping[str, Any]) -> Iterator[None]:
+    if name is None:
+        yield
+        return
+    secrets.register(client, name, secret)
+    try:
+        yield
+    finally:
+        secrets.unregister(client, name)
+
+
+@contextlib.contextmanager
+def _tidy_on_failure(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[None]:
+    """When the job fails, remove ``_staging/`` if nothing is left in it (local disk).
+
+    Committed partitions stay (a re-run resumes from them); a straggling task
+    that still writes keeps the folder, and the next run's clean-up removes it.
+    """
+    try:
+        yield
+    except BaseException:
+        _drop_empty_staging(fs, root)
+        raise
+
+
+def _drop_empty_staging(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    """Remove ``_staging/`` on local disk when it is empty (object stores have no folders)."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols or "local" in protocols:
+        try:
+            os.rmdir(posixpath.join(root, STAGING))
+        except OSError:
+            pass
+
+
+def _check_writable(fs: fsspec.AbstractFileSystem, root: str, output: str) -> None:
+    """Write and delete a probe, so a wrong bucket or missing permission fails before any work."""
+    probe = posixpath.join(root, STAGING, f"probe-{uuid.uuid4().hex}")
+
+    def put() -> None:
+        ensure_dir(fs, posixpath.dirname(probe))
+        fs.pipe_file(probe, b"")
+
+    retry(put, what=f"writing to output {output!r} ({probe})")
+    retry(lambda: fs.rm(probe), what=f"removing {probe}")
+
+
+def _finished(state: OutputState, job_fingerprint: str) -> bool:
+    manifest = state.manifest
+    if not manifest or manifest.get("job_fingerprint") != job_fingerprint:
+        return False
+    return all(f["path"] in state.files for f in manifest.get("files", []))
+
+
+@dataclasses.dataclass
+class _RunInfo:
+    """What the run part of a job measured, for its JobResult."""
+
+    job: str
+    startup: float = 0.0
+    cluster_seconds: float = 0.0
+    dashboard_link: str = ""
+    loads: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timeline: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def _gather_run_info(c: Any, model: ModelSpec, run: _RunInfo) -> None:
+    """Model loads and the stage timeline from the workers (best effort after a failure)."""
+    try:
+        run.loads = model_stats(c, model)
+        run.timeline = [
+            {k: r.get(k) for k in ("stage", "partition", "worker", "start", "end", "rows")}
+            for r in trace.collect(c, run.job)
+        ]
+    except Exception:  # noqa: BLE001 - a dead cluster must not hide the job's own error
+        logger.debug("could not gather model stats or the timeline", exc_info=True)
+
+
+def _build_result(
+    *,
+    output: str,
+    model: ModelSpec,
+    mode: str,
+    partitions: list[Partition],
+    done: dict[str, dict[str, Any]],
+    todo: list[Partition],
+    invalidated: int,
+    started: str,
+    wall_start: float,
+    stats: list[dict[str, Any]],
+    run: _RunInfo,
+) -> JobResult:
     committed = [
         {
             "slug": slug,
@@ -507,7 +732,7 @@ def run_job(
         model=model.name or "",
         mode=mode,
         partitions=len(partitions),
-        partitions_run=len(todo),
+        partitions_run=len(stats),
         partitions_skipped=len(done),
         partitions_invalidated=invalidated,
         rows_in=sum(c["rows_in"] for c in committed),
@@ -515,15 +740,15 @@ def run_job(
         rows_quarantined=sum(c["rows_quarantined"] for c in committed),
         error_files=[path for c in committed for path in c["errors"]],
         wall_seconds=0.0,
-        model_load_seconds={w: s["load_seconds"] for w, s in loads.items() if s},
-        model_loads={w: s["loads"] for w, s in loads.items() if s},
+        model_load_seconds={w: s["load_seconds"] for w, s in run.loads.items() if s},
+        model_loads={w: s["loads"] for w, s in run.loads.items() if s},
         files=file_list,
         infer_seconds=sum(s["infer_seconds"] for s in stats),
         write_seconds=sum(s["write_seconds"] for s in stats),
         retries=sum(s["retries"] for s in stats),
         started=started,
-        job=job,
-        startup_seconds=startup,
+        job=run.job,
+        startup_seconds=run.startup,
         first_commit_seconds=(min(s["done"] for s in stats) - wall_start) if stats else 0.0,
         oom_events=sum(s["batch"]["oom_events"] for s in stats),
         batch_size={s["worker"]: s["batch"]["batch_size"] for s in stats},
@@ -531,101 +756,14 @@ def run_job(
         padded_tokens=sum(s["batch"]["padded_tokens"] for s in stats),
         padded_tokens_unsorted=sum(s["batch"]["padded_tokens_unsorted"] for s in stats),
         rows_truncated=sum(s["batch"]["truncated"] for s in stats),
-    )
-    if (
-        isinstance(max_bad_rows, float)
-        and result.rows_in
-        and result.rows_quarantined / result.rows_in > max_bad_rows
-    ):
-        raise BadRowsError(
-            f"{result.rows_quarantined} of {result.rows_in} rows quarantined "
-            f"({result.rows_quarantined / result.rows_in:.2%}), more than "
-            f"max_bad_rows={max_bad_rows:.2%}; see {output}/_errors/ for the rows and their errors"
-        )
-    manifest_retries = RetryStats()
-    result.finished = _now()
-    write_json(
-        fs,
-        root,
-        MANIFEST,
-        {
-            "version": __version__,
-            "job_fingerprint": job_fingerprint,
-            "model": model.name,
-            "model_token": model.token,
-            "preprocess_token": code_token(preprocess),
-            "input": [
-                {"slug": p.slug, "source": p.source, "fingerprint": p.fingerprint}
-                for p in partitions
-            ],
-            "started": result.started,
-            "finished": result.finished,
-            **result.summary(),
-        }
-        | {"files": file_list, "errors": result.error_files},
-        manifest_retries,
-    )
-    result.retries += manifest_retries.retries
-    result.files_removed = collect_garbage(
-        fs,
-        root,
-        keep_files={f["path"] for f in file_list},
-        keep_slugs={p.slug for p in partitions},
-        state=state,
-        keep_errors=set(result.error_files),
+        cluster_seconds=run.cluster_seconds,
+        read_seconds=sum(s["read_seconds"] for s in stats),
+        preprocess_seconds=sum(s["preprocess_seconds"] for s in stats),
+        dashboard_link=run.dashboard_link,
+        timeline=run.timeline,
     )
     result.wall_seconds = time.perf_counter() - wall_start
     return result
-
-
-@contextlib.contextmanager
-def _credentials(client: Any, name: str | None, secret: Mapping[str, Any]) -> Iterator[None]:
-    if name is None:
-        yield
-        return
-    secrets.register(client, name, secret)
-    try:
-        yield
-    finally:
-        secrets.unregister(client, name)
-
-
-@contextlib.contextmanager
-def _tidy_on_failure(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[None]:
-    """When the job fails, remove ``_staging/`` if nothing is left in it (local disk).
-
-    Committed partitions stay (a re-run resumes from them); a straggling task
-    that still writes keeps the folder, and the next run's clean-up removes it.
-    """
-    try:
-        yield
-    except BaseException:
-        staging = posixpath.join(root, STAGING)
-        if not fs.protocol or "file" in fs.protocol or "local" in fs.protocol:
-            try:
-                os.rmdir(staging)
-            except OSError:
-                pass
-        raise
-
-
-def _check_writable(fs: fsspec.AbstractFileSystem, root: str, output: str) -> None:
-    """Write and delete a probe, so a wrong bucket or missing permission fails before any work."""
-    probe = posixpath.join(root, STAGING, f"probe-{uuid.uuid4().hex}")
-
-    def put() -> None:
-        ensure_dir(fs, posixpath.dirname(probe))
-        fs.pipe_file(probe, b"")
-
-    retry(put, what=f"writing to output {output!r} ({probe})")
-    retry(lambda: fs.rm(probe), what=f"removing {probe}")
-
-
-def _finished(state: OutputState, job_fingerprint: str) -> bool:
-    manifest = state.manifest
-    if not manifest or manifest.get("job_fingerprint") != job_fingerprint:
-        return False
-    return all(f["path"] in state.files for f in manifest.get("files", []))
 
 
 def _result_from_manifest(
@@ -662,6 +800,8 @@ def _run_partitions(
     keep: tuple[str, ...],
     infer_options: dict[str, Any],
     bad_rows_allowed: int | None = None,
+    stats: list[dict[str, Any]] | None = None,
+    progress: Any = None,
 ) -> list[dict[str, Any]]:
     """Submit ``todo`` through a bounded window; return each partition's statistics.
 
@@ -684,7 +824,7 @@ def _run_partitions(
         window = max(2, int(_config.get("inflight-per-thread")) * pools.total_threads)
     pending = as_completed(loop=c.loop)
     queue = iter(todo)
-    stats: list[dict[str, Any]] = []
+    stats = [] if stats is None else stats
 
     def submit_next() -> None:
         partition = next(queue, None)
@@ -718,6 +858,8 @@ def _run_partitions(
         try:
             stats.append(future.result() | {"done": time.perf_counter()})
             quarantined += stats[-1]["rows_quarantined"]
+            if progress is not None:
+                progress.update(stats[-1])
             if bad_rows_allowed is not None and quarantined > bad_rows_allowed:
                 raise BadRowsError(
                     f"{quarantined} bad rows quarantined so far, more than max_bad_rows allows; "

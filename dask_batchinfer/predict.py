@@ -248,6 +248,8 @@ class Prepared:
     bad: pd.DataFrame
     rows_in: int
     positions: np.ndarray | None = None
+    read_seconds: float = 0.0
+    preprocess_seconds: float = 0.0
 
 
 def preprocess_partition(

@@ -39,8 +39,7 @@ class JobResult:
     files : list of dict
         Committed files: ``{"path", "rows", "partition"}``, paths relative to ``output``.
     infer_seconds, write_seconds : float
-        Summed over partitions: time in preprocessing + inference, and in
-        writing + committing.
+        Summed over partitions: time in inference, and in writing + committing.
     retries : int
         Storage calls retried after a transient error (S3 5xx, resets).
     files_removed : int
@@ -61,6 +60,21 @@ class JobResult:
     batch_size : dict of str to int
         Rows per batch in the end on each worker (smaller than the spec's
         after out-of-memory recovery).
+    status : {"succeeded", "failed"}
+        A failed job's partial result is attached to the exception as
+        ``err.result`` (and saved as ``_report.json`` / ``_report.html``).
+    error : str
+        Why it failed.
+    cluster_seconds : float
+        Time to start or connect to the cluster (part of ``startup_seconds``).
+    read_seconds, preprocess_seconds : float
+        Summed over partitions: reading input files (Parquet sources), and
+        running ``preprocess``.
+    dashboard_link : str
+        The Dask dashboard of the cluster that ran the job.
+    timeline : list of dict
+        One record per stage run: ``stage`` (read, preprocess, infer, write),
+        ``partition``, ``worker``, ``start``, ``end`` (epoch seconds).
     rows_truncated : int
         Rows longer than the model reads (e.g. texts past the encoder's
         ``max_seq_length``), truncated by the model; counted, not failed.
@@ -99,6 +113,13 @@ class JobResult:
     rows_truncated: int = 0
     started: str = ""
     finished: str = ""
+    status: str = "succeeded"
+    error: str = ""
+    cluster_seconds: float = 0.0
+    read_seconds: float = 0.0
+    preprocess_seconds: float = 0.0
+    dashboard_link: str = ""
+    timeline: list[dict[str, Any]] = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def padding_fraction(self) -> float | None:
@@ -144,16 +165,63 @@ class JobResult:
             "batch_size": dict(self.batch_size),
             "padding_fraction": _round(self.padding_fraction),
             "padding_fraction_unsorted": _round(self.padding_fraction_unsorted),
+            "status": self.status,
+            "error": self.error,
+            "cluster_seconds": round(self.cluster_seconds, 3),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds().items()},
         }
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Busy time per stage, summed over partitions (worker thread-seconds)."""
+        return {
+            "read": self.read_seconds,
+            "preprocess": self.preprocess_seconds,
+            "infer": self.infer_seconds,
+            "write": self.write_seconds,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, JSON-ready: the summary, the file list and the timeline."""
+        return self.summary() | {
+            "started": self.started,
+            "finished": self.finished,
+            "dashboard_link": self.dashboard_link,
+            "files": self.files,
+            "error_files": self.error_files,
+            "timeline": self.timeline,
+        }
+
+    def _repr_html_(self) -> str:
+        from dask_batchinfer.html import result_html
+
+        return result_html(self)
+
+    def to_html(self) -> str:
+        """A self-contained HTML page of the report (no scripts, no external files)."""
+        from dask_batchinfer.html import page
+
+        return page(f"dask-batchinfer: {self.model}", self._repr_html_())
+
+    def plot(self, path: str | None = None) -> Any:
+        """Draw the per-worker timeline of partitions and the time per stage (matplotlib).
+
+        Returns the figure; with ``path``, also saves it there (PNG, SVG, ...).
+        """
+        from dask_batchinfer.html import plot_result
+
+        return plot_result(self, path)
 
     def __str__(self) -> str:
         loads = ", ".join(
             f"{worker} {seconds:.2f}s"
             for worker, seconds in sorted(self.model_load_seconds.items())
         )
+        head = f"dask-batchinfer job: {self.model}"
+        if self.status != "succeeded":
+            head += f"  [{self.status.upper()}: {self.error}]"
         return "\n".join(
             [
-                f"dask-batchinfer job: {self.model}",
+                head,
                 f"  output      {self.output}",
                 f"  partitions  {self.partitions}: {self.partitions_run} run, "
                 f"{self.partitions_skipped} skipped (already committed), "
@@ -166,6 +234,9 @@ class JobResult:
                 ),
                 f"  wall time   {self.wall_seconds:.2f} s  ({self.rows_per_second:,.0f} rows/s)",
                 f"  model load  {loads or 'n/a (nothing to run)'}",
+                "  stages      "
+                + ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_seconds().items())
+                + " (summed over partitions)",
                 f"  storage     {self.retries} retries, {self.files_removed} stale files removed",
                 *self._batching_lines(),
             ]

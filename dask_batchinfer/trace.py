@@ -28,14 +28,17 @@ def _worker_address() -> str | None:
         return None
 
 
-def record(job: str, stage: str, partition: int, start: float, **extra: Any) -> None:
-    """Note that ``stage`` of ``partition`` ran from ``start`` (``time.time()``) until now."""
+def record(
+    job: str, stage: str, partition: int, start: float, end: float | None = None, **extra: Any
+) -> None:
+    """Note that ``stage`` of ``partition`` ran from ``start`` (``time.time()``) until ``end``
+    (default: now)."""
     entry = {
         "job": job,
         "stage": stage,
         "partition": partition,
         "start": start,
-        "end": time.time(),
+        "end": time.time() if end is None else end,
         "worker": _worker_address(),
         "pid": os.getpid(),
         "thread": threading.get_ident(),

@@ -104,3 +104,87 @@ def test_usage_errors_exit_2_with_a_message(tmp_path):
     )
     assert done.returncode == 2 and "does not exist" in done.stderr
     assert _cli("run").returncode == 2  # argparse: required options missing
+
+
+def _job_inputs(folder) -> None:
+    folder.mkdir()
+    frame = make_features(300, seed=14)
+    for i in range(3):
+        frame.iloc[i * 100 : (i + 1) * 100].to_parquet(folder / f"in-{i}.parquet", index=False)
+
+
+@pytest.mark.parametrize("kind", ["toml", "yaml"])
+def test_job_file_round_trip_and_command_line_wins(cluster, tmp_path, kind):
+    _job_inputs(tmp_path / "in")
+    options = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out-file"),
+               "model": "dask_batchinfer.testing:tiny_model", "keep": ["id"],
+               "batch_size": 32, "on_error": "quarantine", "progress": "log",
+               "scheduler": cluster.scheduler_address}  # fmt: skip
+    if kind == "toml":
+        lines = [f"{k} = {json.dumps(v)}" for k, v in options.items()]
+        (tmp_path / "job.toml").write_text("\n".join(lines) + "\n")
+    else:
+        import yaml
+
+        (tmp_path / "job.yaml").write_text(yaml.safe_dump(options))
+    done = _cli("run", "--job", str(tmp_path / f"job.{kind}"), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["output"] == str(tmp_path / "out-file") and summary["rows_out"] == 300
+    assert set(summary["batch_size"].values()) == {32}
+    assert "event=end partitions=3/3" in done.stderr  # progress=log from the file
+    assert "event=finished status=succeeded" in done.stderr
+    # an option on the command line wins over the file
+    done = _cli("run", "--job", str(tmp_path / f"job.{kind}"), "--output",
+                str(tmp_path / "out-cli"), "--quiet")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out-cli" / "_SUCCESS").exists() and done.stdout == ""
+    assert "event=" not in done.stderr  # --quiet
+
+
+def test_job_file_errors_exit_2(tmp_path):
+    (tmp_path / "job.toml").write_text('input = "x"\nouptut = "y"\n')
+    done = _cli("run", "--job", str(tmp_path / "job.toml"))
+    assert done.returncode == 2 and "ouptut" in done.stderr and "Traceback" not in done.stderr
+    (tmp_path / "bad.toml").write_text("input = \n")
+    done = _cli("run", "--job", str(tmp_path / "bad.toml"))
+    assert done.returncode == 2 and "cannot parse" in done.stderr
+    done = _cli("run", "--input", "x")
+    assert done.returncode == 2 and "--output" in done.stderr and "--model" in done.stderr
+
+
+def test_status_of_complete_partial_failed_and_missing_outputs(cluster, tmp_path):
+    _job_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    run = ["run", "--input", str(tmp_path / "in"), "--output", str(out), "--model",
+           "dask_batchinfer.testing:tiny_model", "--scheduler", cluster.scheduler_address,
+           "--quiet"]  # fmt: skip
+    assert _cli(*run).returncode == 0
+    done = _cli("status", str(out), "--json")
+    summary = json.loads(done.stdout)
+    assert done.returncode == 0 and summary["state"] == "complete"
+    assert (summary["partitions_committed"], summary["rows_out"]) == (3, 300)
+    assert summary["last_run"]["status"] == "succeeded"
+    assert "COMPLETE" in _cli("status", str(out)).stdout
+    (out / "_SUCCESS").unlink()  # as if the driver died before the manifest
+    done = _cli("status", str(out))
+    assert done.returncode == 4 and "PARTIAL" in done.stdout and "3 partitions" in done.stdout
+    bad = make_features(100, seed=15, start_id=300).astype({"f2": "str"})
+    bad.loc[bad.index[4], "f2"] = "oops"
+    bad.to_parquet(tmp_path / "in" / "in-3.parquet", index=False)
+    assert _cli(*run).returncode == 1
+    done = _cli("status", str(out))
+    assert done.returncode == 4 and "FAILED" in done.stdout and "at row 4" in done.stdout
+    assert _cli("status", str(tmp_path / "nothing")).returncode == 2
+
+
+def test_dry_run_prints_a_plan_and_writes_nothing(cluster, tmp_path):
+    _job_inputs(tmp_path / "in")
+    done = _cli("run", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                "--model", "dask_batchinfer.testing:tiny_model", "--scheduler",
+                cluster.scheduler_address, "--dry-run", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    planned = json.loads(done.stdout)
+    assert planned["partitions"] == 3 and planned["rows"] == 300
+    assert str(planned["recommended_batch_size"]) in planned["batch_sizes"]
+    assert not (tmp_path / "out").exists()

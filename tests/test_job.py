@@ -65,8 +65,9 @@ def test_run_job_local_dataframe(client, tmp_path):
     _, manifest = _check_output(fsspec.filesystem("file"), str(tmp_path / "out"), frame, 21)
     assert manifest["model_token"] == spec.token
     names = sorted(os.listdir(tmp_path / "out"))
-    assert names[:2] == ["_SUCCESS", "_committed"] and len(names) == 2 + 12
-    assert all(n.startswith("part-000") and n.endswith(".parquet") for n in names[2:])
+    bookkeeping = ["_SUCCESS", "_committed", "_report.html", "_report.json"]
+    assert names[:4] == bookkeeping and len(names) == 4 + 12
+    assert all(n.startswith("part-000") and n.endswith(".parquet") for n in names[4:])
     assert "3,000 in, 3,000 out" in str(result)
 
 
@@ -112,8 +113,8 @@ def test_run_job_on_s3(client, s3):
     fs.invalidate_cache()
     _check_output(fs, "batchinfer-test/out", frame, 23, storage_options)
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls("batchinfer-test/out"))
-    assert names[:2] == ["_SUCCESS", "_committed"]
-    assert [n[: len("part-in-00")] for n in names[2:]] == [f"part-in-{i:02d}" for i in range(4)]
+    assert names[:4] == ["_SUCCESS", "_committed", "_report.html", "_report.json"]
+    assert [n[: len("part-in-00")] for n in names[4:]] == [f"part-in-{i:02d}" for i in range(4)]
 
 
 def test_run_job_failure_leaves_no_manifest(client, tmp_path):
@@ -232,3 +233,18 @@ def test_binary_input_columns(client, tmp_path):
     dbi.run_job(str(tmp_path / "in"), spec, output=str(tmp_path / "out"), keep=["id"])
     back = pd.read_parquet(tmp_path / "out").sort_values("id")
     assert back["total"].tolist() == blobs.sum(axis=1).tolist()
+
+
+def test_finished_resume_removes_files_of_a_later_dead_run(client, tmp_path):
+    from dask_batchinfer.testing import make_features, tiny_model
+
+    (tmp_path / "in").mkdir()
+    make_features(100).to_parquet(tmp_path / "in" / "a.parquet", index=False)
+    out = tmp_path / "out"
+    first = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), progress=False)
+    # an overwrite run that died after committing a file under its own generation's name
+    (out / "part-a-deadbeef00.parquet").write_bytes((out / first.files[0]["path"]).read_bytes())
+    again = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), progress=False)
+    assert again.partitions_run == 0
+    assert not (out / "part-a-deadbeef00.parquet").exists()
+    assert len(pd.read_parquet(out)) == 100  # the folder reads as the manifest says

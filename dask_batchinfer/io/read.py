@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import posixpath
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,20 @@ from dask_batchinfer import secrets
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.commit import MANIFEST, is_visible
 from dask_batchinfer.io.retry import retry
+
+#: ``DataFrame.attrs`` key of a read partition: (start, end, worker) of its read
+#: (epoch seconds, the worker's address or None).
+READ_TIMES = "dask_batchinfer_read"
+
+
+def _worker() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except ValueError:
+        return None
+
 
 __all__ = ["InputFile", "group_files", "list_parquet_files", "read_output", "read_parquet_files"]
 
@@ -85,6 +100,7 @@ def _read_files(
     paths: list[str], *, protocol: str, storage_options: Mapping[str, Any]
 ) -> pd.DataFrame:
     # Local files through Arrow's own filesystem (native, threaded reads); others through fsspec.
+    started = time.time()
     fs = (
         None
         if protocol in ("file", "local")
@@ -100,7 +116,9 @@ def _read_files(
                 f"cannot read input file {path!r}: {type(err).__name__}: {err}"
             ) from err
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
-    return table.to_pandas(types_mapper=arrow_types)
+    frame = table.to_pandas(types_mapper=arrow_types)
+    frame.attrs[READ_TIMES] = (started, time.time(), _worker())  # for the job's timeline
+    return frame
 
 
 def arrow_types(kind: pa.DataType) -> pd.ArrowDtype | None:

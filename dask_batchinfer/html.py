@@ -1,0 +1,247 @@
+"""HTML and plots of job reports and plans: self-contained, no scripts, no network.
+
+Numbers sit in ``<td data-key="...">`` cells so that tools (and tests) can
+read them back from the HTML.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dask_batchinfer.plan import Plan
+    from dask_batchinfer.report import JobResult
+
+__all__ = ["page", "plan_html", "plot_result", "result_html", "timeline_svg"]
+
+STAGES = ("read", "preprocess", "infer", "write")
+COLORS = {"read": "#8da0cb", "preprocess": "#66c2a5", "infer": "#fc8d62", "write": "#e78ac3"}
+_STYLE = (
+    "font-family:system-ui,sans-serif;font-size:13px;border-collapse:collapse;margin:4px 0 10px 0"
+)
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _rows(rows: Iterable[tuple[str, str, Any]]) -> str:
+    cells = []
+    for key, label, value in rows:
+        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
+        if isinstance(value, float):
+            shown = f"{value:,.2f}"
+        cells.append(
+            f'<tr><th style="text-align:left;padding:2px 12px 2px 0;font-weight:600">{_e(label)}'
+            f'</th><td data-key="{_e(key)}" style="text-align:right;padding:2px 6px">'
+            f"{_e(shown)}</td></tr>"
+        )
+    return f'<table style="{_STYLE}">{"".join(cells)}</table>'
+
+
+def _section(title: str, body: str) -> str:
+    return f'<div style="margin:6px 0"><b>{_e(title)}</b>{body}</div>'
+
+
+def result_html(result: JobResult) -> str:
+    """The job report as an HTML fragment (a notebook cell's output)."""
+    ok = result.status == "succeeded"
+    colour = "#1a7f37" if ok else "#cf222e"
+    head = (
+        f'<div style="font-family:system-ui,sans-serif"><div style="font-size:15px">'
+        f"<b>dask-batchinfer job</b> · {_e(result.model)} · "
+        f'<span data-key="status" style="color:{colour};font-weight:600">{_e(result.status)}'
+        f"</span></div>"
+    )
+    if not ok:
+        head += (
+            f'<pre data-key="error" style="white-space:pre-wrap;color:{colour}">'
+            f"{_e(result.error)}</pre>"
+        )
+    counts = _rows(
+        [
+            ("partitions", "partitions", result.partitions),
+            ("partitions_run", "run now", result.partitions_run),
+            ("partitions_skipped", "skipped (already committed)", result.partitions_skipped),
+            ("partitions_invalidated", "invalidated (changed)", result.partitions_invalidated),
+            ("rows_in", "rows in", result.rows_in),
+            ("rows_out", "rows out", result.rows_out),
+            ("rows_quarantined", "rows quarantined (_errors/)", result.rows_quarantined),
+            ("rows_truncated", "rows truncated (too long)", result.rows_truncated),
+        ]
+    )
+    processing = max(0.0, result.wall_seconds - result.startup_seconds)
+    wall = _rows(
+        [
+            ("wall_seconds", "wall time, s", result.wall_seconds),
+            ("cluster_seconds", "cluster start, s", result.cluster_seconds),
+            ("model_load_wall_seconds", "model load, s",
+             max(0.0, result.startup_seconds - result.cluster_seconds)),
+            ("processing_seconds", "read, infer, write, commit, s", processing),
+            ("rows_per_second", "rows/s", round(result.rows_per_second, 1)
+             if result.wall_seconds else 0.0),
+        ]
+    )  # fmt: skip
+    busy = result.stage_seconds()
+    total = sum(busy.values()) or 1.0
+    stages = _rows(
+        (f"{stage}_seconds", f"{stage}, s ({seconds / total:.0%})", seconds)
+        for stage, seconds in busy.items()
+    )
+    loads = _rows(
+        (f"load:{worker}", f"{worker} ({result.model_loads.get(worker, 0)} load)", seconds)
+        for worker, seconds in sorted(result.model_load_seconds.items())
+    )
+    where = (
+        f'<div>output <code data-key="output">{_e(result.output)}</code>'
+        + (f" · {len(result.files)} files" if result.files else "")
+        + (
+            f' · dashboard <a href="{_e(result.dashboard_link)}">{_e(result.dashboard_link)}</a>'
+            if result.dashboard_link
+            else ""
+        )
+        + "</div>"
+    )
+    svg = timeline_svg(result.timeline)
+    grid = (
+        '<div style="display:flex;gap:28px;flex-wrap:wrap">'
+        + _section("Counts", counts)
+        + _section("Wall time", wall)
+        + _section("Busy time per stage (summed over partitions)", stages)
+        + (_section("Model load per worker", loads) if result.model_load_seconds else "")
+        + "</div>"
+    )
+    return head + where + grid + (_section("Timeline", svg) if svg else "") + "</div>"
+
+
+def timeline_svg(records: Sequence[dict[str, Any]], width: int = 720) -> str:
+    """An SVG of stage intervals per worker (one lane each), or "" without records."""
+    records = [r for r in records if r.get("stage") in COLORS]
+    if not records:
+        return ""
+    workers = sorted({str(r.get("worker")) for r in records})
+    start = min(r["start"] for r in records)
+    span = max(max(r["end"] for r in records) - start, 1e-6)
+    lane, left = 22, 160
+    height = lane * len(workers) + 30
+    scale = (width - left - 10) / span
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="system-ui,sans-serif" font-size="11">'
+    ]
+    for i, worker in enumerate(workers):
+        parts.append(f'<text x="4" y="{i * lane + 15}">{_e(worker[-22:])}</text>')
+    for r in records:
+        i = workers.index(str(r.get("worker")))
+        x = left + (r["start"] - start) * scale
+        w = max((r["end"] - r["start"]) * scale, 0.5)
+        parts.append(
+            f'<rect x="{x:.1f}" y="{i * lane + 3}" width="{w:.1f}" height="{lane - 6}" '
+            f'fill="{COLORS[r["stage"]]}"><title>{_e(r["stage"])} partition '
+            f"{_e(r.get('partition'))}: {r['end'] - r['start']:.3f} s</title></rect>"
+        )
+    y = lane * len(workers) + 20
+    for j, stage in enumerate(STAGES):
+        parts.append(f'<rect x="{left + j * 90}" y="{y - 9}" width="10" height="10" '
+                     f'fill="{COLORS[stage]}"/><text x="{left + j * 90 + 14}" y="{y}">'
+                     f"{stage}</text>")  # fmt: skip
+    parts.append(f'<text x="{width - 10}" y="{y}" text-anchor="end">{span:.1f} s</text></svg>')
+    return "".join(parts)
+
+
+def page(title: str, body: str) -> str:
+    """A whole HTML document around ``body``."""
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{_e(title)}</title></head>'
+        f'<body style="margin:16px">{body}</body></html>'
+    )
+
+
+def plot_result(result: JobResult, path: str | None = None) -> Any:
+    """A matplotlib figure: per-worker timeline and busy time per stage."""
+    try:
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - matplotlib is in the notebook extra
+        raise ImportError(
+            "JobResult.plot() needs matplotlib: pip install 'dask-batchinfer[notebook]'"
+        ) from err
+    fig, (timeline, bars) = plt.subplots(
+        1, 2, figsize=(12, 3.5), gridspec_kw={"width_ratios": [3, 1]}
+    )
+    records = [r for r in result.timeline if r.get("stage") in COLORS]
+    workers = sorted({str(r.get("worker")) for r in records})
+    start = min((r["start"] for r in records), default=0.0)
+    for stage in STAGES:
+        for i, worker in enumerate(workers):
+            spans = [(r["start"] - start, r["end"] - r["start"]) for r in records
+                     if r["stage"] == stage and str(r.get("worker")) == worker]  # fmt: skip
+            if spans:
+                timeline.broken_barh(spans, (i - 0.4, 0.8), color=COLORS[stage],
+                                     label=stage if i == 0 else None)  # fmt: skip
+    timeline.set_yticks(range(len(workers)), [w.rsplit("/", 1)[-1] for w in workers])
+    timeline.set_xlabel("seconds since the first stage started")
+    timeline.set_title(f"{result.model}: partitions per worker")
+    if records:
+        timeline.legend(loc="upper right", fontsize=8)
+    busy = result.stage_seconds()
+    bars.bar(list(busy), list(busy.values()), color=[COLORS[s] for s in busy])
+    bars.set_ylabel("seconds (summed over partitions)")
+    bars.set_title("busy time per stage")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def plan_html(plan: Plan) -> str:
+    """A plan as an HTML fragment."""
+    interval = (
+        f"± {plan.uncertainty:.0%} (about 95%, from the spread of {plan.sample_partitions} "
+        f"partitions)"
+        if plan.uncertainty is not None
+        else "spread unknown (one partition sampled)"
+    )
+    measured = _rows(
+        [
+            ("partitions", "partitions in the input", plan.partitions),
+            ("rows", "rows" + ("" if plan.rows_exact else " (estimated)"), plan.rows),
+            ("sample_partitions", "partitions measured", plan.sample_partitions),
+            ("sample_rows", "rows measured", plan.sample_rows),
+            ("workers", "workers / threads", f"{plan.workers} / {plan.threads}"),
+            ("cluster_seconds", "cluster start, s", plan.cluster_seconds),
+            ("model_load_seconds", "model load, s", plan.model_load_seconds),
+        ]
+    )
+    per_row = _rows(
+        (f"{k}_us_per_row", f"{k}, µs/row", v * 1e6) for k, v in plan.stage_seconds_per_row.items()
+    )
+    sizes = _rows(
+        (f"batch:{b}", f"batch {b}" + (" (recommended)" if b == plan.recommended_batch_size
+                                       else ""), f"{r:,.0f} rows/s")
+        for b, r in plan.batch_sizes.items()
+    )  # fmt: skip
+    projected = _rows(
+        [
+            ("projected_seconds", "this cluster, s", plan.projected_seconds),
+            ("projected_total_seconds", "with start-up, s", plan.projected_total_seconds),
+            *((f"workers:{n}", f"on {n} workers, s", plan.project(n))
+              for n in plan._worker_counts()),
+            ("output_bytes", "output, bytes", plan.output_bytes),
+        ]
+    )  # fmt: skip
+    return (
+        '<div style="font-family:system-ui,sans-serif"><div style="font-size:15px">'
+        f"<b>dask-batchinfer plan</b> · uncertainty {_e(interval)}</div>"
+        '<div style="display:flex;gap:28px;flex-wrap:wrap">'
+        + _section("Measured", measured)
+        + _section("Busy time per row", per_row)
+        + _section("Batch sizes (inference, one thread)", sizes)
+        + _section("Projected", projected)
+        + "</div></div>"
+    )

@@ -1,0 +1,393 @@
+"""``plan()``: measure a sample before you run, and project the whole job.
+
+A plan runs a few partitions through the real path on the real cluster (read,
+preprocess, the model at a few batch sizes, Parquet encoding of the outputs)
+without writing anything, then projects:
+
+- the job's time on the current cluster and on N workers like these,
+- the batch size that ran fastest,
+- the output size.
+
+It says how many partitions and rows it measured and how much the per-row
+cost varied between them (the stated uncertainty). Not included: storage
+latency of the commit (small on local disk, larger on S3) and partitions much
+unlike the sampled ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dask.optimization import cull
+
+from dask_batchinfer import _config, secrets
+from dask_batchinfer.cache import model_stats
+from dask_batchinfer.cluster import connect, detect_pools
+from dask_batchinfer.errors import InputError
+from dask_batchinfer.io.parquet import output_schema
+from dask_batchinfer.io.read import READ_TIMES
+from dask_batchinfer.job import _open_source, _warm_up
+from dask_batchinfer.model import ModelSpec
+from dask_batchinfer.predict import (
+    Preprocess,
+    check_inputs,
+    check_keep,
+    check_spec,
+    infer_features,
+    output_meta,
+    preprocess_partition,
+)
+
+__all__ = ["Plan", "plan"]
+
+
+@dataclasses.dataclass
+class Plan:
+    """What :func:`plan` measured and what it projects.
+
+    Attributes
+    ----------
+    partitions, rows : int
+        The whole input (``rows`` estimated from file sizes unless ``rows_exact``).
+    sample_partitions, sample_rows : int
+        What was measured.
+    threads : int
+        Threads that run partitions on the current cluster (model threads on
+        a mixed cluster, whose CPU pool has ``cpu_threads``), ``workers`` the
+        workers that hold them.
+    cluster_seconds, model_load_seconds : float
+        Start-up measured now: connecting to (or starting) the cluster, and
+        loading the model on a worker.
+    stage_seconds_per_row : dict of str to float
+        Busy time per row by stage (read, preprocess, infer at the recommended
+        batch size, write = Parquet encoding).
+    batch_sizes : dict of int to float
+        Inference rows per second (one thread) at each batch size tried.
+    recommended_batch_size : int
+    projected_seconds : float
+        Reading, inference and writing of the whole input on the current
+        cluster (start-up excluded), ``projected_total_seconds`` with start-up.
+    uncertainty : float or None
+        Relative half-width of an approximate 95% interval on the per-row
+        cost (2 standard errors over the sampled partitions); None with one.
+    output_bytes : int
+        Projected size of the output (Parquet, as written).
+    """
+
+    partitions: int
+    rows: int
+    rows_exact: bool
+    sample_partitions: int
+    sample_rows: int
+    threads: int
+    workers: int
+    cluster_seconds: float
+    model_load_seconds: float
+    stage_seconds_per_row: dict[str, float]
+    batch_sizes: dict[int, float]
+    recommended_batch_size: int
+    projected_seconds: float
+    projected_total_seconds: float
+    uncertainty: float | None
+    output_bytes: int
+    threads_per_worker: float = 1.0
+    cpu_threads: int = 0
+    partition_seconds: list[float] = dataclasses.field(default_factory=list, repr=False)
+
+    @property
+    def seconds_per_row(self) -> float:
+        return sum(self.stage_seconds_per_row.values())
+
+    def project(self, workers: int) -> float:
+        """Projected seconds (start-up excluded) on ``workers`` workers like the current ones."""
+        if workers < 1:
+            raise InputError(f"workers={workers!r}: expected a positive integer")
+        threads = max(1, round(workers * self.threads_per_worker))
+        return self._makespan(threads)
+
+    def _makespan(self, threads: int) -> float:
+        """Partitions of the mean measured size in waves of ``threads`` (list scheduling).
+
+        On a mixed cluster the CPU pool (read, preprocess) and the model pool
+        (infer, write) work side by side: the slower of the two sets the pace.
+        """
+        if not self.partitions:
+            return 0.0
+        stage = self.stage_seconds_per_row
+        cpu_part = stage["read"] + stage["preprocess"] if self.cpu_threads else 0.0
+        per_partition = (self.seconds_per_row - cpu_part) * self.rows / self.partitions
+        model_time = math.ceil(self.partitions / threads) * per_partition
+        cpu_time = 0.0
+        if self.cpu_threads:
+            cpu_time = (
+                math.ceil(self.partitions / self.cpu_threads)
+                * cpu_part
+                * self.rows
+                / self.partitions
+            )
+        longest = 0.0 if self.cpu_threads else max(self.partition_seconds, default=0.0)
+        return max(model_time, cpu_time, longest)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "partitions": self.partitions,
+            "rows": self.rows,
+            "rows_exact": self.rows_exact,
+            "sample_partitions": self.sample_partitions,
+            "sample_rows": self.sample_rows,
+            "workers": self.workers,
+            "threads": self.threads,
+            "cluster_seconds": round(self.cluster_seconds, 3),
+            "model_load_seconds": round(self.model_load_seconds, 3),
+            "seconds_per_row": self.seconds_per_row,
+            "stage_seconds_per_row": self.stage_seconds_per_row,
+            "batch_sizes": self.batch_sizes,
+            "recommended_batch_size": self.recommended_batch_size,
+            "projected_seconds": round(self.projected_seconds, 3),
+            "projected_total_seconds": round(self.projected_total_seconds, 3),
+            "uncertainty": self.uncertainty,
+            "output_bytes": self.output_bytes,
+            "projections": {n: round(self.project(n), 3) for n in self._worker_counts()},
+        }
+
+    def _worker_counts(self) -> list[int]:
+        counts = {1, 2, 4, 8, 16, 32, self.workers}
+        return sorted(c for c in counts if c >= 1)
+
+    def _interval(self, seconds: float) -> str:
+        if self.uncertainty is None:
+            return f"{_duration(seconds)} (one partition sampled: spread unknown)"
+        return f"{_duration(seconds)} ± {self.uncertainty:.0%}"
+
+    def __str__(self) -> str:
+        rows = f"{self.rows:,}" + ("" if self.rows_exact else " (estimated from file sizes)")
+        lines = [
+            f"dask-batchinfer plan: {self.partitions:,} partitions, {rows} rows",
+            f"  measured    {self.sample_partitions} partitions, {self.sample_rows:,} rows, "
+            f"on {self.workers} workers / {self.threads} threads",
+            f"  start-up    cluster {self.cluster_seconds:.1f} s, model load "
+            f"{self.model_load_seconds:.1f} s",
+            "  per row     "
+            + ", ".join(f"{k} {v * 1e6:,.1f} us" for k, v in self.stage_seconds_per_row.items()),
+            "  batch size  "
+            + ", ".join(f"{b}: {r:,.0f} rows/s" for b, r in self.batch_sizes.items())
+            + f"  -> recommended {self.recommended_batch_size}",
+            f"  projected   {self._interval(self.projected_seconds)} on this cluster "
+            f"({_duration(self.projected_total_seconds)} with start-up)",
+            "  on N workers "
+            + ", ".join(f"{n}: {_duration(self.project(n))}" for n in self._worker_counts()),
+            f"  output      ~{_bytes(self.output_bytes)}",
+        ]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from dask_batchinfer.html import plan_html
+
+        return plan_html(self)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def _measure_partition(
+    frame: pd.DataFrame,
+    *,
+    model: ModelSpec,
+    preprocess: Preprocess | None,
+    keep: tuple[str, ...],
+    batch_sizes: Sequence[int],
+    schema: pa.Schema,
+) -> dict[str, Any]:
+    """Run one partition through preprocess, the model at each batch size, and encoding."""
+    read = frame.attrs.get(READ_TIMES)
+    start = time.perf_counter()
+    prepared = preprocess_partition(frame, preprocess=preprocess, keep=keep)
+    preprocess_seconds = time.perf_counter() - start
+    warm = prepared.features.iloc[: min(8, len(prepared.features))]
+    infer_features(warm, prepared.kept.iloc[: len(warm)], model=model)  # first-call costs
+    infer: dict[int, float] = {}
+    result = None
+    for size in batch_sizes:
+        spec = model.with_options(batch_size=size)
+        start = time.perf_counter()
+        result, _ = infer_features(prepared.features, prepared.kept, model=spec)
+        infer[size] = time.perf_counter() - start
+    assert result is not None
+    start = time.perf_counter()
+    table = pa.Table.from_pandas(result, schema=schema, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    encoded = sink.getvalue().size
+    return {
+        "rows": len(frame),
+        "read_seconds": read[1] - read[0] if read else 0.0,
+        "preprocess_seconds": preprocess_seconds,
+        "infer_seconds": infer,
+        "write_seconds": time.perf_counter() - start,
+        "bytes": encoded,
+    }
+
+
+def _sample_indices(n: int, k: int) -> list[int]:
+    if k >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n // 2]
+
+
+def plan(
+    source: Any,
+    model: ModelSpec,
+    *,
+    preprocess: Preprocess | None = None,
+    keep: Sequence[str] | str | None = None,
+    client: Any = None,
+    sample_partitions: int | None = None,
+    batch_sizes: Sequence[int] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Plan:
+    """Measure a sample of the input on the cluster and project the full job.
+
+    Parameters
+    ----------
+    source, model, preprocess, keep, client, storage_options
+        As for :func:`~dask_batchinfer.run_job`.
+    sample_partitions : int, optional
+        Partitions to measure, spread over the input (default: two per
+        thread that runs partitions, at least 3, at most all of them). More
+        partitions narrow the uncertainty.
+    batch_sizes : list of int, optional
+        Batch sizes to try (default: the spec's batch size / 4, x1 and x4).
+
+    Returns
+    -------
+    Plan
+        Prints as a summary; renders as HTML in Jupyter. Nothing is written.
+
+    Examples
+    --------
+    >>> p = dbi.plan("data/", spec)            # doctest: +SKIP
+    >>> p.projected_seconds, p.recommended_batch_size  # doctest: +SKIP
+    """
+    model = check_spec(model)
+    options = dict(storage_options or {})
+    public, secret = secrets.split(options)
+    if secret:
+        raise InputError(
+            "plan() takes no credentials in storage_options; let the workers find them "
+            "(environment, AWS profiles) or use run_job"
+        )
+    ddf, groups = _open_source(source, options, public)
+    keep = check_keep(keep, list(ddf.columns))
+    check_inputs(model, ddf._meta, preprocess)
+    schema = output_schema(output_meta(ddf._meta, model, keep))
+    if batch_sizes is None:
+        base = int(model.batch_size or _config.get("batch-size"))
+        batch_sizes = sorted({max(1, base // 4), base, base * 4})
+    batch_sizes = [int(b) for b in batch_sizes]
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise InputError(f"batch_sizes={batch_sizes!r}: expected positive integers")
+    n = ddf.npartitions
+    start = time.perf_counter()
+    with connect(client) as c:
+        cluster_seconds = time.perf_counter() - start
+        pools = detect_pools(c, None)
+        threads = pools.model_threads if pools.mixed else pools.total_threads
+        cpu_threads = pools.total_threads - pools.model_threads if pools.mixed else 0
+        infos = c.scheduler_info(n_workers=-1)["workers"].values()
+        workers = sum(1 for w in infos if not pools.mixed or pools.model in w.get("resources", {}))
+        k = sample_partitions or min(n, max(3, 2 * threads))
+        if k < 1:
+            raise InputError(f"sample_partitions={k!r}: expected a positive integer")
+        _warm_up(c, model, pools)
+        loads = model_stats(c, model)
+        load_seconds = max((s["load_seconds"] for s in loads.values() if s), default=0.0)
+        graph = dict(ddf.__dask_graph__())
+        keys = ddf.__dask_keys__()
+        futures = []
+        for index in _sample_indices(n, k):
+            key = keys[index]
+            read = c.get(cull(graph, [key])[0], [key], sync=False)[0]
+            futures.append(
+                c.submit(_measure_partition, read, model=model, preprocess=preprocess, keep=keep,
+                         batch_sizes=batch_sizes, schema=schema, pure=False,
+                         resources={pools.model: 1} if pools.mixed else None)
+            )  # fmt: skip
+        measured = c.gather(futures)
+    sample_rows = sum(m["rows"] for m in measured)
+    if sample_rows == 0:
+        raise InputError("the sampled partitions are empty; nothing to measure")
+    speeds = {b: sample_rows / max(sum(m["infer_seconds"][b] for m in measured), 1e-9)
+              for b in batch_sizes}  # fmt: skip
+    best = max(speeds, key=lambda b: speeds[b])
+    per_row = {
+        "read": sum(m["read_seconds"] for m in measured) / sample_rows,
+        "preprocess": sum(m["preprocess_seconds"] for m in measured) / sample_rows,
+        "infer": sum(m["infer_seconds"][best] for m in measured) / sample_rows,
+        "write": sum(m["write_seconds"] for m in measured) / sample_rows,
+    }
+    partition_seconds = [
+        m["read_seconds"] + m["preprocess_seconds"] + m["infer_seconds"][best] + m["write_seconds"]
+        for m in measured
+    ]
+    costs = [t / m["rows"] for t, m in zip(partition_seconds, measured, strict=True) if m["rows"]]
+    uncertainty = None
+    if len(costs) > 1 and statistics.mean(costs) > 0:
+        uncertainty = 2 * statistics.stdev(costs) / statistics.mean(costs) / math.sqrt(len(costs))
+    # rows of the whole input: from file sizes (bytes per row of the sample), or the mean
+    if groups is not None:
+        sizes = [sum(f.size for f in group) for group in groups]
+        sampled = _sample_indices(n, k)
+        sample_bytes = sum(sizes[i] for i in sampled)
+        rows = round(sum(sizes) * sample_rows / sample_bytes) if sample_bytes else sample_rows
+        rows_exact = len(sampled) == n
+    else:
+        rows = round(n * sample_rows / len(measured))
+        rows_exact = len(measured) == n
+    if rows_exact:
+        rows = sample_rows
+    threads_per_worker = threads / max(workers, 1)
+    result = Plan(
+        partitions=n,
+        rows=int(rows),
+        rows_exact=rows_exact,
+        sample_partitions=len(measured),
+        sample_rows=sample_rows,
+        threads=threads,
+        workers=workers,
+        cluster_seconds=cluster_seconds,
+        model_load_seconds=load_seconds,
+        stage_seconds_per_row=per_row,
+        batch_sizes={b: round(s, 1) for b, s in speeds.items()},
+        recommended_batch_size=best,
+        projected_seconds=0.0,
+        projected_total_seconds=0.0,
+        uncertainty=uncertainty,
+        output_bytes=int(sum(m["bytes"] for m in measured) / sample_rows * rows),
+        threads_per_worker=threads_per_worker,
+        cpu_threads=cpu_threads,
+        partition_seconds=partition_seconds,
+    )
+    result.projected_seconds = result._makespan(threads)
+    result.projected_total_seconds = cluster_seconds + load_seconds + result.projected_seconds
+    return result

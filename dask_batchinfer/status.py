@@ -1,0 +1,126 @@
+"""``output_status()``: what an output folder holds, from its manifest, markers and report."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+
+from dask_batchinfer.io.commit import MANIFEST, load_state
+
+__all__ = ["format_status", "output_status"]
+
+
+def _report(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any] | None:
+    from dask_batchinfer.job import REPORT_JSON
+
+    try:
+        with fs.open(posixpath.join(root, REPORT_JSON), "r") as f:
+            data = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def output_status(output: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Summarise a committed or partial output folder without reading its data.
+
+    Returns a dict with ``state``: ``"complete"`` (a ``_SUCCESS`` manifest, and
+    no failed run after it), ``"partial"`` (committed partitions but no
+    manifest: a job is running, was killed, or failed), ``"failed"`` (the last
+    run failed; its error is in ``error``) or ``"missing"`` (nothing there);
+    plus ``partitions_committed``, ``rows_in``, ``rows_out`` and
+    ``rows_quarantined`` summed over the committed partitions, the manifest's
+    summary (``manifest``) and the last report's (``last_run``).
+    """
+    fs, root = fsspec.core.url_to_fs(output, **dict(storage_options or {}))
+    root = root.rstrip("/")
+    state = load_state(fs, root)
+    if not state.exists:
+        return {"output": output, "state": "missing", "partitions_committed": 0,
+                "rows_in": 0, "rows_out": 0, "rows_quarantined": 0}  # fmt: skip
+    markers = list(state.markers.values())
+    report = _report(fs, root)
+    manifest = state.manifest
+    summary: dict[str, Any] = {
+        "output": output,
+        "partitions_committed": len(markers),
+        "rows_in": sum(int(m.get("rows_in", 0)) for m in markers),
+        "rows_out": sum(int(m.get("rows_out", 0)) for m in markers),
+        "rows_quarantined": sum(int(m.get("rows_quarantined", 0)) for m in markers),
+    }
+    last_failed = bool(report and report.get("status") == "failed")
+    if (
+        last_failed
+        and manifest
+        and report
+        and report.get("finished", "") < manifest.get("finished", "")
+    ):
+        last_failed = False  # the failure came before the last success
+    if manifest is not None and not last_failed:
+        summary["state"] = "complete"
+    elif last_failed:
+        summary["state"] = "failed"
+    else:
+        summary["state"] = "partial"
+    if manifest is not None:
+        summary["manifest"] = {
+            k: manifest.get(k)
+            for k in (
+                "model",
+                "finished",
+                "partitions",
+                "rows_in",
+                "rows_out",
+                "rows_quarantined",
+                "files",
+            )  # fmt: skip
+        } | {"files": len(manifest.get("files", [])), "path": posixpath.join(output, MANIFEST)}
+    if report is not None:
+        summary["last_run"] = {
+            k: report.get(k)
+            for k in (
+                "status",
+                "error",
+                "started",
+                "finished",
+                "partitions_run",
+                "partitions_skipped",
+                "rows_out",
+                "wall_seconds",
+            )  # fmt: skip
+        }
+        if report.get("error"):
+            summary["error"] = report["error"]
+    return summary
+
+
+def format_status(summary: dict[str, Any]) -> str:
+    """The summary as a few lines of text."""
+    lines = [f"{summary['output']}: {summary['state'].upper()}"]
+    if summary["state"] == "missing":
+        return lines[0] + " (no output there)"
+    lines.append(
+        f"  committed   {summary['partitions_committed']} partitions, "
+        f"{summary['rows_in']:,} rows in, {summary['rows_out']:,} out, "
+        f"{summary['rows_quarantined']:,} quarantined"
+    )
+    manifest = summary.get("manifest")
+    if manifest:
+        lines.append(
+            f"  manifest    {manifest['finished']}: model {manifest['model']}, "
+            f"{manifest['partitions']} partitions, {manifest['files']} files"
+        )
+    last = summary.get("last_run")
+    if last:
+        lines.append(
+            f"  last run    {last['status']} at {last['finished']}: {last['partitions_run']} "
+            f"partitions run, {last['partitions_skipped']} skipped, "
+            f"{(last.get('wall_seconds') or 0):.1f} s"
+        )
+    if summary.get("error") and summary["state"] != "complete":
+        lines.append(f"  error       {summary['error']}")
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""The job report: text, HTML (finished, failed, resumed), saved files, plot and progress."""
+
+from __future__ import annotations
+
+import json
+import logging
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+
+import dask_batchinfer as dbi
+from dask_batchinfer.testing import make_features, tiny_model
+
+
+class _Cells(HTMLParser):
+    """Collects ``data-key`` cells and counts SVG rects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, str] = {}
+        self.rects = 0
+        self._key: str | None = None
+
+    def handle_starttag(self, tag, attrs):  # noqa: ANN001
+        attrs = dict(attrs)
+        if tag == "rect" and "title" not in attrs:
+            self.rects += 1
+        if "data-key" in attrs:
+            self._key = attrs["data-key"]
+            self.values[self._key] = ""
+
+    def handle_endtag(self, tag):  # noqa: ANN001
+        self._key = None
+
+    def handle_data(self, data):  # noqa: ANN001
+        if self._key is not None:
+            self.values[self._key] += data
+
+
+def _cells(html: str) -> _Cells:
+    parser = _Cells()
+    parser.feed(html)
+    return parser
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def _inputs(folder, files: int = 4, rows: int = 100, bad_row: int | None = None) -> None:
+    folder.mkdir()
+    frame = make_features(files * rows, seed=11)
+    if bad_row is not None:
+        frame = frame.astype({"f3": "str"})
+        frame.loc[bad_row, "f3"] = "n/a"
+    for i in range(files):
+        frame.iloc[i * rows : (i + 1) * rows].to_parquet(folder / f"in-{i}.parquet", index=False)
+
+
+def test_finished_job_report_html_json_and_timeline(client, tmp_path):
+    _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    result = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), keep=["id"],
+                         progress=False)  # fmt: skip
+    cells = _cells(result._repr_html_())
+    assert cells.values["status"] == "succeeded"
+    for key in ("partitions", "partitions_run", "rows_in", "rows_out", "rows_quarantined"):
+        assert _number(cells.values[key]) == getattr(result, key), key
+    assert _number(cells.values["wall_seconds"]) == pytest.approx(result.wall_seconds, abs=0.01)
+    assert cells.values["output"] == str(out)
+    stages = {r["stage"] for r in result.timeline}
+    assert stages == {"read", "preprocess", "infer", "write"}
+    assert len(result.timeline) == 4 * 4 and cells.rects >= 16  # one bar per stage run
+    assert result.read_seconds > 0 and result.infer_seconds > 0 and result.write_seconds > 0
+    assert "stages      read" in str(result)
+    saved = json.loads((out / "_report.json").read_text())
+    assert saved["rows_out"] == 400 and saved["status"] == "succeeded"
+    assert len(saved["timeline"]) == 16 and len(saved["files"]) == 4
+    page = (out / "_report.html").read_text()
+    assert page.startswith("<!doctype html>") and "<script" not in page
+    assert _number(_cells(page).values["rows_out"]) == 400
+    # reports sit beside the data without disturbing Parquet readers
+    assert len(pd.read_parquet(out)) == 400
+    assert not (out / "_staging").exists()
+
+
+def test_failed_job_carries_and_saves_its_report(client, tmp_path):
+    _inputs(tmp_path / "in", bad_row=250)
+    out = tmp_path / "out"
+    with pytest.raises(dbi.PartitionError) as info:
+        dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), keep=["id"],
+                    progress=False)  # fmt: skip
+    result = info.value.result
+    assert result.status == "failed" and "row 50 (id=250)" in result.error
+    cells = _cells(result._repr_html_())
+    assert cells.values["status"] == "failed" and "id=250" in cells.values["error"]
+    assert _number(cells.values["partitions"]) == 4
+    assert _number(cells.values["rows_out"]) == result.rows_out < 400
+    saved = json.loads((out / "_report.json").read_text())
+    assert saved["status"] == "failed" and "id=250" in saved["error"]
+    assert "FAILED" in str(result)
+
+
+def test_resumed_job_report(client, tmp_path):
+    _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), progress=False)
+    make_features(100, seed=12, start_id=400).to_parquet(tmp_path / "in" / "in-9.parquet")
+    result = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), progress=False)
+    cells = _cells(result._repr_html_())
+    assert (_number(cells.values["partitions_run"]), _number(cells.values["partitions_skipped"])) \
+        == (1, 4)  # fmt: skip
+    assert _number(cells.values["rows_in"]) == result.rows_in == 500
+    assert {r["partition"] for r in result.timeline} == {4}  # only the new partition ran
+
+
+def test_plot_writes_a_png(client, tmp_path):
+    _inputs(tmp_path / "in", files=3)
+    result = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"),
+                         progress=False)  # fmt: skip
+    figure = result.plot(str(tmp_path / "timeline.png"))
+    data = (tmp_path / "timeline.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+    assert len(figure.axes) == 2
+
+
+def test_progress_log_lines(client, tmp_path, caplog):
+    _inputs(tmp_path / "in", files=10, rows=20)
+    with caplog.at_level(logging.INFO, logger="dask_batchinfer.progress"):
+        dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"),
+                    progress="log")  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if r.name == "dask_batchinfer.progress"]
+    assert "event=start partitions=10" in lines[0]
+    assert "event=end partitions=10/10 rows=200" in lines[-1]
+    progress = [line for line in lines if "event=progress" in line]
+    assert 5 <= len(progress) <= 10  # every 10%
+    assert all("rows_per_s=" in line and "eta_s=" in line and "infer_share=" in line
+               for line in progress)  # fmt: skip
+
+
+def test_progress_bar_on_stderr(client, tmp_path, capsys):
+    _inputs(tmp_path / "in", files=5, rows=20)
+    dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"), progress="bar")
+    err = capsys.readouterr().err
+    assert "partitions" in err and "5/5" in err and "rows/s" in err
+    assert "dashboard at http://127.0.0.1" in err
+
+
+def test_progress_off_and_bad_value(client, tmp_path, capsys):
+    _inputs(tmp_path / "in", files=2, rows=20)
+    dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"), progress=False)
+    assert "partitions" not in capsys.readouterr().err
+    with pytest.raises(dbi.InputError, match="progress="):
+        dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "o2"),
+                    progress="loud")  # fmt: skip
