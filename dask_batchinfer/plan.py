@@ -58,7 +58,9 @@ class Plan:
     partitions, rows : int
         The whole input (``rows`` estimated from file sizes unless ``rows_exact``).
     sample_partitions, sample_rows : int
-        What was measured.
+        What was timed. One more partition per thread is run first and only
+        counted (rows, bytes): each worker's first partition pays first-call
+        costs (imports, caches) that the rest of the job does not.
     threads : int
         Threads that run partitions on the current cluster (model threads on
         a mixed cluster, whose CPU pool has ``cpu_threads``), ``workers`` the
@@ -168,9 +170,9 @@ class Plan:
         return f"{_duration(seconds)} ± {self.uncertainty:.0%}"
 
     def __str__(self) -> str:
-        rows = f"{self.rows:,}" + ("" if self.rows_exact else " (estimated from file sizes)")
+        rows = f"{self.rows:,} rows" + ("" if self.rows_exact else " (estimated)")
         lines = [
-            f"dask-batchinfer plan: {self.partitions:,} partitions, {rows} rows",
+            f"dask-batchinfer plan: {self.partitions:,} partitions, {rows}",
             f"  measured    {self.sample_partitions} partitions, {self.sample_rows:,} rows, "
             f"on {self.workers} workers / {self.threads} threads",
             f"  start-up    cluster {self.cluster_seconds:.1f} s, model load "
@@ -220,6 +222,9 @@ def _measure_partition(
     schema: pa.Schema,
 ) -> dict[str, Any]:
     """Run one partition through preprocess, the model at each batch size, and encoding."""
+    from distributed import get_worker
+
+    started = time.time()
     read = frame.attrs.get(READ_TIMES)
     start = time.perf_counter()
     prepared = preprocess_partition(frame, preprocess=preprocess, keep=keep)
@@ -240,6 +245,8 @@ def _measure_partition(
     pq.write_table(table, sink)
     encoded = sink.getvalue().size
     return {
+        "worker": get_worker().address,
+        "started": read[0] if read else started,
         "rows": len(frame),
         "read_seconds": read[1] - read[0] if read else 0.0,
         "preprocess_seconds": preprocess_seconds,
@@ -247,6 +254,18 @@ def _measure_partition(
         "write_seconds": time.perf_counter() - start,
         "bytes": encoded,
     }
+
+
+def _timed(measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The measurements to time: all but each worker's first (when it has more than one)."""
+    by_worker: dict[str, list[dict[str, Any]]] = {}
+    for m in measured:
+        by_worker.setdefault(m["worker"], []).append(m)
+    kept = []
+    for runs in by_worker.values():
+        runs.sort(key=lambda m: m["started"])
+        kept.extend(runs[1:] if len(runs) > 1 else runs)
+    return kept
 
 
 def _sample_indices(n: int, k: int) -> list[int]:
@@ -324,8 +343,11 @@ def plan(
         load_seconds = max((s["load_seconds"] for s in loads.values() if s), default=0.0)
         graph = dict(ddf.__dask_graph__())
         keys = ddf.__dask_keys__()
+        # one extra partition per thread: each worker's first one pays first-call
+        # costs (imports, caches) and is not timed, only counted
+        sampled = _sample_indices(n, min(n, k + threads))
         futures = []
-        for index in _sample_indices(n, k):
+        for index in sampled:
             key = keys[index]
             read = c.get(cull(graph, [key])[0], [key], sync=False)[0]
             futures.append(
@@ -333,7 +355,9 @@ def plan(
                          batch_sizes=batch_sizes, schema=schema, pure=False,
                          resources={pools.model: 1} if pools.mixed else None)
             )  # fmt: skip
-        measured = c.gather(futures)
+        every = c.gather(futures)
+    all_rows = sum(m["rows"] for m in every)
+    measured = _timed(every)
     sample_rows = sum(m["rows"] for m in measured)
     if sample_rows == 0:
         raise InputError("the sampled partitions are empty; nothing to measure")
@@ -355,17 +379,15 @@ def plan(
     if len(costs) > 1 and statistics.mean(costs) > 0:
         uncertainty = 2 * statistics.stdev(costs) / statistics.mean(costs) / math.sqrt(len(costs))
     # rows of the whole input: from file sizes (bytes per row of the sample), or the mean
-    if groups is not None:
-        sizes = [sum(f.size for f in group) for group in groups]
-        sampled = _sample_indices(n, k)
-        sample_bytes = sum(sizes[i] for i in sampled)
-        rows = round(sum(sizes) * sample_rows / sample_bytes) if sample_bytes else sample_rows
-        rows_exact = len(sampled) == n
-    else:
-        rows = round(n * sample_rows / len(measured))
-        rows_exact = len(measured) == n
+    rows_exact = len(sampled) == n
     if rows_exact:
-        rows = sample_rows
+        rows = all_rows
+    elif groups is not None:
+        sizes = [sum(f.size for f in group) for group in groups]
+        sample_bytes = sum(sizes[i] for i in sampled)
+        rows = round(sum(sizes) * all_rows / sample_bytes) if sample_bytes else all_rows
+    else:
+        rows = round(n * all_rows / len(every))
     threads_per_worker = threads / max(workers, 1)
     result = Plan(
         partitions=n,
@@ -383,7 +405,7 @@ def plan(
         projected_seconds=0.0,
         projected_total_seconds=0.0,
         uncertainty=uncertainty,
-        output_bytes=int(sum(m["bytes"] for m in measured) / sample_rows * rows),
+        output_bytes=int(sum(m["bytes"] for m in every) / max(all_rows, 1) * rows),
         threads_per_worker=threads_per_worker,
         cpu_threads=cpu_threads,
         partition_seconds=partition_seconds,
