@@ -22,6 +22,7 @@ from typing import Any
 
 from dask_batchinfer.errors import BadRowsError, BatchInferError, InputError
 from dask_batchinfer.model import ModelSpec
+from dask_batchinfer.progress import MODES as PROGRESS_MODES
 
 __all__ = ["main"]
 
@@ -243,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--progress",
-        choices=["auto", "bar", "log", "off"],
+        choices=PROGRESS_MODES,
         default="auto",
         help="auto (default): a bar in a terminal, key=value log lines otherwise (CI, cron)",
     )

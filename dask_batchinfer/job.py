@@ -44,7 +44,7 @@ from dask_batchinfer.io.commit import (
     collect_garbage,
     ensure_dir,
     load_state,
-    move_into_place,
+    write_bytes,
     write_json,
     write_marker,
 )
@@ -596,14 +596,7 @@ def save_report(fs: Any, root: str, result: JobResult, stats: RetryStats | None 
     Both start with ``_`` so that Parquet readers of the folder skip them.
     """
     write_json(fs, root, REPORT_JSON, result.to_json(), stats)
-    staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{REPORT_HTML}")
-
-    def put() -> None:
-        ensure_dir(fs, posixpath.dirname(staged))
-        fs.pipe_file(staged, result.to_html().encode())
-
-    retry(put, what=f"writing {staged}", stats=stats)
-    move_into_place(fs, staged, posixpath.join(root, REPORT_HTML), stats)
+    write_bytes(fs, root, REPORT_HTML, result.to_html().encode(), stats)
     _drop_empty_staging(fs, root)
 
 

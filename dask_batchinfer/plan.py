@@ -96,13 +96,22 @@ class Plan:
     stage_seconds_per_row: dict[str, float]
     batch_sizes: dict[int, float]
     recommended_batch_size: int
-    projected_seconds: float
-    projected_total_seconds: float
     uncertainty: float | None
     output_bytes: int
-    threads_per_worker: float = 1.0
     cpu_threads: int = 0
     partition_seconds: list[float] = dataclasses.field(default_factory=list, repr=False)
+
+    @property
+    def threads_per_worker(self) -> float:
+        return self.threads / max(self.workers, 1)
+
+    @property
+    def projected_seconds(self) -> float:
+        return self._makespan(self.threads)
+
+    @property
+    def projected_total_seconds(self) -> float:
+        return self.cluster_seconds + self.model_load_seconds + self.projected_seconds
 
     @property
     def seconds_per_row(self) -> float:
@@ -388,8 +397,7 @@ def plan(
         rows = round(sum(sizes) * all_rows / sample_bytes) if sample_bytes else all_rows
     else:
         rows = round(n * all_rows / len(every))
-    threads_per_worker = threads / max(workers, 1)
-    result = Plan(
+    return Plan(
         partitions=n,
         rows=int(rows),
         rows_exact=rows_exact,
@@ -402,14 +410,8 @@ def plan(
         stage_seconds_per_row=per_row,
         batch_sizes={b: round(s, 1) for b, s in speeds.items()},
         recommended_batch_size=best,
-        projected_seconds=0.0,
-        projected_total_seconds=0.0,
         uncertainty=uncertainty,
         output_bytes=int(sum(m["bytes"] for m in every) / max(all_rows, 1) * rows),
-        threads_per_worker=threads_per_worker,
         cpu_threads=cpu_threads,
         partition_seconds=partition_seconds,
     )
-    result.projected_seconds = result._makespan(threads)
-    result.projected_total_seconds = cluster_seconds + load_seconds + result.projected_seconds
-    return result

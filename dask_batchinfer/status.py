@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections.abc import Mapping
 from typing import Any
 
 import fsspec
 
-from dask_batchinfer.io.commit import MANIFEST, load_state
+from dask_batchinfer.io.commit import MANIFEST, load_state, read_json
+from dask_batchinfer.job import REPORT_JSON
 
 __all__ = ["format_status", "output_status"]
-
-
-def _report(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any] | None:
-    from dask_batchinfer.job import REPORT_JSON
-
-    try:
-        with fs.open(posixpath.join(root, REPORT_JSON), "r") as f:
-            data = json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def output_status(output: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -43,7 +32,7 @@ def output_status(output: str, storage_options: Mapping[str, Any] | None = None)
         return {"output": output, "state": "missing", "partitions_committed": 0,
                 "rows_in": 0, "rows_out": 0, "rows_quarantined": 0}  # fmt: skip
     markers = list(state.markers.values())
-    report = _report(fs, root)
+    report = read_json(fs, posixpath.join(root, REPORT_JSON))
     manifest = state.manifest
     summary: dict[str, Any] = {
         "output": output,
@@ -69,15 +58,7 @@ def output_status(output: str, storage_options: Mapping[str, Any] | None = None)
     if manifest is not None:
         summary["manifest"] = {
             k: manifest.get(k)
-            for k in (
-                "model",
-                "finished",
-                "partitions",
-                "rows_in",
-                "rows_out",
-                "rows_quarantined",
-                "files",
-            )  # fmt: skip
+            for k in ("model", "finished", "partitions", "rows_in", "rows_out", "rows_quarantined")
         } | {"files": len(manifest.get("files", [])), "path": posixpath.join(output, MANIFEST)}
     if report is not None:
         summary["last_run"] = {
@@ -91,7 +72,7 @@ def output_status(output: str, storage_options: Mapping[str, Any] | None = None)
                 "partitions_skipped",
                 "rows_out",
                 "wall_seconds",
-            )  # fmt: skip
+            )
         }
         if report.get("error"):
             summary["error"] = report["error"]

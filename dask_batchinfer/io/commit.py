@@ -45,6 +45,8 @@ __all__ = [
     "collect_garbage",
     "ensure_dir",
     "load_state",
+    "read_json",
+    "write_bytes",
     "write_json",
     "write_marker",
 ]
@@ -102,17 +104,26 @@ def write_json(
     stats: RetryStats | None = None,
 ) -> None:
     """Write JSON to ``root/relpath`` atomically (stage, then move into place)."""
-    staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{posixpath.basename(relpath)}")
-    final = posixpath.join(root, relpath)
     text = json.dumps(payload, indent=1, sort_keys=True)
+    write_bytes(fs, root, relpath, text.encode(), stats)
+
+
+def write_bytes(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    relpath: str,
+    data: bytes,
+    stats: RetryStats | None = None,
+) -> None:
+    """Write ``data`` to ``root/relpath`` atomically (stage, then move into place)."""
+    staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{posixpath.basename(relpath)}")
 
     def put() -> None:
         ensure_dir(fs, posixpath.dirname(staged))
-        with fs.open(staged, "w") as f:
-            f.write(text)
+        fs.pipe_file(staged, data)
 
     retry(put, what=f"writing {staged}", stats=stats)
-    move_into_place(fs, staged, final, stats)
+    move_into_place(fs, staged, posixpath.join(root, relpath), stats)
 
 
 def move_into_place(
@@ -198,7 +209,7 @@ class OutputState:
         return marker
 
 
-def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
     try:
         with fs.open(path, "r") as f:
             data = json.load(f)
@@ -217,10 +228,10 @@ def load_state(fs: fsspec.AbstractFileSystem, root: str) -> OutputState:
     markers = {}
     for rel in relpaths:
         if rel.startswith(f"{COMMITTED}/") and rel.endswith(".json"):
-            marker = _read_json(fs, posixpath.join(root, rel))
+            marker = read_json(fs, posixpath.join(root, rel))
             if marker is not None and "slug" in marker:
                 markers[marker["slug"]] = marker
-    manifest = _read_json(fs, posixpath.join(root, MANIFEST)) if MANIFEST in relpaths else None
+    manifest = read_json(fs, posixpath.join(root, MANIFEST)) if MANIFEST in relpaths else None
     files = {rel for rel in relpaths if is_visible(rel)}
     errors = {rel for rel in relpaths if rel.startswith(f"{ERRORS}/")}
     return OutputState(manifest, markers, files, exists=bool(relpaths), error_files=errors)
