@@ -24,7 +24,7 @@ from dask_batchinfer.errors import (
     SchemaError,
 )
 from dask_batchinfer.io.read import read_output
-from dask_batchinfer.job import run_job
+from dask_batchinfer.job.run import run_job
 from dask_batchinfer.model import (
     ModelSpec,
     file_sha256,
@@ -37,8 +37,7 @@ from dask_batchinfer.plan import Plan, plan
 from dask_batchinfer.predict import predict
 from dask_batchinfer.report import JobResult
 from dask_batchinfer.status import output_status
-
-__version__ = "0.1.0"
+from dask_batchinfer.version import __version__
 
 __all__ = [
     "BadRowsError",

@@ -1,14 +1,11 @@
 """The per-process model cache.
 
 Each worker process loads a :class:`~dask_batchinfer.ModelSpec` the first time a
-task asks for it and keeps it for every later partition. Entries are keyed by
-the spec's token (``dask.base.tokenize``), so two equal specs share one model.
+task asks for it and keeps it for every later partition (the loading itself is
+:func:`dask_batchinfer.pipeline.loading.load_model`). Entries are keyed by the
+spec's token (``dask.base.tokenize``), so two equal specs share one model.
 Loads of one spec are serialised by a per-token lock; loads of different specs
 run in parallel. The cache is emptied in a forked child.
-
-On CPU each task thread runs forward passes with one torch thread, side by
-side; on a GPU forward passes take turns (:attr:`LoadedModel.lock`). Either
-way a worker never has more busy threads than it was given.
 """
 
 from __future__ import annotations
@@ -17,16 +14,15 @@ import dataclasses
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-from dask_batchinfer.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from dask_batchinfer.model import ModelSpec
+    from dask_batchinfer.model.spec import ModelSpec
 
-__all__ = ["LoadedModel", "clear", "evict", "get_model", "local_stats", "model_stats"]
+__all__ = ["LoadedModel", "clear", "evict", "get_or_load", "local_stats", "model_stats"]
 
 
 @dataclasses.dataclass
@@ -63,8 +59,12 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def get_model(spec: ModelSpec) -> LoadedModel:
-    """Return the loaded model for ``spec``, loading it on first use in this process."""
+def get_or_load(spec: ModelSpec, load: Callable[[ModelSpec], LoadedModel]) -> LoadedModel:
+    """The cached model of ``spec``; on first use in this process, ``load(spec)`` it.
+
+    Concurrent first uses of one spec load it once; the load's time and count
+    are recorded (see :func:`local_stats`).
+    """
     loaded = _models.get(spec.cache_key)
     if loaded is not None:
         return loaded
@@ -73,84 +73,23 @@ def get_model(spec: ModelSpec) -> LoadedModel:
     with key_lock:
         loaded = _models.get(spec.cache_key)
         if loaded is None:
-            loaded = _load(spec)
+            start = time.perf_counter()
+            loaded = load(spec)
+            loaded.load_seconds = time.perf_counter() - start
+            _record_load(spec, loaded)
             _models[spec.cache_key] = loaded
     return loaded
 
 
-def _worker_threads() -> int | None:
-    try:
-        from distributed import get_worker
-
-        return get_worker().state.nthreads
-    except ValueError:  # not inside a dask worker
-        return None
-
-
-def configure_torch_threads(device: str = "cpu") -> None:
-    """Keep torch's threads within the worker's: never more busy threads than it has.
-
-    On CPU each of the worker's task threads runs its own forward passes with
-    one torch thread (measured faster than one multi-threaded forward at a
-    time: nothing else competes with OpenMP's threads for the cores). On a GPU
-    forward passes take turns (``LoadedModel.lock``) and torch's host-side
-    threads get the worker's thread count. OpenMP keeps the count per calling
-    thread, so this runs in every thread that runs a model (cheap once set).
-    """
-    nthreads = _worker_threads()
-    if nthreads is None:
-        return
-    import torch
-
-    wanted = 1 if device == "cpu" else nthreads
-    if torch.get_num_threads() != wanted:
-        torch.set_num_threads(wanted)
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` becomes ``"cuda"`` when this process sees a GPU, else ``"cpu"``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _load(spec: ModelSpec) -> LoadedModel:
-    import torch
-
-    device = resolve_device(spec.device)
-    configure_torch_threads(device)
-    start = time.perf_counter()
-    try:
-        model = spec.load(**spec.load_kwargs)
-        if isinstance(model, torch.nn.Module):
-            model = model.to(device).eval()
-        if spec.compile:
-            model = torch.compile(model)
-        loaded = LoadedModel(spec.cache_key, spec.name or "", model, device, 0.0)
-        if spec.compile:
-            from dask_batchinfer.batching import warm_up
-
-            warm_up(spec, loaded)  # compile now, not on the first partition
-    except Exception as err:
-        module = getattr(spec.load, "__module__", "?")
-        loader = f"{module}.{getattr(spec.load, '__qualname__', spec.load)}"
-        raise ModelLoadError(
-            f"loading model {spec.name!r} with {loader}(**{sorted(spec.load_kwargs)}) failed "
-            f"on device {device!r}: {type(err).__name__}: {err}"
-        ) from err
-    seconds = time.perf_counter() - start
+def _record_load(spec: ModelSpec, loaded: LoadedModel) -> None:
     stats = _stats.setdefault(
         spec.cache_key,
         {"name": spec.name, "token": spec.cache_key, "loads": 0, "load_seconds": 0.0},
     )
     stats["loads"] += 1
-    stats["load_seconds"] += seconds
-    stats["device"] = device
+    stats["load_seconds"] += loaded.load_seconds
+    stats["device"] = loaded.device
     stats["pid"] = os.getpid()
-    loaded.load_seconds = seconds
-    return loaded
 
 
 def local_stats() -> dict[str, dict[str, Any]]:

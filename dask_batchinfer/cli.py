@@ -13,100 +13,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from dask_batchinfer.cluster import KINDS as CLUSTER_KINDS
 from dask_batchinfer.errors import BadRowsError, BatchInferError, InputError
-from dask_batchinfer.model import ModelSpec
+from dask_batchinfer.jobfile import json_object, load_job_file, load_model, load_object
+from dask_batchinfer.options import MODES, ON_ERROR
 from dask_batchinfer.progress import MODES as PROGRESS_MODES
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BAD_ROWS, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
 REQUIRED = ("input", "output", "model")
-
-
-def load_object(reference: str, what: str) -> Any:
-    """Import ``module:attribute`` (``module.sub:obj.attr`` works too)."""
-    module_name, _, attribute = reference.partition(":")
-    if not module_name or not attribute:
-        raise InputError(
-            f"--{what} {reference!r}: expected module:attribute, e.g. mypkg.models:ranker"
-        )
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise InputError(f"--{what} {reference!r}: cannot import {module_name!r}: {err}") from err
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as err:
-            raise InputError(f"--{what} {reference!r}: {module_name} has no {attribute!r}") from err
-    return obj
-
-
-def load_model(reference: str) -> ModelSpec:
-    """A ModelSpec, or a function returning one, named as ``module:attribute``."""
-    obj = load_object(reference, "model")
-    if not isinstance(obj, ModelSpec) and callable(obj):
-        obj = obj()
-    if not isinstance(obj, ModelSpec):
-        raise InputError(
-            f"--model {reference!r} is a {type(obj).__name__}; it must be a ModelSpec or a "
-            f"function returning one"
-        )
-    return obj
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"anon\": false}'")
-    return value
-
-
-def load_job_file(path: str, known: set[str]) -> dict[str, Any]:
-    """Options from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) job file."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as err:
-        raise InputError(f"--job {path!r}: cannot read it: {err}") from err
-    try:
-        if path.endswith(".toml"):
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
-            data = tomllib.loads(raw.decode())
-        elif path.endswith((".yaml", ".yml")):
-            import yaml
-
-            data = yaml.safe_load(raw)
-        else:
-            raise InputError(f"--job {path!r}: expected a .toml, .yaml or .yml file")
-    except InputError:
-        raise
-    except Exception as err:
-        raise InputError(f"--job {path!r}: cannot parse it: {err}") from err
-    if not isinstance(data, dict):
-        raise InputError(f"--job {path!r}: expected a table of options at the top level")
-    data = data.get("job", data) if isinstance(data.get("job"), dict) else data
-    options = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise InputError(f"--job {path!r}: unknown option(s) {unknown}; known: {sorted(known)}")
-    for name in ("keep", "partition_on"):
-        if isinstance(options.get(name), str):
-            options[name] = [options[name]]
-    return options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,141 +39,15 @@ def _parser() -> argparse.ArgumentParser:
         "4 (status) output partial or last run failed.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
     run = commands.add_parser(
         "run",
         help="run a batch inference job",
         description="Read Parquet input, run a model on every row, write partitioned Parquet.",
     )
-    run.add_argument(
-        "--input",
-        metavar="PATH",
-        help="Parquet file or folder, local or s3://bucket/prefix (one partition per file)",
-    )
-    run.add_argument(
-        "--output",
-        metavar="PATH",
-        help="output folder, local or s3://; gets part-<input>-<id>.parquet files, a _SUCCESS "
-        "manifest and a _report.json/_report.html",
-    )
-    run.add_argument(
-        "--model",
-        metavar="MODULE:ATTR",
-        help="a dask_batchinfer.ModelSpec, or a function returning one, e.g. mypkg.models:ranker",
-    )
-    run.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; "
-        "default: start a local cluster for this job",
-    )
-    run.add_argument(
-        "--batch-size",
-        type=int,
-        metavar="N",
-        help="rows per model call (overrides the spec's batch_size)",
-    )
-    run.add_argument(
-        "--preprocess",
-        metavar="MODULE:ATTR",
-        help="function DataFrame -> DataFrame run on each partition before the model",
-    )
-    run.add_argument(
-        "--keep",
-        nargs="+",
-        default=[],
-        metavar="COLUMN",
-        help="input columns to write beside the predictions, e.g. ids",
-    )
-    run.add_argument(
-        "--partition-on",
-        nargs="+",
-        default=[],
-        metavar="COLUMN",
-        help="write hive folders by these columns, e.g. country=FR/",
-    )
-    run.add_argument(
-        "--mode",
-        choices=["resume", "overwrite", "error"],
-        default="resume",
-        help="resume (default): skip partitions already committed with the same inputs, "
-        "model and code, run the rest; overwrite: recompute everything, the old output "
-        "stays readable until the new one commits; error: refuse an existing output",
-    )
-    run.add_argument(
-        "--on-error",
-        choices=["raise", "quarantine"],
-        default="raise",
-        help="raise (default): fail on the first row the model cannot take, naming file, "
-        "partition, row and cause; quarantine: write such rows to OUTPUT/_errors/ and go on",
-    )
-    run.add_argument(
-        "--max-bad-rows",
-        type=float,
-        metavar="N",
-        help="with --on-error quarantine: fail (exit code 3) past N bad rows (N >= 1) or past "
-        "a fraction N of the rows (N < 1)",
-    )
-    run.add_argument(
-        "--cluster",
-        choices=["auto", "cpu", "gpu", "mixed"],
-        default="auto",
-        help="shape of the local cluster started without --scheduler: auto (GPUs when "
-        "dask-cuda sees some, else CPU), cpu, gpu (dask-cuda, one worker per GPU), or mixed "
-        "(a CPU pool that reads and preprocesses, a model pool that infers and writes)",
-    )
-    run.add_argument(
-        "--cpu-workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="CPU-pool workers with --cluster mixed",
-    )
-    run.add_argument(
-        "--model-workers",
-        type=int,
-        metavar="N",
-        help="model-pool workers with --cluster mixed (default: one per GPU, else 1)",
-    )
-    run.add_argument(
-        "--pool-resources",
-        nargs=2,
-        metavar=("PREPROCESS", "MODEL"),
-        help="resource names marking the CPU pool and the model pool of the cluster "
-        "(default: preprocess model, when workers carry them)",
-    )
-    run.add_argument(
-        "--json", action="store_true", help="print the result summary as JSON instead of text"
-    )
-    run.add_argument(
-        "--job",
-        metavar="FILE",
-        help="a TOML or YAML job file holding any of these options (and storage_options); "
-        "options given on the command line win",
-    )
-    run.add_argument(
-        "--storage-options",
-        type=_json_object,
-        metavar="JSON",
-        help='fsspec options for input and output, e.g. \'{"endpoint_url": "http://..."}\'; '
-        "leave credentials to the environment or AWS profiles",
-    )
-    run.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="measure a sample of partitions and print the projected time, the recommended "
-        "batch size and the output size; write nothing",
-    )
-    run.add_argument(
-        "--progress",
-        choices=PROGRESS_MODES,
-        default="auto",
-        help="auto (default): a bar in a terminal, key=value log lines otherwise (CI, cron)",
-    )
-    run.add_argument(
-        "--quiet", action="store_true", help="no progress and no log lines; errors only"
-    )
-
+    _io_arguments(run.add_argument_group("input and output"))
+    _job_arguments(run.add_argument_group("job"))
+    _cluster_arguments(run.add_argument_group("cluster"))
+    _display_arguments(run.add_argument_group("display"))
     status = commands.add_parser(
         "status",
         help="summarise an output folder (complete, partial, failed) from its manifest",
@@ -260,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("output", metavar="OUTPUT", help="the output folder (local or s3://)")
     status.add_argument("--json", action="store_true", help="print the summary as JSON")
-    status.add_argument("--storage-options", type=_json_object, metavar="JSON",
+    status.add_argument("--storage-options", type=json_object, metavar="JSON",
                         help="fsspec options, as for run")  # fmt: skip
 
     demo = commands.add_parser(
@@ -296,8 +92,148 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _io_arguments(group: Any) -> None:
+    group.add_argument(
+        "--input",
+        metavar="PATH",
+        help="Parquet file or folder, local or s3://bucket/prefix (one partition per file)",
+    )
+    group.add_argument(
+        "--output",
+        metavar="PATH",
+        help="output folder, local or s3://; gets part-<input>-<id>.parquet files, a _SUCCESS "
+        "manifest and a _report.json/_report.html",
+    )
+    group.add_argument(
+        "--model",
+        metavar="MODULE:ATTR",
+        help="a dask_batchinfer.ModelSpec, or a function returning one, e.g. mypkg.models:ranker",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="rows per model call (overrides the spec's batch_size)",
+    )
+    group.add_argument(
+        "--preprocess",
+        metavar="MODULE:ATTR",
+        help="function DataFrame -> DataFrame run on each partition before the model",
+    )
+    group.add_argument(
+        "--keep",
+        nargs="+",
+        default=[],
+        metavar="COLUMN",
+        help="input columns to write beside the predictions, e.g. ids",
+    )
+    group.add_argument(
+        "--partition-on",
+        nargs="+",
+        default=[],
+        metavar="COLUMN",
+        help="write hive folders by these columns, e.g. country=FR/",
+    )
+
+
+def _job_arguments(group: Any) -> None:
+    group.add_argument(
+        "--mode",
+        choices=MODES,
+        default="resume",
+        help="resume (default): skip partitions already committed with the same inputs, "
+        "model and code, run the rest; overwrite: recompute everything, the old output "
+        "stays readable until the new one commits; error: refuse an existing output",
+    )
+    group.add_argument(
+        "--on-error",
+        choices=ON_ERROR,
+        default="raise",
+        help="raise (default): fail on the first row the model cannot take, naming file, "
+        "partition, row and cause; quarantine: write such rows to OUTPUT/_errors/ and go on",
+    )
+    group.add_argument(
+        "--max-bad-rows",
+        type=float,
+        metavar="N",
+        help="with --on-error quarantine: fail (exit code 3) past N bad rows (N >= 1) or past "
+        "a fraction N of the rows (N < 1)",
+    )
+    group.add_argument(
+        "--job",
+        metavar="FILE",
+        help="a TOML or YAML job file holding any of these options (and storage_options); "
+        "options given on the command line win",
+    )
+    group.add_argument(
+        "--storage-options",
+        type=json_object,
+        metavar="JSON",
+        help='fsspec options for input and output, e.g. \'{"endpoint_url": "http://..."}\'; '
+        "leave credentials to the environment or AWS profiles",
+    )
+    group.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="measure a sample of partitions and print the projected time, the recommended "
+        "batch size and the output size; write nothing",
+    )
+
+
+def _cluster_arguments(group: Any) -> None:
+    group.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; "
+        "default: start a local cluster for this job",
+    )
+    group.add_argument(
+        "--cluster",
+        choices=CLUSTER_KINDS,
+        default="auto",
+        help="shape of the local cluster started without --scheduler: auto (GPUs when "
+        "dask-cuda sees some, else CPU), cpu, gpu (dask-cuda, one worker per GPU), or mixed "
+        "(a CPU pool that reads and preprocesses, a model pool that infers and writes)",
+    )
+    group.add_argument(
+        "--cpu-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU-pool workers with --cluster mixed",
+    )
+    group.add_argument(
+        "--model-workers",
+        type=int,
+        metavar="N",
+        help="model-pool workers with --cluster mixed (default: one per GPU, else 1)",
+    )
+    group.add_argument(
+        "--pool-resources",
+        nargs=2,
+        metavar=("PREPROCESS", "MODEL"),
+        help="resource names marking the CPU pool and the model pool of the cluster "
+        "(default: preprocess model, when workers carry them)",
+    )
+
+
+def _display_arguments(group: Any) -> None:
+    group.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default="auto",
+        help="auto (default): a bar in a terminal, key=value log lines otherwise (CI, cron)",
+    )
+    group.add_argument(
+        "--json", action="store_true", help="print the result summary as JSON instead of text"
+    )
+    group.add_argument(
+        "--quiet", action="store_true", help="no progress and no log lines; errors only"
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
-    from dask_batchinfer.job import run_job
+    from dask_batchinfer.job.run import run_job
 
     model = load_model(args.model)
     if args.batch_size is not None:

@@ -27,7 +27,15 @@ from typing import Any
 from dask_batchinfer import _config
 from dask_batchinfer.errors import InputError
 
-__all__ = ["Pools", "connect", "detect_pools", "gpu_count", "local_cluster", "mixed_cluster"]
+__all__ = [
+    "KINDS",
+    "Pools",
+    "connect",
+    "detect_pools",
+    "gpu_count",
+    "local_cluster",
+    "mixed_cluster",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +60,7 @@ def _positive(**values: int | None) -> None:
             raise InputError(f"local_cluster({name}={value!r}): expected a positive integer")
 
 
-_KINDS = ("auto", "cpu", "gpu", "mixed")
+KINDS = ("auto", "cpu", "gpu", "mixed")
 
 
 def local_cluster(
@@ -96,8 +104,8 @@ def local_cluster(
     >>> cluster = dbi.local_cluster()  # doctest: +SKIP
     >>> client = Client(cluster)       # doctest: +SKIP
     """
-    if kind not in _KINDS:
-        raise InputError(f"local_cluster(kind={kind!r}): expected one of {_KINDS}")
+    if kind not in KINDS:
+        raise InputError(f"local_cluster(kind={kind!r}): expected one of {KINDS}")
     if gpu is not None:
         kind = "gpu" if gpu else "cpu"
     _positive(n_workers=n_workers, threads_per_worker=threads_per_worker)

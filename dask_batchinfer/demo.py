@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dask_batchinfer.job import run_job
+from dask_batchinfer.job.run import run_job
 from dask_batchinfer.model import sentence_encoder
 from dask_batchinfer.report import JobResult
 

@@ -1,18 +1,16 @@
 """HTML and plots of job reports and plans: self-contained, no scripts, no network.
 
-Numbers sit in ``<td data-key="...">`` cells so that tools (and tests) can
-read them back from the HTML.
+Everything here renders the JSON form of a report (``JobResult.to_json()``,
+the saved ``_report.json``) or of a plan (``Plan.summary()``), so a saved
+report renders the same as a live one. Numbers sit in ``<td data-key="...">``
+cells so that tools (and tests) can read them back from the HTML.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from dask_batchinfer.plan import Plan
-    from dask_batchinfer.report import JobResult
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = ["page", "plan_html", "plot_result", "result_html", "timeline_svg"]
 
@@ -45,75 +43,87 @@ def _section(title: str, body: str) -> str:
     return f'<div style="margin:6px 0"><b>{_e(title)}</b>{body}</div>'
 
 
-def result_html(result: JobResult) -> str:
-    """The job report as an HTML fragment (a notebook cell's output)."""
-    ok = result.status == "succeeded"
+def result_html(report: Mapping[str, Any]) -> str:
+    """The job report (``JobResult.to_json()``) as an HTML fragment (a notebook cell's output)."""
+    ok = report["status"] == "succeeded"
     colour = "#1a7f37" if ok else "#cf222e"
     head = (
         f'<div style="font-family:system-ui,sans-serif"><div style="font-size:15px">'
-        f"<b>dask-batchinfer job</b> · {_e(result.model)} · "
-        f'<span data-key="status" style="color:{colour};font-weight:600">{_e(result.status)}'
+        f"<b>dask-batchinfer job</b> · {_e(report['model'])} · "
+        f'<span data-key="status" style="color:{colour};font-weight:600">{_e(report["status"])}'
         f"</span></div>"
     )
     if not ok:
         head += (
             f'<pre data-key="error" style="white-space:pre-wrap;color:{colour}">'
-            f"{_e(result.error)}</pre>"
+            f"{_e(report['error'])}</pre>"
         )
-    counts = _rows(
-        [
-            ("partitions", "partitions", result.partitions),
-            ("partitions_run", "run now", result.partitions_run),
-            ("partitions_skipped", "skipped (already committed)", result.partitions_skipped),
-            ("partitions_invalidated", "invalidated (changed)", result.partitions_invalidated),
-            ("rows_in", "rows in", result.rows_in),
-            ("rows_out", "rows out", result.rows_out),
-            ("rows_quarantined", "rows quarantined (_errors/)", result.rows_quarantined),
-            ("rows_truncated", "rows truncated (too long)", result.rows_truncated),
-        ]
-    )
-    processing = max(0.0, result.wall_seconds - result.startup_seconds)
-    wall = _rows(
-        [
-            ("wall_seconds", "wall time, s", result.wall_seconds),
-            ("cluster_seconds", "cluster start, s", result.cluster_seconds),
-            ("model_load_wall_seconds", "model load, s",
-             max(0.0, result.startup_seconds - result.cluster_seconds)),
-            ("processing_seconds", "read, infer, write, commit, s", processing),
-            ("rows_per_second", "rows/s", round(result.rows_per_second, 1)
-             if result.wall_seconds else 0.0),
-        ]
-    )  # fmt: skip
-    busy = result.stage_seconds()
-    total = sum(busy.values()) or 1.0
-    stages = _rows(
-        (f"{stage}_seconds", f"{stage}, s ({seconds / total:.0%})", seconds)
-        for stage, seconds in busy.items()
-    )
-    loads = _rows(
-        (f"load:{worker}", f"{worker} ({result.model_loads.get(worker, 0)} load)", seconds)
-        for worker, seconds in sorted(result.model_load_seconds.items())
-    )
-    where = (
-        f'<div>output <code data-key="output">{_e(result.output)}</code>'
-        + (f" · {len(result.files)} files" if result.files else "")
-        + (
-            f' · dashboard <a href="{_e(result.dashboard_link)}">{_e(result.dashboard_link)}</a>'
-            if result.dashboard_link
-            else ""
-        )
-        + "</div>"
-    )
-    svg = timeline_svg(result.timeline)
     grid = (
         '<div style="display:flex;gap:28px;flex-wrap:wrap">'
-        + _section("Counts", counts)
-        + _section("Wall time", wall)
-        + _section("Busy time per stage (summed over partitions)", stages)
-        + (_section("Model load per worker", loads) if result.model_load_seconds else "")
+        + _section("Counts", _counts(report))
+        + _section("Wall time", _wall(report))
+        + _section("Busy time per stage (summed over partitions)", _stages(report))
+        + (_section("Model load per worker", _loads(report)) if report["model_load_seconds"]
+           else "")
+        + "</div>"
+    )  # fmt: skip
+    svg = timeline_svg(report.get("timeline", []))
+    return head + _where(report) + grid + (_section("Timeline", svg) if svg else "") + "</div>"
+
+
+def _counts(report: Mapping[str, Any]) -> str:
+    labels = {
+        "partitions": "partitions",
+        "partitions_run": "run now",
+        "partitions_skipped": "skipped (already committed)",
+        "partitions_invalidated": "invalidated (changed)",
+        "rows_in": "rows in",
+        "rows_out": "rows out",
+        "rows_quarantined": "rows quarantined (_errors/)",
+        "rows_truncated": "rows truncated (too long)",
+    }
+    return _rows((key, label, report[key]) for key, label in labels.items())
+
+
+def _wall(report: Mapping[str, Any]) -> str:
+    wall, startup = report["wall_seconds"], report["startup_seconds"]
+    return _rows(
+        [
+            ("wall_seconds", "wall time, s", float(wall)),
+            ("cluster_seconds", "cluster start, s", float(report["cluster_seconds"])),
+            ("model_load_wall_seconds", "model load, s",
+             max(0.0, startup - report["cluster_seconds"])),
+            ("processing_seconds", "read, infer, write, commit, s", max(0.0, wall - startup)),
+            ("rows_per_second", "rows/s", float(report["rows_per_second"]) if wall else 0.0),
+        ]
+    )  # fmt: skip
+
+
+def _stages(report: Mapping[str, Any]) -> str:
+    busy = report["stage_seconds"]
+    total = sum(busy.values()) or 1.0
+    return _rows(
+        (f"{stage}_seconds", f"{stage}, s ({seconds / total:.0%})", float(seconds))
+        for stage, seconds in busy.items()
+    )
+
+
+def _loads(report: Mapping[str, Any]) -> str:
+    return _rows(
+        (f"load:{worker}", f"{worker} ({report['model_loads'].get(worker, 0)} load)",
+         float(seconds))
+        for worker, seconds in sorted(report["model_load_seconds"].items())
+    )  # fmt: skip
+
+
+def _where(report: Mapping[str, Any]) -> str:
+    files, link = report.get("files"), report.get("dashboard_link")
+    return (
+        f'<div>output <code data-key="output">{_e(report["output"])}</code>'
+        + (f" · {len(files)} files" if files else "")
+        + (f' · dashboard <a href="{_e(link)}">{_e(link)}</a>' if link else "")
         + "</div>"
     )
-    return head + where + grid + (_section("Timeline", svg) if svg else "") + "</div>"
 
 
 def timeline_svg(records: Sequence[dict[str, Any]], width: int = 720) -> str:
@@ -159,8 +169,8 @@ def page(title: str, body: str) -> str:
     )
 
 
-def plot_result(result: JobResult, path: str | None = None) -> Any:
-    """A matplotlib figure: per-worker timeline and busy time per stage."""
+def plot_result(report: Mapping[str, Any], path: str | None = None) -> Any:
+    """A matplotlib figure of a report: per-worker timeline and busy time per stage."""
     try:
         import matplotlib
 
@@ -174,7 +184,7 @@ def plot_result(result: JobResult, path: str | None = None) -> Any:
     fig, (timeline, bars) = plt.subplots(
         1, 2, figsize=(12, 3.5), gridspec_kw={"width_ratios": [3, 1]}
     )
-    records = [r for r in result.timeline if r.get("stage") in COLORS]
+    records = [r for r in report.get("timeline", []) if r.get("stage") in COLORS]
     workers = sorted({str(r.get("worker")) for r in records})
     start = min((r["start"] for r in records), default=0.0)
     for stage in STAGES:
@@ -186,10 +196,10 @@ def plot_result(result: JobResult, path: str | None = None) -> Any:
                                      label=stage if i == 0 else None)  # fmt: skip
     timeline.set_yticks(range(len(workers)), [w.rsplit("/", 1)[-1] for w in workers])
     timeline.set_xlabel("seconds since the first stage started")
-    timeline.set_title(f"{result.model}: partitions per worker")
+    timeline.set_title(f"{report['model']}: partitions per worker")
     if records:
         timeline.legend(loc="upper right", fontsize=8)
-    busy = result.stage_seconds()
+    busy = report["stage_seconds"]
     bars.bar(list(busy), list(busy.values()), color=[COLORS[s] for s in busy])
     bars.set_ylabel("seconds (summed over partitions)")
     bars.set_title("busy time per stage")
@@ -199,40 +209,41 @@ def plot_result(result: JobResult, path: str | None = None) -> Any:
     return fig
 
 
-def plan_html(plan: Plan) -> str:
-    """A plan as an HTML fragment."""
+def plan_html(plan: Mapping[str, Any]) -> str:
+    """A plan (``Plan.summary()``) as an HTML fragment."""
+    spread, sampled = plan["uncertainty"], plan["sample_partitions"]
     interval = (
-        f"± {plan.uncertainty:.0%} (about 95%, from the spread of {plan.sample_partitions} "
-        f"partitions)"
-        if plan.uncertainty is not None
+        f"± {spread:.0%} (about 95%, from the spread of {sampled} partitions)"
+        if spread is not None
         else "spread unknown (one partition sampled)"
     )
     measured = _rows(
         [
-            ("partitions", "partitions in the input", plan.partitions),
-            ("rows", "rows" + ("" if plan.rows_exact else " (estimated)"), plan.rows),
-            ("sample_partitions", "partitions measured", plan.sample_partitions),
-            ("sample_rows", "rows measured", plan.sample_rows),
-            ("workers", "workers / threads", f"{plan.workers} / {plan.threads}"),
-            ("cluster_seconds", "cluster start, s", plan.cluster_seconds),
-            ("model_load_seconds", "model load, s", plan.model_load_seconds),
+            ("partitions", "partitions in the input", plan["partitions"]),
+            ("rows", "rows" + ("" if plan["rows_exact"] else " (estimated)"), plan["rows"]),
+            ("sample_partitions", "partitions measured", sampled),
+            ("sample_rows", "rows measured", plan["sample_rows"]),
+            ("workers", "workers / threads", f"{plan['workers']} / {plan['threads']}"),
+            ("cluster_seconds", "cluster start, s", float(plan["cluster_seconds"])),
+            ("model_load_seconds", "model load, s", float(plan["model_load_seconds"])),
         ]
     )
     per_row = _rows(
-        (f"{k}_us_per_row", f"{k}, µs/row", v * 1e6) for k, v in plan.stage_seconds_per_row.items()
+        (f"{k}_us_per_row", f"{k}, µs/row", v * 1e6)
+        for k, v in plan["stage_seconds_per_row"].items()
     )
+    best = plan["recommended_batch_size"]
     sizes = _rows(
-        (f"batch:{b}", f"batch {b}" + (" (recommended)" if b == plan.recommended_batch_size
-                                       else ""), f"{r:,.0f} rows/s")
-        for b, r in plan.batch_sizes.items()
-    )  # fmt: skip
+        (f"batch:{b}", f"batch {b}" + (" (recommended)" if b == best else ""), f"{r:,.0f} rows/s")
+        for b, r in plan["batch_sizes"].items()
+    )
     projected = _rows(
         [
-            ("projected_seconds", "this cluster, s", plan.projected_seconds),
-            ("projected_total_seconds", "with start-up, s", plan.projected_total_seconds),
-            *((f"workers:{n}", f"on {n} workers, s", plan.project(n))
-              for n in plan._worker_counts()),
-            ("output_bytes", "output, bytes", plan.output_bytes),
+            ("projected_seconds", "this cluster, s", float(plan["projected_seconds"])),
+            ("projected_total_seconds", "with start-up, s", float(plan["projected_total_seconds"])),
+            *((f"workers:{n}", f"on {n} workers, s", float(seconds))
+              for n, seconds in plan["projections"].items()),
+            ("output_bytes", "output, bytes", plan["output_bytes"]),
         ]
     )  # fmt: skip
     return (

@@ -23,28 +23,19 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-from dask.optimization import cull
-
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.cache import model_stats
-from dask_batchinfer.cluster import connect, detect_pools
+from dask_batchinfer.cluster import Pools, connect, detect_pools
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.io.parquet import output_schema
-from dask_batchinfer.io.read import READ_TIMES
-from dask_batchinfer.job import _open_source, _warm_up
-from dask_batchinfer.model import ModelSpec
-from dask_batchinfer.predict import (
-    Preprocess,
-    check_inputs,
-    check_keep,
-    check_spec,
-    infer_features,
-    output_meta,
-    preprocess_partition,
-)
+from dask_batchinfer.html import plan_html
+from dask_batchinfer.io.read import InputFile, open_source
+from dask_batchinfer.job.executor import submit_read
+from dask_batchinfer.job.planner import partitions_of
+from dask_batchinfer.model.spec import ModelSpec
+from dask_batchinfer.pipeline.rows import Preprocess
+from dask_batchinfer.pipeline.stages import StageSettings, measure_task
+from dask_batchinfer.plugins import warm_up
+from dask_batchinfer.schema import check_spec, job_columns
 
 __all__ = ["Plan", "plan"]
 
@@ -200,9 +191,7 @@ class Plan:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        from dask_batchinfer.html import plan_html
-
-        return plan_html(self)
+        return plan_html(self.summary())
 
 
 def _duration(seconds: float) -> str:
@@ -221,50 +210,6 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} PB"
 
 
-def _measure_partition(
-    frame: pd.DataFrame,
-    *,
-    model: ModelSpec,
-    preprocess: Preprocess | None,
-    keep: tuple[str, ...],
-    batch_sizes: Sequence[int],
-    schema: pa.Schema,
-) -> dict[str, Any]:
-    """Run one partition through preprocess, the model at each batch size, and encoding."""
-    from distributed import get_worker
-
-    started = time.time()
-    read = frame.attrs.get(READ_TIMES)
-    start = time.perf_counter()
-    prepared = preprocess_partition(frame, preprocess=preprocess, keep=keep)
-    preprocess_seconds = time.perf_counter() - start
-    warm = prepared.features.iloc[: min(8, len(prepared.features))]
-    infer_features(warm, prepared.kept.iloc[: len(warm)], model=model)  # first-call costs
-    infer: dict[int, float] = {}
-    result = None
-    for size in batch_sizes:
-        spec = model.with_options(batch_size=size)
-        start = time.perf_counter()
-        result, _ = infer_features(prepared.features, prepared.kept, model=spec)
-        infer[size] = time.perf_counter() - start
-    assert result is not None
-    start = time.perf_counter()
-    table = pa.Table.from_pandas(result, schema=schema, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    encoded = sink.getvalue().size
-    return {
-        "worker": get_worker().address,
-        "started": read[0] if read else started,
-        "rows": len(frame),
-        "read_seconds": read[1] - read[0] if read else 0.0,
-        "preprocess_seconds": preprocess_seconds,
-        "infer_seconds": infer,
-        "write_seconds": time.perf_counter() - start,
-        "bytes": encoded,
-    }
-
-
 def _timed(measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The measurements to time: all but each worker's first (when it has more than one)."""
     by_worker: dict[str, list[dict[str, Any]]] = {}
@@ -281,6 +226,16 @@ def _sample_indices(n: int, k: int) -> list[int]:
     if k >= n:
         return list(range(n))
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n // 2]
+
+
+def _batch_sizes(model: ModelSpec, batch_sizes: Sequence[int] | None) -> list[int]:
+    if batch_sizes is None:
+        base = int(model.batch_size or _config.get("batch-size"))
+        batch_sizes = sorted({max(1, base // 4), base, base * 4})
+    sizes = [int(b) for b in batch_sizes]
+    if not sizes or min(sizes) < 1:
+        raise InputError(f"batch_sizes={batch_sizes!r}: expected positive integers")
+    return sizes
 
 
 def plan(
@@ -325,93 +280,105 @@ def plan(
             "plan() takes no credentials in storage_options; let the workers find them "
             "(environment, AWS profiles) or use run_job"
         )
-    ddf, groups = _open_source(source, options, public)
-    keep = check_keep(keep, list(ddf.columns))
-    check_inputs(model, ddf._meta, preprocess)
-    schema = output_schema(output_meta(ddf._meta, model, keep))
-    if batch_sizes is None:
-        base = int(model.batch_size or _config.get("batch-size"))
-        batch_sizes = sorted({max(1, base // 4), base, base * 4})
-    batch_sizes = [int(b) for b in batch_sizes]
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise InputError(f"batch_sizes={batch_sizes!r}: expected positive integers")
-    n = ddf.npartitions
+    ddf, groups = open_source(source, options, public)
+    columns = job_columns(ddf._meta, model, keep=keep, preprocess=preprocess)
+    settings = StageSettings(model=model, preprocess=preprocess, keep=columns.keep,
+                             schema=columns.schema)  # fmt: skip
+    sizes = _batch_sizes(model, batch_sizes)
+    if sample_partitions is not None and sample_partitions < 1:
+        raise InputError(f"sample_partitions={sample_partitions!r}: expected a positive integer")
     start = time.perf_counter()
     with connect(client) as c:
         cluster_seconds = time.perf_counter() - start
         pools = detect_pools(c, None)
-        threads = pools.model_threads if pools.mixed else pools.total_threads
-        cpu_threads = pools.total_threads - pools.model_threads if pools.mixed else 0
-        infos = c.scheduler_info(n_workers=-1)["workers"].values()
-        workers = sum(1 for w in infos if not pools.mixed or pools.model in w.get("resources", {}))
-        k = sample_partitions or min(n, max(3, 2 * threads))
-        if k < 1:
-            raise InputError(f"sample_partitions={k!r}: expected a positive integer")
-        _warm_up(c, model, pools)
-        loads = model_stats(c, model)
-        load_seconds = max((s["load_seconds"] for s in loads.values() if s), default=0.0)
-        graph = dict(ddf.__dask_graph__())
-        keys = ddf.__dask_keys__()
+        sample = _Sample(c, pools, ddf, groups, settings, sizes)
+        sample.run(sample_partitions)
+    return sample.project(cluster_seconds)
+
+
+class _Sample:
+    """The partitions ``plan()`` runs on the cluster, and what they measured."""
+
+    def __init__(self, client: Any, pools: Pools, ddf: Any, groups: list[list[InputFile]] | None,
+                 settings: StageSettings, batch_sizes: list[int]) -> None:  # fmt: skip
+        self.client, self.pools, self.ddf, self.groups = client, pools, ddf, groups
+        self.settings, self.batch_sizes = settings, batch_sizes
+        self.threads = pools.model_threads if pools.mixed else pools.total_threads
+        infos = client.scheduler_info(n_workers=-1)["workers"].values()
+        self.workers = sum(
+            1 for w in infos if not pools.mixed or pools.model in w.get("resources", {})
+        )
+        self.sampled: list[int] = []
+        self.every: list[dict[str, Any]] = []
+        self.load_seconds = 0.0
+
+    def run(self, sample_partitions: int | None) -> None:
+        """Warm the model up, then measure the sampled partitions."""
+        c, n = self.client, self.ddf.npartitions
+        k = sample_partitions or min(n, max(3, 2 * self.threads))
+        warm_up(c, self.settings.model, self.pools)
+        loads = model_stats(c, self.settings.model)
+        self.load_seconds = max((s["load_seconds"] for s in loads.values() if s), default=0.0)
+        graph, keys = dict(self.ddf.__dask_graph__()), self.ddf.__dask_keys__()
+        partitions = partitions_of(keys, self.groups, "")
         # one extra partition per thread: each worker's first one pays first-call
         # costs (imports, caches) and is not timed, only counted
-        sampled = _sample_indices(n, min(n, k + threads))
-        futures = []
-        for index in sampled:
-            key = keys[index]
-            read = c.get(cull(graph, [key])[0], [key], sync=False)[0]
-            futures.append(
-                c.submit(_measure_partition, read, model=model, preprocess=preprocess, keep=keep,
-                         batch_sizes=batch_sizes, schema=schema, pure=False,
-                         resources={pools.model: 1} if pools.mixed else None)
-            )  # fmt: skip
-        every = c.gather(futures)
-    all_rows = sum(m["rows"] for m in every)
-    measured = _timed(every)
-    sample_rows = sum(m["rows"] for m in measured)
-    if sample_rows == 0:
-        raise InputError("the sampled partitions are empty; nothing to measure")
-    speeds = {b: sample_rows / max(sum(m["infer_seconds"][b] for m in measured), 1e-9)
-              for b in batch_sizes}  # fmt: skip
-    best = max(speeds, key=lambda b: speeds[b])
-    per_row = {
-        "read": sum(m["read_seconds"] for m in measured) / sample_rows,
-        "preprocess": sum(m["preprocess_seconds"] for m in measured) / sample_rows,
-        "infer": sum(m["infer_seconds"][best] for m in measured) / sample_rows,
-        "write": sum(m["write_seconds"] for m in measured) / sample_rows,
-    }
-    partition_seconds = [
-        m["read_seconds"] + m["preprocess_seconds"] + m["infer_seconds"][best] + m["write_seconds"]
-        for m in measured
-    ]
+        self.sampled = _sample_indices(n, min(n, k + self.threads))
+        resources = {self.pools.model: 1} if self.pools.mixed else None
+        futures = [
+            c.submit(measure_task, submit_read(c, graph, keys[i]), partitions[i],
+                     self.settings, self.batch_sizes, pure=False, resources=resources)
+            for i in self.sampled
+        ]  # fmt: skip
+        self.every = c.gather(futures)
+
+    def project(self, cluster_seconds: float) -> Plan:
+        """The plan from the measurements."""
+        every, n = self.every, self.ddf.npartitions
+        all_rows = sum(m["rows"] for m in every)
+        measured = _timed(every)
+        sample_rows = sum(m["rows"] for m in measured)
+        if sample_rows == 0:
+            raise InputError("the sampled partitions are empty; nothing to measure")
+        speeds = {b: sample_rows / max(sum(m["infer_seconds"][b] for m in measured), 1e-9)
+                  for b in self.batch_sizes}  # fmt: skip
+        best = max(speeds, key=lambda b: speeds[b])
+        per_row = {
+            stage: sum(m[f"{stage}_seconds"] for m in measured) / sample_rows
+            for stage in ("read", "preprocess", "write")
+        }
+        per_row["infer"] = sum(m["infer_seconds"][best] for m in measured) / sample_rows
+        per_row = {k: per_row[k] for k in ("read", "preprocess", "infer", "write")}
+        partition_seconds = [
+            m["read_seconds"] + m["preprocess_seconds"] + m["infer_seconds"][best]
+            + m["write_seconds"] for m in measured
+        ]  # fmt: skip
+        rows_exact = len(self.sampled) == n
+        rows = all_rows if rows_exact else self._estimated_rows(all_rows)
+        return Plan(
+            partitions=n, rows=int(rows), rows_exact=rows_exact,
+            sample_partitions=len(measured), sample_rows=sample_rows, threads=self.threads,
+            workers=self.workers, cluster_seconds=cluster_seconds,
+            model_load_seconds=self.load_seconds, stage_seconds_per_row=per_row,
+            batch_sizes={b: round(s, 1) for b, s in speeds.items()},
+            recommended_batch_size=best, uncertainty=_uncertainty(partition_seconds, measured),
+            output_bytes=int(sum(m["bytes"] for m in every) / max(all_rows, 1) * rows),
+            cpu_threads=self.pools.total_threads - self.pools.model_threads
+            if self.pools.mixed else 0,
+            partition_seconds=partition_seconds,
+        )  # fmt: skip
+
+    def _estimated_rows(self, all_rows: int) -> float:
+        """Rows of the whole input: from file sizes (bytes per row of the sample), or the mean."""
+        if self.groups is None:
+            return round(self.ddf.npartitions * all_rows / len(self.every))
+        sizes = [sum(f.size for f in group) for group in self.groups]
+        sample_bytes = sum(sizes[i] for i in self.sampled)
+        return round(sum(sizes) * all_rows / sample_bytes) if sample_bytes else all_rows
+
+
+def _uncertainty(partition_seconds: list[float], measured: list[dict[str, Any]]) -> float | None:
     costs = [t / m["rows"] for t, m in zip(partition_seconds, measured, strict=True) if m["rows"]]
-    uncertainty = None
     if len(costs) > 1 and statistics.mean(costs) > 0:
-        uncertainty = 2 * statistics.stdev(costs) / statistics.mean(costs) / math.sqrt(len(costs))
-    # rows of the whole input: from file sizes (bytes per row of the sample), or the mean
-    rows_exact = len(sampled) == n
-    if rows_exact:
-        rows = all_rows
-    elif groups is not None:
-        sizes = [sum(f.size for f in group) for group in groups]
-        sample_bytes = sum(sizes[i] for i in sampled)
-        rows = round(sum(sizes) * all_rows / sample_bytes) if sample_bytes else all_rows
-    else:
-        rows = round(n * all_rows / len(every))
-    return Plan(
-        partitions=n,
-        rows=int(rows),
-        rows_exact=rows_exact,
-        sample_partitions=len(measured),
-        sample_rows=sample_rows,
-        threads=threads,
-        workers=workers,
-        cluster_seconds=cluster_seconds,
-        model_load_seconds=load_seconds,
-        stage_seconds_per_row=per_row,
-        batch_sizes={b: round(s, 1) for b, s in speeds.items()},
-        recommended_batch_size=best,
-        uncertainty=uncertainty,
-        output_bytes=int(sum(m["bytes"] for m in every) / max(all_rows, 1) * rows),
-        cpu_threads=cpu_threads,
-        partition_seconds=partition_seconds,
-    )
+        return 2 * statistics.stdev(costs) / statistics.mean(costs) / math.sqrt(len(costs))
+    return None

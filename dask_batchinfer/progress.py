@@ -16,10 +16,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dask_batchinfer import _config
 from dask_batchinfer.errors import InputError
+
+if TYPE_CHECKING:
+    from dask_batchinfer.pipeline.stages import PartitionStats
 
 __all__ = ["Progress", "make_progress", "resolve_mode"]
 
@@ -109,15 +112,13 @@ class Progress:
         busy = sum(self.stages.values()) or 1.0
         return {stage: seconds / busy for stage, seconds in self.stages.items()}
 
-    def update(self, stats: dict[str, Any]) -> None:
+    def update(self, stats: PartitionStats) -> None:
         """One partition committed, with its statistics from the worker."""
         self.done += 1
-        self.rows += int(stats.get("rows_in", 0))
-        self.stages["read+preprocess"] += stats.get("read_seconds", 0.0) + stats.get(
-            "preprocess_seconds", 0.0
-        )
-        self.stages["infer"] += stats.get("infer_seconds", 0.0)
-        self.stages["write"] += stats.get("write_seconds", 0.0)
+        self.rows += stats.rows_in
+        self.stages["read+preprocess"] += stats.read_seconds + stats.preprocess_seconds
+        self.stages["infer"] += stats.infer_seconds
+        self.stages["write"] += stats.write_seconds
         if self._bar is not None:
             shares = self.stage_shares()
             self._bar.set_postfix_str(

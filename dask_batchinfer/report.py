@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from dask_batchinfer.html import page, plot_result, result_html
+
 __all__ = ["JobResult"]
 
 
@@ -192,14 +194,10 @@ class JobResult:
         }
 
     def _repr_html_(self) -> str:
-        from dask_batchinfer.html import result_html
-
-        return result_html(self)
+        return result_html(self.to_json())
 
     def to_html(self) -> str:
         """A self-contained HTML page of the report (no scripts, no external files)."""
-        from dask_batchinfer.html import page
-
         return page(f"dask-batchinfer: {self.model}", self._repr_html_())
 
     def plot(self, path: str | None = None) -> Any:
@@ -207,9 +205,7 @@ class JobResult:
 
         Returns the figure; with ``path``, also saves it there (PNG, SVG, ...).
         """
-        from dask_batchinfer.html import plot_result
-
-        return plot_result(self, path)
+        return plot_result(self.to_json(), path)
 
     def __str__(self) -> str:
         loads = ", ".join(

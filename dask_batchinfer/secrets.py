@@ -3,7 +3,8 @@
 ``run_job(..., storage_options={"key": ..., "secret": ...})`` splits the
 options: the secret ones (``key``, ``secret``, ``token``, passwords, anything
 named like an access key or credential, at any depth) go to the workers once,
-in a worker plugin, and the tasks carry only a reference to them. A task's
+in a worker plugin (:class:`dask_batchinfer.plugins.CredentialsPlugin`), and
+the tasks carry only a reference to them. A task's
 ``repr`` (which distributed logs when a task fails) and the pickled graph
 therefore never hold a credential. :func:`redact` scrubs them from text we
 print. The safest path needs none of this: leave credentials out of
@@ -13,17 +14,26 @@ variables, ``~/.aws`` profiles, instance roles).
 
 from __future__ import annotations
 
-import os
-import pickle
+import functools
 import re
 import threading
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-from distributed.diagnostics.plugin import WorkerPlugin
-
-__all__ = ["REFERENCE", "is_secret", "redact", "resolve", "split"]
+__all__ = [
+    "REFERENCE",
+    "forget",
+    "is_secret",
+    "new_reference",
+    "redact",
+    "redact_exception",
+    "redacting",
+    "remember",
+    "resolve",
+    "split",
+    "store",
+]
 
 REFERENCE = "__dask_batchinfer_credentials__"
 _NAMES = ("secret", "token", "password", "passwd", "credential", "access_key", "private_key")
@@ -94,43 +104,17 @@ def redact(text: str) -> str:
     )
 
 
-def _xor(data: bytes, pad: bytes) -> bytes:
-    return bytes(a ^ b for a, b in zip(data, pad, strict=True))
+def store(name: str, secret: Mapping[str, Any]) -> None:
+    """Keep ``secret`` in this process under ``name`` for :func:`resolve` (a worker's vault)."""
+    with _lock:
+        _vault[name] = dict(secret)
+    remember(secret)
 
 
-class CredentialsPlugin(WorkerPlugin):
-    """A worker plugin that hands the secret options to tasks on each worker.
-
-    Pickled, it holds the options masked with a one-time pad (also inside),
-    so that they never appear verbatim in the bytes that distributed may log
-    at DEBUG level or keep in memory dumps. That is masking, not encryption:
-    anyone who can unpickle the plugin can read them, as the workers must.
-    """
-
-    def __init__(self, name: str, secret: Mapping[str, Any]) -> None:
-        self.name = name
-        self._secret = dict(secret)
-
-    def __repr__(self) -> str:  # never print the secret
-        return f"CredentialsPlugin({self.name!r})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        data = pickle.dumps(self._secret)
-        pad = os.urandom(len(data))
-        return {"name": self.name, "pad": pad, "masked": _xor(data, pad)}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.name = state["name"]
-        self._secret = pickle.loads(_xor(state["masked"], state["pad"]))
-
-    def setup(self, worker: Any) -> None:
-        with _lock:
-            _vault[self.name] = self._secret
-        remember(self._secret)
-
-    def teardown(self, worker: Any) -> None:
-        with _lock:
-            _vault.pop(self.name, None)
+def forget(name: str) -> None:
+    """Drop the secret stored as ``name``."""
+    with _lock:
+        _vault.pop(name, None)
 
 
 def new_reference() -> str:
@@ -138,16 +122,21 @@ def new_reference() -> str:
     return f"dask-batchinfer-credentials-{uuid.uuid4().hex}"
 
 
-def register(client: Any, name: str, secret: Mapping[str, Any]) -> None:
-    """Send ``secret`` to every worker of ``client`` (and to late joiners) as ``name``."""
-    responses = client.register_plugin(CredentialsPlugin(name, secret), name=name) or {}
-    failed = {w: r for w, r in responses.items() if r.get("status") != "OK"}
-    if failed:
-        worker, response = next(iter(failed.items()))
-        raise RuntimeError(
-            f"could not send the storage credentials to {len(failed)} worker(s), e.g. "
-            f"{worker}: {redact(str(response.get('exception') or response))}"
-        )
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def redacting(function: F) -> F:
+    """Decorate ``function`` so that the errors it raises carry no known credential."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except BaseException as err:
+            redact_exception(err)
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 def redact_exception(err: BaseException) -> None:
@@ -161,13 +150,6 @@ def redact_exception(err: BaseException) -> None:
         except Exception:  # noqa: BLE001 - an exception type with read-only args
             pass
         current = current.__cause__ or current.__context__
-
-
-def unregister(client: Any, name: str) -> None:
-    try:
-        client.unregister_worker_plugin(name)
-    except Exception:  # noqa: BLE001 - best effort: the workers may be gone
-        pass
 
 
 def resolve(options: Mapping[str, Any]) -> dict[str, Any]:

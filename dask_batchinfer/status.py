@@ -8,8 +8,9 @@ from typing import Any
 
 import fsspec
 
-from dask_batchinfer.io.commit import MANIFEST, load_state, read_json
-from dask_batchinfer.job import REPORT_JSON
+from dask_batchinfer.io.commit import load_state
+from dask_batchinfer.io.fs import read_json
+from dask_batchinfer.io.layout import MANIFEST, REPORT_JSON
 
 __all__ = ["format_status", "output_status"]
 
@@ -37,9 +38,9 @@ def output_status(output: str, storage_options: Mapping[str, Any] | None = None)
     summary: dict[str, Any] = {
         "output": output,
         "partitions_committed": len(markers),
-        "rows_in": sum(int(m.get("rows_in", 0)) for m in markers),
-        "rows_out": sum(int(m.get("rows_out", 0)) for m in markers),
-        "rows_quarantined": sum(int(m.get("rows_quarantined", 0)) for m in markers),
+        "rows_in": sum(m.rows_in for m in markers),
+        "rows_out": sum(m.rows_out for m in markers),
+        "rows_quarantined": sum(m.rows_quarantined for m in markers),
     }
     last_failed = bool(report and report.get("status") == "failed")
     if (

@@ -13,19 +13,12 @@ import threading
 import time
 from typing import Any
 
+from dask_batchinfer.worker import worker_address
+
 __all__ = ["collect", "local_records", "record"]
 
 _records: collections.deque[dict[str, Any]] = collections.deque(maxlen=200_000)
 _lock = threading.Lock()
-
-
-def _worker_address() -> str | None:
-    try:
-        from distributed import get_worker
-
-        return get_worker().address
-    except ValueError:
-        return None
 
 
 def record(
@@ -39,7 +32,7 @@ def record(
         "partition": partition,
         "start": start,
         "end": time.time() if end is None else end,
-        "worker": _worker_address(),
+        "worker": worker_address(),
         "pid": os.getpid(),
         "thread": threading.get_ident(),
         **extra,

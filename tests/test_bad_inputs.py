@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import dask_batchinfer as dbi
-from dask_batchinfer.batching import run_model
+from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.testing import feature_columns, make_features, parse_json_features, tiny_model
 
 NULL_IDS = [5, 142, 143, 287]

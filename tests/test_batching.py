@@ -9,8 +9,10 @@ import torch
 
 import dask_batchinfer as dbi
 from dask_batchinfer import cache
-from dask_batchinfer.batching import BatchStats, _budget_ranges, run_model
 from dask_batchinfer.demo import make_corpus
+from dask_batchinfer.pipeline.batching import BatchStats, _budget_ranges
+from dask_batchinfer.pipeline.infer import run_model
+from dask_batchinfer.pipeline.loading import load_model
 from dask_batchinfer.testing import make_features, oom_model, tiny_model
 
 
@@ -108,7 +110,7 @@ def test_compile_warms_up_at_load():
         factory_kwargs={"seed": 7}, input_columns=[f"f{i}" for i in range(8)],
         outputs={"score": "float32"}, batch_size=64, compile=True,
     )  # fmt: skip
-    loaded = cache.get_model(spec)
+    loaded = load_model(spec)
     assert type(loaded.model).__name__ == "OptimizedModule"
     frame = make_features(100, seed=8)
     np.testing.assert_allclose(

@@ -93,7 +93,7 @@ def write_inputs(store: Store, folder: str, frame: pd.DataFrame, files: int, fir
 
 
 def expected(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
-    from dask_batchinfer.batching import run_model
+    from dask_batchinfer.pipeline.infer import run_model
 
     scores = run_model(tiny_model(seed=seed), frame)["score"].to_numpy()
     return pd.DataFrame({"id": frame["id"].to_numpy(), "score": scores})

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from dask_batchinfer.batching import run_model
+from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.testing import CALL_LOG_ENV, make_features, read_call_log, tiny_model
 
 FILES, ROWS = 24, 100

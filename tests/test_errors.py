@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import dask_batchinfer as dbi
-from dask_batchinfer.batching import run_model
+from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.testing import feature_columns, make_features, tiny_model
 
 BAD_IDS = [17, 230, 231, 399]

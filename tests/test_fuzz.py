@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 import dask_batchinfer as dbi
-from dask_batchinfer.predict import infer_features, preprocess_partition
+from dask_batchinfer.pipeline.infer import infer_features
+from dask_batchinfer.pipeline.preprocess import preprocess_partition
 from dask_batchinfer.testing import feature_columns, tiny_model
 
 NAMES = [*feature_columns(8), "id", "text", "extra"]

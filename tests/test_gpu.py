@@ -10,7 +10,9 @@ import torch
 
 import dask_batchinfer as dbi
 from dask_batchinfer import cache
-from dask_batchinfer.batching import BatchStats, run_model
+from dask_batchinfer.pipeline.batching import BatchStats
+from dask_batchinfer.pipeline.infer import run_model
+from dask_batchinfer.pipeline.loading import load_model
 from dask_batchinfer.testing import hog_model, make_features, tiny_model
 
 pytestmark = [
@@ -27,7 +29,7 @@ def test_pinned_prefetch_on_gpu_matches_cpu():
     frame = make_features(5000, seed=1)
     spec = tiny_model(seed=2, batch_size=128).with_options(device="cuda")
     out = run_model(spec, frame)["score"].to_numpy()
-    assert cache.get_model(spec).device == "cuda"
+    assert load_model(spec).device == "cuda"
     np.testing.assert_allclose(out, _cpu_scores(frame, 2), rtol=1e-4, atol=1e-4)
 
 
@@ -55,7 +57,7 @@ def test_evict_releases_gpu_memory():
         device="cuda",
     )  # fmt: skip
     before = torch.cuda.memory_allocated()
-    cache.get_model(spec)
+    load_model(spec)
     assert torch.cuda.memory_allocated() - before > 2**30
     assert cache.evict(spec)
     assert torch.cuda.memory_allocated() - before < 2**20

@@ -12,7 +12,8 @@ import torch
 
 import dask_batchinfer as dbi
 from dask_batchinfer import cache
-from dask_batchinfer.batching import run_model
+from dask_batchinfer.pipeline.infer import run_model
+from dask_batchinfer.pipeline.loading import load_model
 from dask_batchinfer.testing import factory_calls, make_features, make_mlp, tiny_model
 
 
@@ -124,7 +125,7 @@ def test_cache_loads_once_under_concurrency():
 
     def load():
         barrier.wait()
-        models.append(cache.get_model(spec).model)
+        models.append(load_model(spec).model)
 
     threads = [threading.Thread(target=load) for _ in range(8)]
     for t in threads:
@@ -134,7 +135,7 @@ def test_cache_loads_once_under_concurrency():
     assert factory_calls(424242) - before == 1
     assert all(m is models[0] for m in models)
     # an equal spec built separately shares the entry (keyed by token, not id)
-    assert cache.get_model(tiny_model(seed=424242)).model is models[0]
+    assert load_model(tiny_model(seed=424242)).model is models[0]
     assert cache.local_stats()[spec.cache_key]["loads"] == 1
 
 
@@ -147,7 +148,7 @@ def test_model_load_failure_names_the_model():
         name="broken-mlp",
     )
     with pytest.raises(dbi.ModelLoadError, match="broken-mlp.*make_mlp"):
-        cache.get_model(spec)
+        load_model(spec)
 
 
 def test_float_tensor_is_writable_and_contiguous():

@@ -13,8 +13,8 @@ import pytest
 
 import dask_batchinfer as dbi
 from dask_batchinfer import trace
-from dask_batchinfer.batching import run_model
 from dask_batchinfer.cluster import detect_pools
+from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.testing import (
     make_features,
     oom_model,

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import dask_batchinfer as dbi
-from dask_batchinfer import cache
-from dask_batchinfer.batching import run_model
+from dask_batchinfer.pipeline.infer import run_model
+from dask_batchinfer.pipeline.loading import load_model
 from dask_batchinfer.testing import TinyMLP, feature_columns, make_features, make_mlp, tiny_model
 
 
@@ -35,11 +35,11 @@ def test_pickled_file_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"weights": _Boobytrap(str(marker))}, tmp_path / "evil.pt")
     with pytest.raises(dbi.ModelLoadError, match="trust_pickle=True"):
-        cache.get_model(_spec(tmp_path / "evil.pt", factory=make_mlp))
+        load_model(_spec(tmp_path / "evil.pt", factory=make_mlp))
     assert not marker.exists()
     # the file really is malicious: trusting it runs its code
     with pytest.raises(dbi.ModelLoadError):
-        cache.get_model(_spec(tmp_path / "evil.pt", factory=make_mlp, trust_pickle=True))
+        load_model(_spec(tmp_path / "evil.pt", factory=make_mlp, trust_pickle=True))
     assert marker.exists()
 
 
@@ -59,7 +59,7 @@ def test_state_dict_and_safetensors_load(tmp_path):
 def test_whole_module_pickle_needs_trust_and_torchscript_does_not(tmp_path):
     torch.save(make_mlp(seed=4), tmp_path / "whole.pt")
     with pytest.raises(dbi.ModelLoadError, match="trust_pickle"):
-        cache.get_model(_spec(tmp_path / "whole.pt"))
+        load_model(_spec(tmp_path / "whole.pt"))
     frame = make_features(50)
     expected = run_model(tiny_model(seed=4), frame)["score"].to_numpy()
     trusted = run_model(_spec(tmp_path / "whole.pt", trust_pickle=True), frame)
@@ -74,7 +74,7 @@ def test_sha256_mismatch_fails_naming_both(tmp_path):
     with pytest.raises(
         dbi.ModelLoadError, match=r"sha256 of .*w\.pt is [0-9a-f]{64}, the spec pins 00"
     ):
-        cache.get_model(_spec(tmp_path / "w.pt", factory=TinyMLP, sha256="00" * 32))
+        load_model(_spec(tmp_path / "w.pt", factory=TinyMLP, sha256="00" * 32))
 
 
 def test_missing_model_file_fails_before_reading_input(client, tmp_path):

@@ -1,60 +1,59 @@
 """The commit protocol: per-partition markers, the ``_SUCCESS`` manifest, clean-up.
 
-Layout of an output folder::
-
-    output/
-      part-<slug>-<id>.parquet        committed data (in hive folders with partition_on)
-      _committed/<slug>.json          one marker per committed input partition
-      _staging/                       attempts in flight
-      _SUCCESS                        the manifest, written when every partition is committed
+The folder's names are in :mod:`dask_batchinfer.io.layout`.
 
 1. A task writes each data file to ``_staging/`` under a unique name and moves
    it onto its deterministic final name (rename on local disk, server-side
    copy on S3): a file is visible whole or not at all, and two attempts of one
    partition (Dask re-runs tasks of a lost worker) land on the same names.
-2. The task then writes the partition's marker (its fingerprint and files).
-   A partition is committed once its marker exists.
-3. When every partition of the job is committed, the client writes
-   ``_SUCCESS`` listing every file, then deletes what the manifest does not
-   list: stale data files, markers of partitions no longer in the input, and
-   ``_staging/``. Readers of the folder then see exactly the manifest's files.
+2. The task then writes the partition's :class:`Marker` (its fingerprint,
+   files and row counts). A partition is committed once its marker exists.
+3. When every partition of the job is committed, the client's
+   :class:`Committer` writes ``_SUCCESS`` listing every file, then deletes
+   what the manifest does not list: stale data files, markers of partitions
+   no longer in the input, and ``_staging/``. Readers of the folder then see
+   exactly the manifest's files.
 
-Names starting with ``_`` are skipped by Dask, pandas and pyarrow readers.
+Workers run step 1 and 2 (:func:`write_marker`); the client runs the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import json
+import logging
+import os
 import posixpath
 import uuid
-from collections.abc import Sequence, Set
+from collections.abc import Iterator, Mapping, Set
 from typing import Any
 
 import fsspec
 
+from dask_batchinfer.io.fs import (
+    ensure_dir,
+    is_local,
+    read_json,
+    remove_empty_dirs,
+    url_to_fs,
+    write_bytes,
+    write_json,
+)
+from dask_batchinfer.io.layout import (
+    COMMITTED,
+    ERRORS,
+    MANIFEST,
+    REPORT_HTML,
+    REPORT_JSON,
+    STAGING,
+    is_visible,
+)
 from dask_batchinfer.io.retry import RetryStats, retry
 
-__all__ = [
-    "COMMITTED",
-    "MANIFEST",
-    "STAGING",
-    "OutputState",
-    "Partition",
-    "collect_garbage",
-    "ensure_dir",
-    "load_state",
-    "read_json",
-    "write_bytes",
-    "write_json",
-    "write_marker",
-]
+__all__ = ["Committer", "Marker", "OutputState", "Partition", "load_state", "write_marker"]
 
-STAGING = "_staging"
-COMMITTED = "_committed"
-ERRORS = "_errors"
-MANIFEST = "_SUCCESS"
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,100 +90,69 @@ class Partition:
         return f"part-{self.slug}-{suffix}"
 
 
-def is_visible(relpath: str) -> bool:
-    """Whether readers see ``relpath`` (no path part starts with ``_`` or ``.``)."""
-    return not any(part.startswith(("_", ".")) for part in relpath.split("/"))
+@dataclasses.dataclass(frozen=True)
+class Marker:
+    """A committed partition: ``_committed/<slug>.json``.
 
-
-def write_json(
-    fs: fsspec.AbstractFileSystem,
-    root: str,
-    relpath: str,
-    payload: dict[str, Any],
-    stats: RetryStats | None = None,
-) -> None:
-    """Write JSON to ``root/relpath`` atomically (stage, then move into place)."""
-    text = json.dumps(payload, indent=1, sort_keys=True)
-    write_bytes(fs, root, relpath, text.encode(), stats)
-
-
-def write_bytes(
-    fs: fsspec.AbstractFileSystem,
-    root: str,
-    relpath: str,
-    data: bytes,
-    stats: RetryStats | None = None,
-) -> None:
-    """Write ``data`` to ``root/relpath`` atomically (stage, then move into place)."""
-    staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{posixpath.basename(relpath)}")
-
-    def put() -> None:
-        ensure_dir(fs, posixpath.dirname(staged))
-        fs.pipe_file(staged, data)
-
-    retry(put, what=f"writing {staged}", stats=stats)
-    move_into_place(fs, staged, posixpath.join(root, relpath), stats)
-
-
-def move_into_place(
-    fs: fsspec.AbstractFileSystem, staged: str, final: str, stats: RetryStats | None = None
-) -> None:
-    """Move a staged file onto its final name: a rename locally, a copy then delete on S3."""
-    ensure_dir(fs, posixpath.dirname(final))
-    retry(
-        lambda: fs.copy(staged, final) if _is_object_store(fs) else fs.mv(staged, final),
-        what=f"committing {final}",
-        stats=stats,
-    )
-    if _is_object_store(fs):
-        try:
-            retry(lambda: fs.rm(staged), what=f"removing {staged}", stats=stats)
-        except OSError:
-            pass  # left for collect_garbage; _staging/ is invisible to readers
-
-
-def ensure_dir(fs: fsspec.AbstractFileSystem, path: str) -> None:
-    """Create a local folder; nothing on object stores.
-
-    (s3fs's ``makedirs`` creates a missing *bucket*: a typo in a bucket name
-    must fail, not create one.)
+    ``files`` and ``errors`` are ``(path relative to the output, rows)`` pairs
+    of the data files and of the quarantined rows' files.
     """
-    if not _is_object_store(fs):
-        fs.makedirs(path, exist_ok=True)
+
+    slug: str
+    source: str | None
+    fingerprint: str
+    files: tuple[tuple[str, int], ...]
+    rows_in: int
+    errors: tuple[tuple[str, int], ...] = ()
+    rows_truncated: int = 0
+
+    @property
+    def rows_out(self) -> int:
+        return sum(rows for _, rows in self.files)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(rows for _, rows in self.errors)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "slug": self.slug,
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "files": [{"path": path, "rows": rows} for path, rows in self.files],
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "errors": [path for path, _ in self.errors],
+            "error_rows": [rows for _, rows in self.errors],
+            "rows_quarantined": self.rows_quarantined,
+            "rows_truncated": self.rows_truncated,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Marker | None:
+        """The marker in ``data``, or None when it is not one of ours."""
+        try:
+            errors = list(data.get("errors", []))
+            error_rows = data.get("error_rows")
+            if error_rows is None:  # written before error_rows: one file per partition
+                error_rows = [int(data.get("rows_quarantined", 0))] * min(len(errors), 1)
+            return cls(
+                slug=str(data["slug"]),
+                source=data.get("source"),
+                fingerprint=str(data["fingerprint"]),
+                files=tuple((str(f["path"]), int(f["rows"])) for f in data.get("files", [])),
+                rows_in=int(data["rows_in"]),
+                errors=tuple(zip(errors, map(int, error_rows), strict=True)),
+                rows_truncated=int(data.get("rows_truncated", 0)),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
-def _is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    return not {"file", "local"} & set(protocols)
-
-
-def write_marker(
-    fs: fsspec.AbstractFileSystem,
-    root: str,
-    partition: Partition,
-    *,
-    files: list[tuple[str, int]],
-    rows_in: int,
-    errors: Sequence[tuple[str, int]] = (),
-    stats: RetryStats | None = None,
-) -> None:
-    """Mark ``partition`` committed: its fingerprint and files, written last."""
-    write_json(
-        fs,
-        root,
-        f"{COMMITTED}/{partition.slug}.json",
-        {
-            "slug": partition.slug,
-            "source": partition.source,
-            "fingerprint": partition.fingerprint,
-            "files": [{"path": path, "rows": rows} for path, rows in files],
-            "rows_in": rows_in,
-            "rows_out": sum(rows for _, rows in files),
-            "errors": [path for path, _ in errors],
-            "rows_quarantined": sum(rows for _, rows in errors),
-        },
-        stats,
-    )
+def write_marker(fs: fsspec.AbstractFileSystem, root: str, marker: Marker,
+                 stats: RetryStats | None = None) -> None:  # fmt: skip
+    """Commit a partition: write its marker, after its files are in place."""
+    write_json(fs, root, f"{COMMITTED}/{marker.slug}.json", marker.to_json(), stats)
 
 
 @dataclasses.dataclass
@@ -192,30 +160,28 @@ class OutputState:
     """What an output folder holds now."""
 
     manifest: dict[str, Any] | None
-    markers: dict[str, dict[str, Any]]
+    markers: dict[str, Marker]
     files: set[str]  # visible files, relative to the root
     exists: bool
     error_files: set[str] = dataclasses.field(default_factory=set)  # quarantined rows
 
-    def committed(self, partition: Partition) -> dict[str, Any] | None:
+    def manifest_matches(self, job_fingerprint: str) -> bool:
+        """Whether the manifest is this job's and every file it lists is there."""
+        manifest = self.manifest
+        if not manifest or manifest.get("job_fingerprint") != job_fingerprint:
+            return False
+        return all(f["path"] in self.files for f in manifest.get("files", []))
+
+    def committed(self, partition: Partition) -> Marker | None:
         """The marker of ``partition`` if it is committed with the same fingerprint."""
         marker = self.markers.get(partition.slug)
-        if marker is None or marker.get("fingerprint") != partition.fingerprint:
+        if marker is None or marker.fingerprint != partition.fingerprint:
             return None
-        if not all(f["path"] in self.files for f in marker.get("files", [])):
+        if not all(path in self.files for path, _ in marker.files):
             return None  # a file was deleted by hand: run the partition again
-        if not all(path in self.error_files for path in marker.get("errors", [])):
+        if not all(path in self.error_files for path, _ in marker.errors):
             return None
         return marker
-
-
-def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
-    try:
-        with fs.open(path, "r") as f:
-            data = json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None  # absent, or not ours: treated as not committed
-    return data if isinstance(data, dict) else None
 
 
 def load_state(fs: fsspec.AbstractFileSystem, root: str) -> OutputState:
@@ -228,58 +194,111 @@ def load_state(fs: fsspec.AbstractFileSystem, root: str) -> OutputState:
     markers = {}
     for rel in relpaths:
         if rel.startswith(f"{COMMITTED}/") and rel.endswith(".json"):
-            marker = read_json(fs, posixpath.join(root, rel))
-            if marker is not None and "slug" in marker:
-                markers[marker["slug"]] = marker
+            data = read_json(fs, posixpath.join(root, rel))
+            marker = Marker.from_json(data) if data is not None else None
+            if marker is not None:
+                markers[marker.slug] = marker
     manifest = read_json(fs, posixpath.join(root, MANIFEST)) if MANIFEST in relpaths else None
     files = {rel for rel in relpaths if is_visible(rel)}
     errors = {rel for rel in relpaths if rel.startswith(f"{ERRORS}/")}
     return OutputState(manifest, markers, files, exists=bool(relpaths), error_files=errors)
 
 
-def collect_garbage(
-    fs: fsspec.AbstractFileSystem,
-    root: str,
-    *,
-    keep_files: set[str],
-    keep_slugs: set[str],
-    state: OutputState,
-    keep_errors: Set[str] = frozenset(),
-) -> int:
-    """Delete visible data files not in ``keep_files``, markers of other slugs, and staging.
+class Committer:
+    """The client's side of the protocol for one output folder.
 
-    Returns the number of data files deleted.
+    Parameters
+    ----------
+    output : str
+        The output folder (local path or URL).
+    storage_options : mapping
+        fsspec options, credentials included (the client's full options).
     """
-    stale = sorted(rel for rel in state.files if rel.endswith(".parquet") and rel not in keep_files)
-    doomed = (
-        [posixpath.join(root, rel) for rel in stale]
-        + [posixpath.join(root, rel) for rel in sorted(state.error_files - keep_errors)]
-        + [
-            posixpath.join(root, COMMITTED, f"{slug}.json")
-            for slug in sorted(set(state.markers) - keep_slugs)
-        ]
-    )
-    for path in doomed:
-        retry(functools.partial(fs.rm, path), what=f"removing {path}")
-    staging = posixpath.join(root, STAGING)
-    if fs.exists(staging):
-        try:
-            fs.rm(staging, recursive=True)
-        except OSError:
-            pass  # a straggling attempt still writes there; readers skip "_" folders
-    _remove_empty_dirs(fs, root)
-    return len(stale)
 
+    def __init__(self, output: str, storage_options: Mapping[str, Any]) -> None:
+        self.output = output
+        self.fs, self.root = url_to_fs(output, storage_options)
+        self.state = OutputState(None, {}, set(), exists=False)
 
-def _remove_empty_dirs(fs: fsspec.AbstractFileSystem, root: str) -> None:
-    """Remove empty hive folders left by deleted files (local disk; S3 has no folders)."""
-    if _is_object_store(fs):
-        return
-    import os
+    def load(self) -> OutputState:
+        """Read the folder's manifest and markers (once per job)."""
+        self.state = load_state(self.fs, self.root)
+        return self.state
 
-    for dirpath, _, _ in os.walk(root, topdown=False):
-        if dirpath != root and not os.listdir(dirpath):
+    def check_writable(self) -> None:
+        """Write and delete a probe: a wrong bucket or missing permission fails before any work."""
+        probe = posixpath.join(self.root, STAGING, f"probe-{uuid.uuid4().hex}")
+
+        def put() -> None:
+            ensure_dir(self.fs, posixpath.dirname(probe))
+            self.fs.pipe_file(probe, b"")
+
+        retry(put, what=f"writing to output {self.output!r} ({probe})")
+        retry(lambda: self.fs.rm(probe), what=f"removing {probe}")
+
+    def write_manifest(self, manifest: Mapping[str, Any], stats: RetryStats | None = None) -> None:
+        """Write ``_SUCCESS``: from now on the folder reads as ``manifest['files']``."""
+        write_json(self.fs, self.root, MANIFEST, manifest, stats)
+
+    def restore_manifest(self, keep_slugs: Set[str]) -> int:
+        """Back to the manifest after a later run died having committed files of its own."""
+        manifest = self.state.manifest or {}
+        listed = {f["path"] for f in manifest.get("files", [])}
+        if not (self.state.files - listed or set(self.state.markers) - keep_slugs):
+            return 0
+        return self.collect_garbage(listed, keep_slugs, set(manifest.get("errors", [])))
+
+    def collect_garbage(self, keep_files: Set[str], keep_slugs: Set[str],
+                        keep_errors: Set[str] = frozenset()) -> int:  # fmt: skip
+        """Delete visible data files not in ``keep_files``, other slugs' markers and staging.
+
+        Returns the number of data files deleted.
+        """
+        fs, root, state = self.fs, self.root, self.state
+        stale = sorted(
+            rel for rel in state.files if rel.endswith(".parquet") and rel not in keep_files
+        )
+        doomed = (
+            [posixpath.join(root, rel) for rel in stale]
+            + [posixpath.join(root, rel) for rel in sorted(state.error_files - set(keep_errors))]
+            + [posixpath.join(root, COMMITTED, f"{slug}.json")
+               for slug in sorted(set(state.markers) - set(keep_slugs))]
+        )  # fmt: skip
+        for path in doomed:
+            retry(functools.partial(fs.rm, path), what=f"removing {path}")
+        staging = posixpath.join(root, STAGING)
+        if fs.exists(staging):
             try:
-                os.rmdir(dirpath)
+                fs.rm(staging, recursive=True)
+            except OSError:
+                pass  # a straggling attempt still writes there; readers skip "_" folders
+        remove_empty_dirs(fs, root)
+        return len(stale)
+
+    def save_report(self, payload: Mapping[str, Any], html: str,
+                    stats: RetryStats | None = None) -> None:  # fmt: skip
+        """Write ``_report.json`` and ``_report.html`` beside the output (atomically)."""
+        write_json(self.fs, self.root, REPORT_JSON, payload, stats)
+        write_bytes(self.fs, self.root, REPORT_HTML, html.encode(), stats)
+        self.drop_empty_staging()
+
+    def drop_empty_staging(self) -> None:
+        """Remove ``_staging/`` on local disk when it is empty (object stores have no folders)."""
+        if is_local(self.fs):
+            try:
+                os.rmdir(posixpath.join(self.root, STAGING))
             except OSError:
                 pass
+
+    @contextlib.contextmanager
+    def tidy_on_failure(self) -> Iterator[None]:
+        """When the job fails, remove ``_staging/`` if nothing is left in it (local disk).
+
+        Committed partitions stay (a re-run resumes from them); a straggling task
+        that still writes keeps the folder, and the next run's clean-up removes it.
+        """
+        try:
+            yield
+        except BaseException:
+            self.drop_empty_staging()
+            raise

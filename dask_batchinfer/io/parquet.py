@@ -17,10 +17,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dask_batchinfer.io.commit import ERRORS, STAGING, ensure_dir, move_into_place
+from dask_batchinfer.io.fs import ensure_dir, move_into_place
+from dask_batchinfer.io.layout import ERRORS, STAGING
 from dask_batchinfer.io.retry import RetryStats, retry
 
-__all__ = ["output_schema", "write_errors", "write_partition"]
+__all__ = ["encode", "output_schema", "write_errors", "write_partition"]
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
@@ -38,6 +39,17 @@ def _hive_dir(partition_on: Sequence[str], values: tuple[Any, ...]) -> str:
     return "/".join(parts)
 
 
+def encode(table: pa.Table) -> bytes:
+    """``table`` as the bytes of one Parquet file, as the job writes it.
+
+    No pandas metadata: readers rebuild dtypes from the Arrow schema, which
+    pandas cannot do from the metadata's text for fixed-size lists.
+    """
+    buffer = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(None), buffer)
+    return buffer.getvalue()
+
+
 def _put(
     fs: fsspec.AbstractFileSystem,
     table: pa.Table,
@@ -45,11 +57,7 @@ def _put(
     relpath: str,
     stats: RetryStats | None,
 ) -> None:
-    # No pandas metadata: readers rebuild dtypes from the Arrow schema, which
-    # pandas cannot do from the metadata's text for fixed-size lists.
-    buffer = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(None), buffer)
-    data = buffer.getvalue()
+    data = encode(table)
     staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{posixpath.basename(relpath)}")
     retry(lambda: fs.pipe_file(staged, data), what=f"writing {staged}", stats=stats)
     move_into_place(fs, staged, posixpath.join(root, relpath), stats)

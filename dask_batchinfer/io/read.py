@@ -7,12 +7,14 @@ what resume and incremental runs key on, and errors can name the file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import os
 import posixpath
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import fsspec
@@ -20,26 +22,25 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dask_batchinfer import secrets
+from dask_batchinfer import _config, secrets
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.io.commit import MANIFEST, is_visible
+from dask_batchinfer.io.layout import MANIFEST, is_visible
 from dask_batchinfer.io.retry import retry
+from dask_batchinfer.worker import worker_address
+
+__all__ = [
+    "READ_TIMES",
+    "InputFile",
+    "group_files",
+    "list_parquet_files",
+    "open_source",
+    "read_output",
+    "read_parquet_files",
+]
 
 #: ``DataFrame.attrs`` key of a read partition: (start, end, worker) of its read
 #: (epoch seconds, the worker's address or None).
 READ_TIMES = "dask_batchinfer_read"
-
-
-def _worker() -> str | None:
-    try:
-        from distributed import get_worker
-
-        return get_worker().address
-    except ValueError:
-        return None
-
-
-__all__ = ["InputFile", "group_files", "list_parquet_files", "read_output", "read_parquet_files"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,19 +107,44 @@ def _read_files(
         if protocol in ("file", "local")
         else fsspec.filesystem(protocol, **secrets.resolve(storage_options))
     )
-    tables = []
-    for path in paths:
-        try:
-            read = functools.partial(pq.read_table, path, filesystem=fs)
-            tables.append(retry(read, what=f"reading {path}"))
-        except Exception as err:
-            raise InputError(
-                f"cannot read input file {path!r}: {type(err).__name__}: {err}"
-            ) from err
+    tables = [_read_file(path, fs) for path in paths]
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
     frame = table.to_pandas(types_mapper=arrow_types)
-    frame.attrs[READ_TIMES] = (started, time.time(), _worker())  # for the job's timeline
+    frame.attrs[READ_TIMES] = (started, time.time(), worker_address())  # for the job's timeline
     return frame
+
+
+def _read_file(path: str, fs: fsspec.AbstractFileSystem | None) -> pa.Table:
+    with reading(path):
+        return retry(functools.partial(pq.read_table, path, filesystem=fs), what=f"reading {path}")
+
+
+@contextlib.contextmanager
+def reading(path: str, what: str = "input file") -> Iterator[None]:
+    """Name ``path`` in the errors of reading it, and tell a bad file from an outage.
+
+    A file that is not valid Parquet raises :class:`InputError`; storage failures
+    (permissions, a missing file, retries spent) keep their own ``OSError`` type,
+    so that the CLI exits with "job failed", not "usage error".
+    """
+    try:
+        yield
+    except pa.ArrowException as err:
+        if isinstance(err, OSError):
+            raise _storage_error(err, path) from err
+        raise InputError(f"cannot read {what} {path!r}: {type(err).__name__}: {err}") from err
+    except OSError as err:
+        raise _storage_error(err, path) from err
+
+
+def _storage_error(err: OSError, path: str) -> OSError:
+    if path in str(err):
+        return err
+    message = f"reading {path!r}: {err}"
+    try:
+        return type(err)(err.errno, message) if err.errno is not None else type(err)(message)
+    except TypeError:  # an OSError subclass with another signature
+        return OSError(message)
 
 
 def arrow_types(kind: pa.DataType) -> pd.ArrowDtype | None:
@@ -158,17 +184,13 @@ def read_parquet_files(
     import dask.dataframe as dd
     from dask.utils import parse_bytes
 
-    from dask_batchinfer import _config
-
     options = dict(storage_options or {})
     fs, root = fsspec.core.url_to_fs(url, **options)
     files = list_parquet_files(fs, root)
-    try:
+    with reading(files[0].path, "the schema of"):
         schema = retry(
             lambda: pq.read_schema(files[0].path, filesystem=fs), what=f"reading {files[0].path}"
         )
-    except Exception as err:
-        raise InputError(f"cannot read the schema of {files[0].path!r}: {err}") from err
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     # Group only as far as keeps enough partitions for the cluster to share the work.
     spread = sum(f.size for f in files) // min(len(files), int(_config.get("min-partitions")))
@@ -183,6 +205,25 @@ def read_parquet_files(
         enforce_metadata=False,
     )
     return ddf, groups
+
+
+def open_source(
+    source: Any, storage_options: Mapping[str, Any], task_options: Mapping[str, Any]
+) -> tuple[Any, list[list[InputFile]] | None]:
+    """The job's input as a Dask DataFrame, and the files behind each partition (or None).
+
+    ``source`` is a Dask DataFrame (used as it is) or a Parquet path.
+    """
+    import dask.dataframe as dd
+
+    if isinstance(source, dd.DataFrame):
+        return source, None
+    if isinstance(source, (str, os.PathLike)):
+        return read_parquet_files(os.fspath(source), storage_options, task_options=task_options)
+    raise InputError(
+        f"source must be a dask DataFrame or a Parquet path (local or s3://), got "
+        f"{type(source).__name__}"
+    )
 
 
 def read_output(url: str, storage_options: Mapping[str, Any] | None = None):

@@ -1,4 +1,4 @@
-"""Run a model over one pandas partition in micro-batches.
+"""Run a loaded model over one pandas partition in micro-batches.
 
 The partition becomes model inputs once (one vectorised conversion, see
 ``ModelSpec.collate``); micro-batches are slices of those inputs, so no
@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dask_batchinfer.cache import LoadedModel, configure_torch_threads, get_model
+from dask_batchinfer.cache import LoadedModel
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.model import ModelSpec
+from dask_batchinfer.model.spec import ModelSpec
 
-__all__ = ["BatchStats", "run_model", "warm_up"]
+__all__ = ["BatchStats", "run_loaded"]
 
 
 @dataclasses.dataclass
@@ -328,12 +328,19 @@ def _plan(
     return take_inputs(inputs, order), order, ranges
 
 
-def _run(
+def run_loaded(
     spec: ModelSpec, loaded: LoadedModel, frame: pd.DataFrame, stats: BatchStats
 ) -> pd.DataFrame:
+    """Run the loaded model over every row of ``frame``; the output columns on its index.
+
+    Forward passes run under ``torch.inference_mode()`` (taking turns on a GPU);
+    ``stats`` receives batch counts, out-of-memory recoveries and padding.
+    """
     import torch
 
     rows = len(frame)
+    if rows == 0:
+        return spec.meta().set_axis(frame.index[:0])
     inputs = spec.make_inputs(frame)
     turn = loaded.lock if loaded.device != "cpu" else contextlib.nullcontext()
     with turn, torch.inference_mode(), _autocast(spec, loaded.device):
@@ -352,30 +359,3 @@ def _run(
         columns = {name: array[inverse] for name, array in columns.items()}
     data = {name: _output_column(name, kind, columns[name]) for name, kind in spec.outputs.items()}
     return pd.DataFrame(data, index=frame.index)
-
-
-def run_model(
-    spec: ModelSpec, frame: pd.DataFrame, stats: BatchStats | None = None
-) -> pd.DataFrame:
-    """Run ``spec`` over every row of ``frame``; return the output columns on ``frame``'s index.
-
-    The model comes from the per-process cache; forward passes run under
-    ``torch.inference_mode()`` (taking turns on a GPU). ``stats``, when
-    given, receives batch counts, out-of-memory recoveries and padding.
-    """
-    if len(frame) == 0:
-        return spec.meta().set_axis(frame.index[:0])
-    loaded = get_model(spec)
-    configure_torch_threads(loaded.device)
-    return _run(spec, loaded, frame, stats if stats is not None else BatchStats())
-
-
-def warm_up(spec: ModelSpec, loaded: LoadedModel) -> None:
-    """Run ``spec.example()`` through the model (at load time, e.g. to compile it)."""
-    if spec.example is None:
-        return
-    configure_torch_threads(loaded.device)
-    example = spec.example()
-    _run(spec, loaded, example, BatchStats())
-    if len(example) > 1:  # a partial last batch: compile the dynamic-shape variant now too
-        _run(spec, loaded, example.iloc[: max(1, len(example) // 2 + 1)], BatchStats())

@@ -1,0 +1,125 @@
+"""Filesystem helpers shared by the reader, the writer and the committer.
+
+- local disk or object store (``is_local``),
+- folders only where folders exist (``ensure_dir``),
+- atomic writes: stage under ``_staging/``, then move into place
+  (``write_bytes``, ``move_into_place``),
+- small JSON documents (``write_json``, ``read_json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+
+from dask_batchinfer.io.layout import STAGING
+from dask_batchinfer.io.retry import RetryStats, retry
+
+__all__ = [
+    "ensure_dir",
+    "is_local",
+    "move_into_place",
+    "read_json",
+    "remove_empty_dirs",
+    "url_to_fs",
+    "write_bytes",
+    "write_json",
+]
+
+
+def url_to_fs(url: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]:
+    """``(filesystem, root)`` for ``url``, the root without a trailing slash."""
+    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options))
+    return fs, root.rstrip("/") or root
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is the local disk (else an object store, with no real folders)."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool({"file", "local"} & set(protocols))
+
+
+def ensure_dir(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Create a local folder; nothing on object stores.
+
+    (s3fs's ``makedirs`` creates a missing *bucket*: a typo in a bucket name
+    must fail, not create one.)
+    """
+    if is_local(fs):
+        fs.makedirs(path, exist_ok=True)
+
+
+def move_into_place(
+    fs: fsspec.AbstractFileSystem, staged: str, final: str, stats: RetryStats | None = None
+) -> None:
+    """Move a staged file onto its final name: a rename locally, a copy then delete on S3."""
+    ensure_dir(fs, posixpath.dirname(final))
+    local = is_local(fs)
+    retry(
+        lambda: fs.mv(staged, final) if local else fs.copy(staged, final),
+        what=f"committing {final}",
+        stats=stats,
+    )
+    if not local:
+        try:
+            retry(lambda: fs.rm(staged), what=f"removing {staged}", stats=stats)
+        except OSError:
+            pass  # left for the clean-up; _staging/ is invisible to readers
+
+
+def write_bytes(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    relpath: str,
+    data: bytes,
+    stats: RetryStats | None = None,
+) -> None:
+    """Write ``data`` to ``root/relpath`` atomically (stage, then move into place)."""
+    staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{posixpath.basename(relpath)}")
+
+    def put() -> None:
+        ensure_dir(fs, posixpath.dirname(staged))
+        fs.pipe_file(staged, data)
+
+    retry(put, what=f"writing {staged}", stats=stats)
+    move_into_place(fs, staged, posixpath.join(root, relpath), stats)
+
+
+def write_json(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    relpath: str,
+    payload: Mapping[str, Any],
+    stats: RetryStats | None = None,
+) -> None:
+    """Write JSON to ``root/relpath`` atomically."""
+    text = json.dumps(payload, indent=1, sort_keys=True)
+    write_bytes(fs, root, relpath, text.encode(), stats)
+
+
+def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when absent or not a JSON object (not ours)."""
+    try:
+        with fs.open(path, "r") as f:
+            data = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def remove_empty_dirs(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    """Remove empty folders under ``root`` (local disk; object stores have no folders)."""
+    if not is_local(fs):
+        return
+    for dirpath, _, _ in os.walk(root, topdown=False):
+        if dirpath != root and not os.listdir(dirpath):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass

@@ -1,0 +1,155 @@
+"""Build a job's :class:`~dask_batchinfer.JobResult`, the same way on every path.
+
+The counts come from the markers of every committed partition (those done
+before and those this run committed), so a run that finds the job finished
+reports what the job did: rows in = rows out + rows quarantined, always.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from dask_batchinfer import secrets, trace
+from dask_batchinfer.cache import model_stats
+from dask_batchinfer.io.commit import Committer, Marker
+from dask_batchinfer.io.retry import RetryStats
+from dask_batchinfer.job.planner import JobPlan
+from dask_batchinfer.model.spec import ModelSpec
+from dask_batchinfer.pipeline.stages import PartitionStats
+from dask_batchinfer.report import JobResult
+from dask_batchinfer.version import __version__
+
+__all__ = [
+    "RunInfo",
+    "build_result",
+    "fail",
+    "gather_run_info",
+    "manifest",
+    "now",
+    "save_report",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def now() -> str:
+    """The time now, as the reports write it (UTC, ISO 8601)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclasses.dataclass
+class RunInfo:
+    """What the run part of a job measured, for its JobResult."""
+
+    job: str
+    started: str = dataclasses.field(default_factory=now)
+    wall_start: float = dataclasses.field(default_factory=time.perf_counter)
+    startup: float = 0.0
+    cluster_seconds: float = 0.0
+    dashboard_link: str = ""
+    loads: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timeline: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def gather_run_info(client: Any, model: ModelSpec, run: RunInfo) -> None:
+    """Model loads and the stage timeline from the workers (best effort after a failure)."""
+    try:
+        run.loads = model_stats(client, model)
+        run.timeline = [
+            {k: r.get(k) for k in ("stage", "partition", "worker", "start", "end", "rows")}
+            for r in trace.collect(client, run.job)
+        ]
+    except Exception:  # noqa: BLE001 - a dead cluster must not hide the job's own error
+        logger.debug("could not gather model stats or the timeline", exc_info=True)
+
+
+def _committed(plan: JobPlan, stats: list[PartitionStats]) -> list[Marker]:
+    markers = dict(plan.done)
+    markers.update({s.marker.slug: s.marker for s in stats if s.marker is not None})
+    return [markers[p.slug] for p in plan.partitions if p.slug in markers]
+
+
+def build_result(*, output: str, mode: str, model: ModelSpec, plan: JobPlan,
+                 stats: list[PartitionStats], run: RunInfo) -> JobResult:  # fmt: skip
+    """The result of a job from its plan, this run's partition statistics and measurements."""
+    committed = _committed(plan, stats)
+    loads = {w: s for w, s in run.loads.items() if s}
+    result = JobResult(
+        output=output, model=model.name or "", mode=mode,
+        partitions=len(plan.partitions), partitions_run=len(stats),
+        partitions_skipped=len(plan.done), partitions_invalidated=plan.invalidated,
+        rows_in=sum(m.rows_in for m in committed), rows_out=sum(m.rows_out for m in committed),
+        rows_quarantined=sum(m.rows_quarantined for m in committed),
+        rows_truncated=sum(m.rows_truncated for m in committed),
+        error_files=[path for m in committed for path, _ in m.errors],
+        files=[{"path": path, "rows": rows, "partition": m.slug}
+               for m in committed for path, rows in m.files],
+        wall_seconds=0.0,
+        model_load_seconds={w: s["load_seconds"] for w, s in loads.items()},
+        model_loads={w: s["loads"] for w, s in loads.items()},
+        started=run.started, job=run.job, startup_seconds=run.startup,
+        cluster_seconds=run.cluster_seconds, dashboard_link=run.dashboard_link,
+        timeline=run.timeline,
+        first_commit_seconds=min((s.finished for s in stats), default=run.wall_start)
+        - run.wall_start,
+        **_stage_sums(stats),
+    )  # fmt: skip
+    result.wall_seconds = time.perf_counter() - run.wall_start
+    return result
+
+
+def _stage_sums(stats: list[PartitionStats]) -> dict[str, Any]:
+    return {
+        "read_seconds": sum(s.read_seconds for s in stats),
+        "preprocess_seconds": sum(s.preprocess_seconds for s in stats),
+        "infer_seconds": sum(s.infer_seconds for s in stats),
+        "write_seconds": sum(s.write_seconds for s in stats),
+        "retries": sum(s.retries for s in stats),
+        "oom_events": sum(s.batch.oom_events for s in stats),
+        "batch_size": {s.worker: s.batch.batch_size for s in stats if s.worker},
+        "tokens": sum(s.batch.tokens for s in stats),
+        "padded_tokens": sum(s.batch.padded_tokens for s in stats),
+        "padded_tokens_unsorted": sum(s.batch.padded_tokens_unsorted for s in stats),
+    }
+
+
+def manifest(result: JobResult, plan: JobPlan, model: ModelSpec, preprocess_token: str) -> dict:
+    """The ``_SUCCESS`` manifest of a finished job."""
+    return {
+        "version": __version__,
+        "job_fingerprint": plan.job_fingerprint,
+        "model": model.name,
+        "model_token": model.token,
+        "preprocess_token": preprocess_token,
+        "input": [
+            {"slug": p.slug, "source": p.source, "fingerprint": p.fingerprint}
+            for p in plan.partitions
+        ],  # fmt: skip
+        "started": result.started,
+        "finished": result.finished,
+        **result.summary(),
+    } | {"files": result.files, "errors": result.error_files}
+
+
+def save_report(committer: Committer, result: JobResult, stats: RetryStats | None = None) -> None:
+    """Write the report beside the output (``_report.json``, ``_report.html``)."""
+    committer.save_report(result.to_json(), result.to_html(), stats)
+
+
+def fail(err: BaseException, result: JobResult, committer: Committer) -> None:
+    """Mark ``result`` failed, save its report beside the output, attach it to ``err``."""
+    result.status = "failed"
+    result.error = secrets.redact(f"{type(err).__name__}: {err}")
+    result.finished = now()
+    try:
+        save_report(committer, result)
+    except Exception:  # noqa: BLE001 - the job's own error matters more
+        logger.warning("could not save the report of the failed job", exc_info=True)
+    try:
+        err.result = result  # type: ignore[attr-defined]
+    except AttributeError:
+        pass

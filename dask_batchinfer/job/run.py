@@ -1,0 +1,248 @@
+"""``run_job()``: read, preprocess, infer, write partitioned Parquet, commit, exactly once.
+
+The whole job on one screen: check the options (:mod:`~dask_batchinfer.options`),
+open the input (:mod:`~dask_batchinfer.io.read`), plan the partitions against
+the output (:mod:`~dask_batchinfer.job.planner`), run what is left
+(:mod:`~dask_batchinfer.job.executor`), then commit (:mod:`~dask_batchinfer.io.commit`)
+and report (:mod:`~dask_batchinfer.job.result`).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from dask_batchinfer import secrets
+from dask_batchinfer.cluster import connect, detect_pools
+from dask_batchinfer.errors import BadRowsError
+from dask_batchinfer.fingerprint import code_token
+from dask_batchinfer.io.commit import Committer
+from dask_batchinfer.io.read import open_source
+from dask_batchinfer.io.retry import RetryStats
+from dask_batchinfer.job.executor import Executor, window_size
+from dask_batchinfer.job.planner import JobPlan, job_token, partitions_of, plan_job
+from dask_batchinfer.job.result import (
+    RunInfo,
+    build_result,
+    fail,
+    gather_run_info,
+    manifest,
+    now,
+    save_report,
+)
+from dask_batchinfer.model.spec import ModelSpec
+from dask_batchinfer.options import JobOptions, check_not_nested
+from dask_batchinfer.pipeline.rows import Preprocess
+from dask_batchinfer.pipeline.stages import PartitionStats, StageSettings
+from dask_batchinfer.plugins import credentials, warm_up
+from dask_batchinfer.progress import make_progress
+from dask_batchinfer.report import JobResult
+from dask_batchinfer.schema import check_spec, job_columns
+
+__all__ = ["run_job"]
+
+
+@secrets.redacting
+def run_job(
+    source: Any,
+    model: ModelSpec,
+    *,
+    output: str,
+    preprocess: Preprocess | None = None,
+    keep: Sequence[str] | str | None = None,
+    partition_on: Sequence[str] | str | None = None,
+    mode: str = "resume",
+    client: Any = None,
+    pools: Mapping[str, str] | bool | None = None,
+    on_error: str = "raise",
+    max_bad_rows: int | float | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool | str | None = None,
+) -> JobResult:
+    """Run a batch inference job and write the results as partitioned Parquet, exactly once.
+
+    Parameters
+    ----------
+    source : dask.dataframe.DataFrame or str
+        The input: a Dask DataFrame, or a Parquet file or folder (local path or
+        ``s3://bucket/prefix``), read as one partition per file.
+    model : ModelSpec
+        The model recipe, loaded once per worker process.
+    output : str
+        Folder to write to (local path or ``s3://``). Each input partition
+        becomes ``part-<name>-<id>.parquet`` (inside hive folders with
+        ``partition_on``) plus a marker in ``_committed/``; ``_SUCCESS`` is
+        written when all are committed. See the README's "Output layout".
+    preprocess : callable, optional
+        ``preprocess(partition) -> DataFrame``, run on the workers before the model.
+    keep : list of str, optional
+        Input columns written beside the predictions (ids, keys).
+    partition_on : list of str, optional
+        Columns (input or output) to split the output into hive folders
+        (``country=FR/``). Input columns named here are kept automatically.
+    mode : {"resume", "overwrite", "error"}, default "resume"
+        ``"resume"`` skips partitions already committed with the same
+        fingerprint (input file, model, preprocessing, columns, package
+        version) and runs the rest; a finished job returns at once, writing
+        nothing. ``"overwrite"`` recomputes every partition under new file
+        names: the previous dataset stays complete until the new ``_SUCCESS``
+        is written, then its files are deleted. ``"error"`` refuses an output
+        folder that exists and is not empty.
+    client : distributed.Client or str, optional
+        The cluster to use, or a scheduler address. Default: the current
+        client if there is one, else a :func:`local_cluster` for this job.
+    pools : mapping or bool, optional
+        Which workers do what. Default: when workers carry the resources
+        ``batchinfer.pools.preprocess`` and ``batchinfer.pools.model``
+        ("preprocess", "model"), reading and preprocessing run only on the
+        first pool and inference and writing only on the second, with the
+        CPU stage at most ``prefetch-per-model-thread`` x model threads
+        partitions ahead; without such resources every worker does both.
+        ``{"preprocess": NAME, "model": NAME}`` names other resources (both
+        pools must exist); ``False`` ignores resources.
+    on_error : {"raise", "quarantine"}, default "raise"
+        What a row the model fails on does. ``"raise"`` fails the job with a
+        :class:`PartitionError` naming the file, the partition, the row and
+        its ``keep`` ids, and the cause. ``"quarantine"`` finds the failing
+        rows by halving the failing batch, writes them with their ``keep``
+        columns, ``row``, ``error_type`` and ``error`` to
+        ``_errors/<partition>.parquet`` beside the output, and goes on. Rows
+        out + rows quarantined = rows in.
+    max_bad_rows : int or float, optional
+        With quarantine: fail with :class:`BadRowsError` (no ``_SUCCESS``)
+        once more rows than this (a count), or more than this fraction of the
+        rows in (a float below 1, checked at the end), were quarantined.
+    storage_options : dict, optional
+        fsspec options for the input and output (e.g. ``endpoint_url``).
+        Credentials in them (``key``, ``secret``, ``token``, ...) reach the
+        workers once, through a worker plugin, and never travel in the task
+        graph (see :mod:`dask_batchinfer.secrets`); better still, leave them
+        to the workers' environment or AWS profiles.
+    progress : bool or {"bar", "log"}, optional
+        Show progress: partitions committed of total, rows/s, ETA and time
+        per stage. Default (``batchinfer.progress: auto``): a widget in
+        Jupyter, a bar in a terminal, a log line every 10% elsewhere (CI
+        logs); ``False`` for none.
+
+    Returns
+    -------
+    JobResult
+        Rows in and out, partitions run/skipped/invalidated, retries, wall
+        time split by phase and stage, model load time per worker, rows per
+        second, the stage timeline. In a notebook it renders as an HTML
+        report; ``result.plot()`` draws the timeline. The same report is
+        saved beside the output as ``_report.json`` and ``_report.html``
+        (also for a failed job, whose exception carries it as ``err.result``).
+
+    Raises
+    ------
+    InputError
+        Before any task runs, for a bad argument or missing column.
+    ModelLoadError
+        When the model cannot load on a worker, before any input is read.
+    PartitionError
+        When a partition fails; committed partitions stay (a re-run resumes),
+        ``_SUCCESS`` is not written.
+
+    Examples
+    --------
+    >>> result = dbi.run_job("s3://shop/features/", spec, output="s3://shop/scores/",
+    ...                      keep=["user_id"])  # doctest: +SKIP
+    >>> result.partitions_run, result.partitions_skipped  # doctest: +SKIP
+    (1, 364)
+    """
+    run = RunInfo(job=uuid.uuid4().hex[:12])
+    model = check_spec(model)
+    options = JobOptions.build(
+        output=output, mode=mode, on_error=on_error, max_bad_rows=max_bad_rows, keep=keep,
+        partition_on=partition_on, pools=pools, client=client, progress=progress,
+        storage_options=storage_options,
+    )  # fmt: skip
+    check_not_nested(source, options)
+    ddf, groups = open_source(source, options.storage_options, options.task_options)
+    columns = job_columns(ddf._meta, model, keep=options.keep, partition_on=options.partition_on,
+                          preprocess=preprocess)  # fmt: skip
+    committer = Committer(options.output, options.storage_options)
+    committer.load()
+    ddf = ddf.optimize()
+    generation = uuid.uuid4().hex if options.mode == "overwrite" else ""
+    token = job_token(model, preprocess, columns)
+    plan = plan_job(partitions_of(ddf.__dask_keys__(), groups, token, generation),
+                    committer.state, options.mode, options.output)  # fmt: skip
+    build = functools.partial(build_result, output=options.output, mode=options.mode,
+                              model=model, plan=plan, run=run)  # fmt: skip
+    if plan.finished:  # nothing to run; undo what a later run that died left behind
+        result = build(stats=[])
+        result.files_removed = committer.restore_manifest(plan.slugs)
+        return result
+    settings = StageSettings(
+        model=model, preprocess=preprocess, keep=columns.keep, on_error=options.on_error,
+        job=run.job, output=options.output, storage_options=options.task_options,
+        partition_on=columns.partition_on, schema=columns.schema,
+    )  # fmt: skip
+    stats: list[PartitionStats] = []
+    if plan.todo:
+        try:
+            _execute(ddf, plan, settings, options, committer, run, stats)
+        except Exception as err:
+            fail(err, build(stats=stats), committer)
+            raise
+    result = build(stats=stats)
+    _commit(result, plan, committer, options, run, manifest=functools.partial(
+        manifest, plan=plan, model=model, preprocess_token=code_token(preprocess)))  # fmt: skip
+    return result
+
+
+def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptions,
+             committer: Committer, run: RunInfo, stats: list[PartitionStats]) -> None:  # fmt: skip
+    """Run the plan's partitions on the cluster; ``stats`` gets each committed one's."""
+    committer.check_writable()
+    connect_start = time.perf_counter()
+    with (
+        connect(options.client) as c,
+        credentials(c, options.credentials, options.secret_options),
+        committer.tidy_on_failure(),
+    ):
+        run.cluster_seconds = time.perf_counter() - connect_start
+        run.dashboard_link = str(getattr(c, "dashboard_link", "") or "")
+        pools = detect_pools(c, options.pools)
+        warm_up(c, settings.model, pools)
+        run.startup = time.perf_counter() - run.wall_start
+        bar = make_progress(options.progress, total=len(plan.todo), job=run.job,
+                            dashboard_link=run.dashboard_link)  # fmt: skip
+        executor = Executor(c, ddf, pools, settings, window=window_size(pools, options),
+                            bad_rows_allowed=options.bad_rows_allowed(plan.quarantined_before()),
+                            progress=bar, stats=stats)  # fmt: skip
+        try:
+            executor.run(plan.todo)
+        finally:
+            bar.close()
+            gather_run_info(c, settings.model, run)
+
+
+def _commit(result: JobResult, plan: JobPlan, committer: Committer, options: JobOptions,
+            run: RunInfo, manifest: Callable[[JobResult], dict[str, Any]]) -> None:  # fmt: skip
+    """Check the bad-row fraction, write ``_SUCCESS``, delete the stale files, save the report."""
+    if options.too_many_bad_rows(result.rows_in, result.rows_quarantined):
+        too_many = BadRowsError(
+            f"{result.rows_quarantined} of {result.rows_in} rows quarantined "
+            f"({result.rows_quarantined / result.rows_in:.2%}), more than "
+            f"max_bad_rows={options.max_bad_rows:.2%}; see {options.output}/_errors/ for the "
+            f"rows and their errors"
+        )
+        fail(too_many, result, committer)
+        raise too_many
+    retries = RetryStats()
+    result.finished = now()
+    committer.write_manifest(manifest(result), retries)
+    result.retries += retries.retries
+    result.files_removed = committer.collect_garbage(
+        {f["path"] for f in result.files}, plan.slugs, set(result.error_files)
+    )
+    result.wall_seconds = time.perf_counter() - run.wall_start
+    report_retries = RetryStats()
+    save_report(committer, result, report_retries)
+    result.retries += report_retries.retries  # after the fact: the saved report has one less

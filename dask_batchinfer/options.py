@@ -1,0 +1,167 @@
+"""``JobOptions``: every argument of a job checked once, on the client, before any work.
+
+Nothing here touches a cluster or a file: a bad option fails in
+milliseconds with a message that names the option, the value and the fix.
+The command line takes its choices from here (:data:`MODES`, :data:`ON_ERROR`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import fsspec
+
+from dask_batchinfer import _config, secrets
+from dask_batchinfer.errors import InputError
+from dask_batchinfer.progress import resolve_mode
+
+__all__ = ["MODES", "ON_ERROR", "JobOptions", "check_not_nested"]
+
+#: ``run_job(mode=...)``: what to do with an output folder that holds data.
+MODES = ("resume", "overwrite", "error")
+#: ``run_job(on_error=...)``: what a row the model or ``preprocess`` fails on does.
+ON_ERROR = ("raise", "quarantine")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """A job's options, checked (see :func:`~dask_batchinfer.run_job` for each).
+
+    The storage options come split: ``storage_options`` as given (the
+    client's, credentials included), ``task_options`` what tasks carry (the
+    public options and, when there are credentials, a reference to them under
+    ``credentials``, sent to the workers once in a plugin).
+    """
+
+    output: str
+    mode: str = "resume"
+    on_error: str = "raise"
+    max_bad_rows: int | float | None = None
+    keep: tuple[str, ...] | None = None
+    partition_on: tuple[str, ...] | None = None
+    pools: Mapping[str, str] | bool | None = None
+    client: Any = None
+    progress: str = "off"
+    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    task_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    secret_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    credentials: str | None = None
+    inflight_per_thread: int = 2
+    prefetch_per_model_thread: int = 2
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        output: Any,
+        mode: str = "resume",
+        on_error: str = "raise",
+        max_bad_rows: Any = None,
+        keep: Sequence[str] | str | None = None,
+        partition_on: Sequence[str] | str | None = None,
+        pools: Any = None,
+        client: Any = None,
+        progress: bool | str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> JobOptions:
+        """Check every option; raise :class:`InputError` naming the first bad one."""
+        if mode not in MODES:
+            raise InputError(f"mode={mode!r}: expected one of {MODES}")
+        if on_error not in ON_ERROR:
+            raise InputError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
+        _check_max_bad_rows(max_bad_rows)
+        if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
+            raise InputError(f"output must be a local path or URL, got {output!r}")
+        _check_pools(pools)
+        _check_client(client)
+        full = dict(storage_options or {})
+        public, secret = secrets.split(full)
+        secrets.remember(secret)  # redacted from every error this process prints
+        reference = secrets.new_reference() if secret else None
+        return cls(
+            output=os.fspath(output),
+            mode=mode,
+            on_error=on_error,
+            max_bad_rows=max_bad_rows,
+            keep=_names("keep", keep),
+            partition_on=_names("partition_on", partition_on),
+            pools=pools,
+            client=client,
+            progress=resolve_mode(progress),
+            storage_options=full,
+            task_options=public | ({secrets.REFERENCE: reference} if reference else {}),
+            secret_options=secret,
+            credentials=reference,
+            inflight_per_thread=int(_config.get("inflight-per-thread")),
+            prefetch_per_model_thread=int(_config.get("prefetch-per-model-thread")),
+        )
+
+    def bad_rows_allowed(self, already: int) -> int | None:
+        """Rows this run may still quarantine (a count limit), given ``already`` committed."""
+        if isinstance(self.max_bad_rows, int):
+            return self.max_bad_rows - already
+        return None
+
+    def too_many_bad_rows(self, rows_in: int, rows_quarantined: int) -> bool:
+        """Whether a fraction limit is exceeded, checked at the end of the job."""
+        limit = self.max_bad_rows
+        return isinstance(limit, float) and rows_in > 0 and rows_quarantined / rows_in > limit
+
+
+def _check_max_bad_rows(value: Any) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+        or (isinstance(value, float) and value >= 1)
+    ):  # fmt: skip
+        raise InputError(
+            f"max_bad_rows={value!r}: expected a count (int >= 0) or a fraction (float in [0, 1))"
+        )
+
+
+def _names(option: str, value: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(name, str) for name in names):
+        raise InputError(f"{option}={value!r}: expected a column name or a list of them")
+    return tuple(names)
+
+
+def _check_pools(pools: Any) -> None:
+    if pools is None or isinstance(pools, bool):
+        return
+    if not isinstance(pools, Mapping) or set(pools) != {"preprocess", "model"}:
+        raise InputError(
+            f"pools={pools!r}: expected {{'preprocess': RESOURCE, 'model': RESOURCE}}, "
+            f"True, False or None"
+        )
+
+
+def _check_client(client: Any) -> None:
+    from distributed import Client
+
+    if client is not None and not isinstance(client, (str, Client)):
+        raise InputError(
+            f"client must be a distributed.Client, a scheduler address or None, got {client!r}"
+        )
+
+
+def check_not_nested(source: Any, options: JobOptions) -> None:
+    """Refuse an output inside the input, or an input inside the output."""
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    in_fs, in_root = fsspec.core.url_to_fs(os.fspath(source), **options.storage_options)
+    out_fs, out_root = fsspec.core.url_to_fs(options.output, **options.storage_options)
+    if in_fs.protocol != out_fs.protocol:
+        return
+    a, b = in_root.rstrip("/") + "/", out_root.rstrip("/") + "/"
+    if a.startswith(b) or b.startswith(a):
+        raise InputError(
+            f"output {options.output!r} and input {os.fspath(source)!r} overlap; the job "
+            f"deletes stale files under its output, so write to a folder outside the input"
+        )

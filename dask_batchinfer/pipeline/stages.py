@@ -1,0 +1,225 @@
+"""The stages of one partition, timed and traced: read, preprocess, infer, write.
+
+Each stage takes its input, the partition, one :class:`StageSettings` and the
+partition's :class:`PartitionStats`, which it fills in. ``predict()``,
+``run_job()`` and ``plan()`` all run partitions through these functions; the
+task functions at the bottom are what ``run_job`` submits (one task for both
+stages on a single-pool cluster, one per pool on a mixed cluster).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from dask_batchinfer import secrets, trace
+from dask_batchinfer.io.commit import Marker, Partition, write_marker
+from dask_batchinfer.io.fs import url_to_fs
+from dask_batchinfer.io.parquet import encode, write_errors, write_partition
+from dask_batchinfer.io.read import READ_TIMES
+from dask_batchinfer.io.retry import RetryStats
+from dask_batchinfer.model.spec import ModelSpec
+from dask_batchinfer.pipeline.batching import BatchStats
+from dask_batchinfer.pipeline.infer import infer_features
+from dask_batchinfer.pipeline.preprocess import Prepared, preprocess_partition
+from dask_batchinfer.pipeline.rows import Preprocess
+from dask_batchinfer.worker import worker_address
+
+__all__ = [
+    "PartitionStats",
+    "StageSettings",
+    "encode_stage",
+    "infer_stage",
+    "infer_write_task",
+    "measure_task",
+    "predict_partition",
+    "preprocess_stage",
+    "preprocess_task",
+    "process_task",
+    "read_stage",
+    "write_stage",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSettings:
+    """What the stages of one job need; every task carries it (a few hundred bytes).
+
+    ``job`` names the job in the workers' stage records (``""``: record
+    nothing). ``output``, ``storage_options`` (credentials by reference, see
+    :mod:`dask_batchinfer.secrets`), ``partition_on`` and ``schema`` are for
+    the write stage.
+    """
+
+    model: ModelSpec
+    preprocess: Preprocess | None = None
+    keep: tuple[str, ...] = ()
+    on_error: str = "raise"
+    job: str = ""
+    output: str = ""
+    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    partition_on: tuple[str, ...] = ()
+    schema: pa.Schema | None = None
+
+
+@dataclasses.dataclass
+class PartitionStats:
+    """What the stages of one partition did: times (seconds), where, and its commit."""
+
+    number: int
+    slug: str
+    rows_in: int = 0
+    worker: str | None = None
+    read_seconds: float = 0.0
+    preprocess_seconds: float = 0.0
+    infer_seconds: float = 0.0
+    write_seconds: float = 0.0
+    retries: int = 0
+    batch: BatchStats = dataclasses.field(default_factory=BatchStats)
+    marker: Marker | None = None
+    #: ``time.perf_counter()`` on the client when it learnt of the commit.
+    finished: float = 0.0
+
+
+def _record(settings: StageSettings, stage: str, number: int, start: float, **extra: Any) -> None:
+    if settings.job:
+        trace.record(settings.job, stage, number, start, **extra)
+
+
+def read_stage(
+    frame: pd.DataFrame, partition: Partition, settings: StageSettings
+) -> PartitionStats:
+    """Start a partition's statistics with its read (done by the input's own task)."""
+    stats = PartitionStats(partition.number, partition.slug, len(frame), worker_address())
+    read = frame.attrs.get(READ_TIMES)
+    if read:
+        stats.read_seconds = read[1] - read[0]
+        where = {"worker": read[2]} if len(read) > 2 and read[2] else {}
+        _record(settings, "read", partition.number, read[0], end=read[1], rows=len(frame), **where)
+    return stats
+
+
+def preprocess_stage(frame: pd.DataFrame, partition: Partition, settings: StageSettings,
+                     stats: PartitionStats) -> Prepared:  # fmt: skip
+    """Run ``preprocess`` (CPU): the features, the kept columns, the rows it failed on."""
+    start = time.time()
+    prepared = preprocess_partition(frame, preprocess=settings.preprocess, keep=settings.keep,
+                                    number=partition.number, source=partition.source,
+                                    on_error=settings.on_error)  # fmt: skip
+    _record(settings, "preprocess", partition.number, start, rows=len(frame))
+    stats.preprocess_seconds = time.time() - start
+    return prepared
+
+
+def infer_stage(prepared: Prepared, partition: Partition, settings: StageSettings,
+                stats: PartitionStats) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """Run the model: ``(kept columns + outputs, bad rows of both stages)``."""
+    start = time.time()
+    result, bad = infer_features(prepared.features, prepared.kept, model=settings.model,
+                                 number=partition.number, source=partition.source,
+                                 stats=stats.batch, on_error=settings.on_error,
+                                 positions=prepared.positions)  # fmt: skip
+    if len(prepared.bad):
+        bad = pd.concat([prepared.bad, bad]) if len(bad) else prepared.bad
+    _record(settings, "infer", partition.number, start, rows=len(result))
+    stats.infer_seconds = time.time() - start
+    return result, bad
+
+
+def write_stage(result: pd.DataFrame, bad: pd.DataFrame, partition: Partition,
+                settings: StageSettings, stats: PartitionStats) -> Marker:  # fmt: skip
+    """Write the partition's files and quarantined rows, then commit its marker."""
+    start = time.time()
+    fs, root = url_to_fs(settings.output, secrets.resolve(settings.storage_options))
+    retries = RetryStats()
+    assert settings.schema is not None, "the write stage needs the output schema"
+    files = write_partition(result, fs=fs, root=root, stem=partition.stem, schema=settings.schema,
+                            partition_on=settings.partition_on, stats=retries)  # fmt: skip
+    errors = write_errors(bad, fs=fs, root=root, stem=partition.stem, stats=retries)
+    marker = Marker(partition.slug, partition.source, partition.fingerprint, tuple(files),
+                    stats.rows_in, tuple(errors), stats.batch.truncated)  # fmt: skip
+    write_marker(fs, root, marker, retries)
+    _record(settings, "write", partition.number, start, files=len(files))
+    stats.write_seconds = time.time() - start
+    stats.retries = retries.retries
+    stats.marker = marker
+    return marker
+
+
+def encode_stage(result: pd.DataFrame, settings: StageSettings, stats: PartitionStats) -> int:
+    """Encode the outputs as the write stage would, writing nothing; the file's bytes."""
+    start = time.time()
+    table = pa.Table.from_pandas(result, schema=settings.schema, preserve_index=False)
+    size = len(encode(table))
+    stats.write_seconds = time.time() - start
+    return size
+
+
+# --- tasks ---------------------------------------------------------------------
+
+
+def preprocess_task(frame: pd.DataFrame, partition: Partition,
+                    settings: StageSettings) -> tuple[Prepared, PartitionStats]:  # fmt: skip
+    """The CPU pool's task on a mixed cluster: read and preprocess."""
+    stats = read_stage(frame, partition, settings)
+    return preprocess_stage(frame, partition, settings, stats), stats
+
+
+def infer_write_task(staged: tuple[Prepared, PartitionStats], partition: Partition,
+                     settings: StageSettings) -> PartitionStats:  # fmt: skip
+    """The model pool's task on a mixed cluster: infer, write, commit."""
+    prepared, stats = staged
+    stats.worker = worker_address()
+    result, bad = infer_stage(prepared, partition, settings, stats)
+    write_stage(result, bad, partition, settings, stats)
+    return stats
+
+
+def process_task(frame: pd.DataFrame, partition: Partition,
+                 settings: StageSettings) -> PartitionStats:  # fmt: skip
+    """Every stage in one task, on a single-pool cluster (no transfer between stages)."""
+    return infer_write_task(preprocess_task(frame, partition, settings), partition, settings)
+
+
+def measure_task(frame: pd.DataFrame, partition: Partition, settings: StageSettings,
+                 batch_sizes: Sequence[int]) -> dict[str, Any]:  # fmt: skip
+    """``plan()``'s task: preprocess, the model at each batch size, encoding; nothing written."""
+    started = time.time()
+    stats = read_stage(frame, partition, settings)
+    prepared = preprocess_stage(frame, partition, settings, stats)
+    warm = min(8, len(prepared.features))
+    infer_stage(dataclasses.replace(prepared, features=prepared.features.iloc[:warm],
+                                    kept=prepared.kept.iloc[:warm]),
+                partition, settings, stats)  # first-call costs  # fmt: skip
+    infer: dict[int, float] = {}
+    result = None
+    for size in batch_sizes:
+        sized = dataclasses.replace(settings, model=settings.model.with_options(batch_size=size))
+        result, _ = infer_stage(prepared, partition, sized, stats)
+        infer[size] = stats.infer_seconds
+    assert result is not None
+    return {
+        "worker": stats.worker,
+        "started": started,
+        "rows": len(frame),
+        "read_seconds": stats.read_seconds,
+        "preprocess_seconds": stats.preprocess_seconds,
+        "infer_seconds": infer,
+        "bytes": encode_stage(result, settings, stats),
+        "write_seconds": stats.write_seconds,
+    }
+
+
+def predict_partition(frame: pd.DataFrame, settings: StageSettings,
+                      partition_info: dict | None = None) -> pd.DataFrame:  # fmt: skip
+    """``predict()``'s task: preprocess and infer one partition; ``keep`` + output columns."""
+    partition = Partition(partition_info["number"] if partition_info else -1, "", None, "")
+    stats = read_stage(frame, partition, settings)
+    prepared = preprocess_stage(frame, partition, settings, stats)
+    result, _ = infer_stage(prepared, partition, settings, stats)
+    return result

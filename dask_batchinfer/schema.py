@@ -1,0 +1,164 @@
+"""What goes in and what comes out: the input columns a model needs, the output's columns.
+
+Checked on the client against the input's ``meta`` (its empty frame), before
+any task runs, with messages that name the column and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import pandas as pd
+import pyarrow as pa
+
+from dask_batchinfer.errors import InputError
+from dask_batchinfer.io.parquet import output_schema
+from dask_batchinfer.model.spec import ModelSpec
+
+__all__ = [
+    "Columns",
+    "check_inputs",
+    "check_keep",
+    "check_partition_on",
+    "check_spec",
+    "job_columns",
+    "output_meta",
+]
+
+
+def check_spec(model: object) -> ModelSpec:
+    if not isinstance(model, ModelSpec):
+        raise InputError(
+            f"model must be a dask_batchinfer.ModelSpec, got {type(model).__name__}; build one "
+            f"with ModelSpec(...), from_torch(...), from_callable(...) or sentence_encoder(...). "
+            f"Pass a recipe, not a loaded model: the model is loaded on each worker"
+        )
+    return model
+
+
+def check_keep(keep: Sequence[str] | str | None, columns: Sequence[str]) -> tuple[str, ...]:
+    if keep is None:
+        return ()
+    if isinstance(keep, str):
+        keep = [keep]
+    missing = [c for c in keep if c not in columns]
+    if missing:
+        raise InputError(
+            f"keep={list(keep)!r}: column(s) {missing} are not in the input, which has "
+            f"{list(columns)}"
+        )
+    return tuple(keep)
+
+
+def _usable_as_float(dtype: object) -> bool:
+    """Whether a column of ``dtype`` can become float32 model input (strings: row by row)."""
+    if isinstance(dtype, pd.ArrowDtype):
+        import pyarrow as pa
+
+        kind = dtype.pyarrow_dtype
+        return bool(
+            pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+            or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_decimal(kind)
+        )  # fmt: skip
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _usable_as_float(dtype.categories.dtype)
+    return bool(
+        pd.api.types.is_numeric_dtype(dtype)
+        or pd.api.types.is_bool_dtype(dtype)
+        or pd.api.types.is_string_dtype(dtype)
+        or pd.api.types.is_object_dtype(dtype)
+    ) and not pd.api.types.is_complex_dtype(dtype)
+
+
+def check_inputs(model: ModelSpec, meta: pd.DataFrame, preprocess: object) -> None:
+    """The model's input columns are there with usable dtypes (unless ``preprocess`` builds them).
+
+    ``meta`` is the input's empty frame (``ddf._meta``). For the default
+    float32 input, numeric, boolean and string columns are accepted (strings
+    convert row by row; a value that does not fails its row); dates, lists,
+    bytes and the like are refused here, before any task runs.
+    """
+    columns = list(meta.columns)
+    if preprocess is not None:
+        if not callable(preprocess):
+            raise InputError(f"preprocess must be callable, got {preprocess!r}")
+        return
+    missing = [c for c in model.input_columns if c not in columns]
+    if missing:
+        raise InputError(
+            f"model {model.name!r} needs input column(s) {missing}; the input has "
+            f"{columns}. Rename the columns or pass preprocess= to build them"
+        )
+    if model.collate is not None:
+        return
+    dtypes = {c: meta[c].dtype for c in model.input_columns}
+    wrong = {c: str(dtype) for c, dtype in dtypes.items() if not _usable_as_float(dtype)}
+    if wrong:
+        raise InputError(
+            f"model {model.name!r} reads column(s) {list(wrong)} as float32 numbers, but "
+            f"their dtypes are {wrong}; expected numeric, boolean or numeric strings. Convert "
+            f"them in preprocess=, or give the spec a collate= that understands them"
+        )
+
+
+def output_meta(input_meta: pd.DataFrame, model: ModelSpec, keep: Sequence[str]) -> pd.DataFrame:
+    """The empty frame describing ``predict``'s output: ``keep`` columns, then the outputs."""
+    clash = [c for c in keep if c in model.outputs]
+    if clash:
+        raise InputError(
+            f"keep={list(keep)!r} and the model's outputs share column(s) {clash}; rename "
+            f"the model's output columns"
+        )
+    meta = model.meta().set_axis(input_meta.index[:0])
+    if not keep:
+        return meta
+    return pd.concat([input_meta[list(keep)].iloc[:0], meta], axis=1)
+
+
+def check_partition_on(
+    partition_on: Sequence[str] | str | None, columns: Sequence[str], model: ModelSpec
+) -> tuple[str, ...]:
+    if partition_on is None:
+        return ()
+    if isinstance(partition_on, str):
+        partition_on = [partition_on]
+    missing = [c for c in partition_on if c not in columns and c not in model.outputs]
+    if missing:
+        raise InputError(
+            f"partition_on={list(partition_on)!r}: column(s) {missing} are neither input "
+            f"columns ({list(columns)}) nor model outputs ({list(model.outputs)})"
+        )
+    return tuple(partition_on)
+
+
+@dataclasses.dataclass(frozen=True)
+class Columns:
+    """The columns of a job's output.
+
+    ``keep`` holds the input columns written beside the predictions (the
+    ``partition_on`` input columns included), ``schema`` the Arrow schema
+    every output file shares.
+    """
+
+    keep: tuple[str, ...]
+    partition_on: tuple[str, ...]
+    schema: pa.Schema
+
+
+def job_columns(
+    meta: pd.DataFrame,
+    model: ModelSpec,
+    *,
+    keep: Sequence[str] | str | None = None,
+    partition_on: Sequence[str] | str | None = None,
+    preprocess: object = None,
+) -> Columns:
+    """Check the input's columns against the model and the options; the output's columns."""
+    columns = list(meta.columns)
+    kept = check_keep(keep, columns)
+    split = check_partition_on(partition_on, columns, model)
+    kept = kept + tuple(c for c in split if c in columns and c not in kept)
+    check_inputs(model, meta, preprocess)
+    return Columns(kept, split, output_schema(output_meta(meta, model, kept)))
