@@ -1,8 +1,9 @@
 """A fault-injecting HTTP proxy in front of the moto S3 server, on 127.0.0.1.
 
 Every request is forwarded to moto unchanged, except that a chosen share of
-PUT requests (object uploads and server-side copies) is answered with an S3
-``500 InternalError`` instead, without reaching moto.
+PUT requests (object uploads and server-side copies), and every GET whose path
+``fail_get(path)`` accepts, is answered with an S3 ``500 InternalError``
+instead, without reaching moto (a storage outage).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import http.client
 import random
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -23,9 +25,17 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connectio
 class FaultProxy:
     """Start with ``FaultProxy(upstream, put_failure_rate, seed)``; ``.url`` is the endpoint."""
 
-    def __init__(self, upstream: str, put_failure_rate: float, seed: int = 0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        put_failure_rate: float,
+        seed: int = 0,
+        fail_get: Callable[[str], bool] | None = None,
+    ) -> None:
         self.upstream = urlsplit(upstream)
         self.rate = put_failure_rate
+        self.fail_get = fail_get
+        self.failed_gets = 0
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.puts = 0
@@ -54,7 +64,9 @@ class FaultProxy:
 
             def _forward(self) -> None:
                 body = self._body()
-                if self.command == "PUT" and proxy._should_fail():
+                if (self.command == "PUT" and proxy._should_fail()) or (
+                    self.command == "GET" and proxy._should_fail_get(self.path)
+                ):
                     self.send_response(500)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(_ERROR)))
@@ -96,6 +108,13 @@ class FaultProxy:
             fail = self.random.random() < self.rate
             self.injected += fail
             return fail
+
+    def _should_fail_get(self, path: str) -> bool:
+        if self.fail_get is None or not self.fail_get(path):
+            return False
+        with self.lock:
+            self.failed_gets += 1
+        return True
 
     def __enter__(self) -> FaultProxy:
         self.thread.start()
