@@ -108,16 +108,23 @@ def test_pool_detection_errors(mixed, client):
         detect_pools(client, True)
 
 
+def test_local_cluster_kinds():
+    """What holds on every machine, with or without a GPU."""
+    with pytest.raises(dbi.InputError, match="kind="):
+        dbi.local_cluster(kind="tpu")
+    with dbi.local_cluster(n_workers=1, threads_per_worker=1, kind="cpu",
+                           silence_logs=logging.WARNING) as cluster:  # fmt: skip
+        assert type(cluster).__name__ == "LocalCluster"
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+
+
+@pytest.mark.skipif(
+    dbi.cluster.gpu_count() > 0, reason="a GPU is visible here (see test_gpu.py for GPU clusters)"
+)
 def test_local_cluster_without_gpus():
     assert dbi.cluster.gpu_count() == 0  # no dask-cuda / NVML here
     with pytest.raises(dbi.InputError, match=r"pip install 'dask-batchinfer\[gpu\]'"):
         dbi.local_cluster(kind="gpu")
-    with pytest.raises(dbi.InputError, match="kind="):
-        dbi.local_cluster(kind="tpu")
-    with dbi.local_cluster(n_workers=1, threads_per_worker=1,
-                           silence_logs=logging.WARNING) as cluster:  # fmt: skip
-        assert type(cluster).__name__ == "LocalCluster"
-        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
 
 
 def test_out_of_memory_recovery_in_a_job(client, tmp_path):
