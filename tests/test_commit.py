@@ -266,6 +266,13 @@ def test_worker_killed_mid_job(store, seed):
     rng = random.Random(seed)
     kill_after = rng.randint(2, 12)  # committed partitions before the kill
 
+    def committed() -> int:
+        store.fs.invalidate_cache()
+        try:
+            return len(store.fs.find(store.path("out", "_committed")))
+        except FileNotFoundError:
+            return 0
+
     with (
         LocalCluster(
             n_workers=3,
@@ -279,26 +286,36 @@ def test_worker_killed_mid_job(store, seed):
     ):
         pids = sorted(c.run(os.getpid).values())
         victim = rng.choice(pids)
-        killed = threading.Event()
+        kill: dict = {}  # what the killer saw when it fired
+        job_returned = threading.Event()  # set once run() is back: the killer must not fire
+        lock = threading.Lock()  # the killer's last look at job_returned, and its kill, as one
 
         def killer():
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    done = len(store.fs.find(store.path("out", "_committed")))
-                except FileNotFoundError:
-                    done = 0
-                store.fs.invalidate_cache()
-                if done >= kill_after:
-                    os.kill(victim, signal.SIGKILL)
-                    killed.set()
+            while time.monotonic() < deadline and not job_returned.is_set():
+                if committed() >= kill_after:
+                    with lock:
+                        if job_returned.is_set():
+                            return
+                        kill["worker_pids"] = set(c.run(os.getpid).values())
+                        os.kill(victim, signal.SIGKILL)
+                        kill["at"] = time.monotonic()
+                    kill["committed"] = committed()  # counted after the kill: an upper bound
                     return
                 time.sleep(0.02)
 
         thread = threading.Thread(target=killer)
         thread.start()
-        result = run(store, model=slow_model(delay=0.05, seed=0, batch_size=50), client=c)
-        thread.join()
-    assert killed.is_set(), "the job finished before the kill"
+        try:
+            result = run(store, model=slow_model(delay=0.05, seed=0, batch_size=50), client=c)
+        finally:
+            with lock:
+                job_returned.set()
+                returned_at = time.monotonic()
+            thread.join()
+    assert "at" in kill, f"the job finished before the kill: {kill}"
+    assert kill["at"] < returned_at
+    assert victim in kill["worker_pids"], "the victim was no longer a worker when it was killed"
+    assert kill_after <= kill["committed"] < 30, f"the kill did not land mid-job: {kill}"
     assert result.rows_out == 3000 and result.partitions_run == 30
     assert_output(store, "out", frame, 0)
