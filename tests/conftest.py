@@ -3,6 +3,7 @@ helpers that write test inputs and compute the scores a job must produce."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -37,20 +38,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def cluster():
-    """A LocalCluster of 2 worker processes with 1 thread each, on 127.0.0.1."""
+def _local_cluster(n_workers: int, threads_per_worker: int = 1, silence_logs=logging.WARNING):
     from distributed import LocalCluster
 
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
+    return LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
         processes=True,
         host="127.0.0.1",
         dashboard_address="127.0.0.1:0",
-        silence_logs=logging.WARNING,
-    ) as cluster:
+        silence_logs=silence_logs,
+    )
+
+
+@contextlib.contextmanager
+def _private_client(n_workers: int, threads_per_worker: int = 1, silence_logs=logging.WARNING):
+    from distributed import Client
+
+    with (
+        _local_cluster(n_workers, threads_per_worker, silence_logs) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A LocalCluster of 2 worker processes with 1 thread each, on 127.0.0.1."""
+    with _local_cluster(n_workers=2) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def private_client():
+    """Start a cluster of one's own, for tests that need another shape or kill workers.
+
+    Returns
+    -------
+    callable
+        ``private_client(n_workers, threads_per_worker=1, silence_logs=logging.WARNING)``,
+        a context manager that starts a LocalCluster of worker processes on
+        127.0.0.1 (as :func:`cluster` does) and yields a Client of it that is
+        not the default client; both are closed on exit. Each start costs
+        seconds: prefer :func:`client` where the session cluster will do.
+    """
+    return _private_client
 
 
 @pytest.fixture(scope="session")

@@ -248,18 +248,27 @@ def test_read_output_reads_the_manifest(client, store, write_inputs):
     assert back["country"].astype(str).tolist() == frame["country"].tolist()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_worker_killed_mid_job(store, seed, write_inputs, expected_scores):
-    """SIGKILL one worker process while the job runs: nothing lost, nothing duplicated."""
+@pytest.fixture(scope="module")
+def kill_client(private_client):
+    """3 worker processes of their own for the worker-kill tests, shared by them: a killed
+    worker's nanny starts a new one, and each test waits for all 3 first."""
     import logging
 
-    from distributed import Client, LocalCluster
+    with private_client(n_workers=3, silence_logs=logging.CRITICAL) as client:
+        yield client
 
-    frame = make_features(3000, seed=seed)
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kill_after", "victim_index"),
+    [(2, 0), (8, 1)],  # early (most partitions still to run) and later (in-flight work lost)
+)
+def test_worker_killed_mid_job(store, kill_client, kill_after, victim_index, write_inputs,
+                               expected_scores):  # fmt: skip
+    """SIGKILL one worker process while the job runs: nothing lost, nothing duplicated."""
+    c = kill_client
+    frame = make_features(3000, seed=kill_after)
     write_inputs(store.path("in"), frame, files=30, fs=store.fs)
-    rng = random.Random(seed)
-    kill_after = rng.randint(2, 12)  # committed partitions before the kill
 
     def committed() -> int:
         store.fs.invalidate_cache()
@@ -268,46 +277,35 @@ def test_worker_killed_mid_job(store, seed, write_inputs, expected_scores):
         except FileNotFoundError:
             return 0
 
-    with (
-        LocalCluster(
-            n_workers=3,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as c,
-    ):
-        pids = sorted(c.run(os.getpid).values())
-        victim = rng.choice(pids)
-        kill: dict = {}  # what the killer saw when it fired
-        job_returned = threading.Event()  # set once run() is back: the killer must not fire
-        lock = threading.Lock()  # the killer's last look at job_returned, and its kill, as one
+    c.wait_for_workers(3)  # a worker killed by the previous test is back
+    victim = sorted(c.run(os.getpid).values())[victim_index]
+    kill: dict = {}  # what the killer saw when it fired
+    job_returned = threading.Event()  # set once run() is back: the killer must not fire
+    lock = threading.Lock()  # the killer's last look at job_returned, and its kill, as one
 
-        def killer():
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not job_returned.is_set():
-                if committed() >= kill_after:
-                    with lock:
-                        if job_returned.is_set():
-                            return
-                        kill["worker_pids"] = set(c.run(os.getpid).values())
-                        os.kill(victim, signal.SIGKILL)
-                        kill["at"] = time.monotonic()
-                    kill["committed"] = committed()  # counted after the kill: an upper bound
-                    return
-                time.sleep(0.02)
+    def killer():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not job_returned.is_set():
+            if committed() >= kill_after:
+                with lock:
+                    if job_returned.is_set():
+                        return
+                    kill["worker_pids"] = set(c.run(os.getpid).values())
+                    os.kill(victim, signal.SIGKILL)
+                    kill["at"] = time.monotonic()
+                kill["committed"] = committed()  # counted after the kill: an upper bound
+                return
+            time.sleep(0.02)
 
-        thread = threading.Thread(target=killer)
-        thread.start()
-        try:
-            result = run(store, model=slow_model(delay=0.05, seed=0, batch_size=50), client=c)
-        finally:
-            with lock:
-                job_returned.set()
-                returned_at = time.monotonic()
-            thread.join()
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        result = run(store, model=slow_model(delay=0.05, seed=0, batch_size=50), client=c)
+    finally:
+        with lock:
+            job_returned.set()
+            returned_at = time.monotonic()
+        thread.join()
     assert "at" in kill, f"the job finished before the kill: {kill}"
     assert kill["at"] < returned_at
     assert victim in kill["worker_pids"], "the victim was no longer a worker when it was killed"
