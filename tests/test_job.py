@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import dask.dataframe as dd
@@ -132,15 +131,9 @@ def test_model_load_failure_stops_before_reading(client, tmp_path):
     assert not [p for p in os.listdir(tmp_path / "out") if p.endswith(".parquet")]
 
 
-def test_torch_threads_match_worker_threads(tmp_path):
+def test_torch_threads_match_worker_threads(tmp_path, private_client):
     """A 2-thread worker on CPU: forwards use 1 torch thread each, 2 at a time; never more."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
-                     dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING) as cluster,
-        Client(cluster, set_as_default=False) as c,
-    ):  # fmt: skip
+    with private_client(n_workers=1, threads_per_worker=2) as c:
         dbi.run_job(dd.from_pandas(make_features(800), npartitions=8), threads_probe(),
                     output=str(tmp_path / "out"), client=c)  # fmt: skip
     out = pd.read_parquet(tmp_path / "out")
@@ -149,25 +142,24 @@ def test_torch_threads_match_worker_threads(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_output_whatever_the_cluster_and_partitioning(tmp_path):
-    """1 versus 3 workers, 10 versus 40 partitions: the same rows and values."""
-    from distributed import Client, LocalCluster
-
+def test_same_output_whatever_the_cluster_and_partitioning(tmp_path, client, private_client):
+    """1 versus 2 workers (a cluster of its own, the session's), 10 versus 40 partitions:
+    the same rows and values."""
     frame = make_features(4000, seed=12)
     outputs = {}
-    for n_workers in (1, 3):
-        with (
-            LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                         host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                         silence_logs=logging.WARNING) as cluster,
-            Client(cluster, set_as_default=False) as c,
-        ):  # fmt: skip
-            for npartitions in (10, 40):
-                out = tmp_path / f"w{n_workers}-p{npartitions}"
-                dbi.run_job(dd.from_pandas(frame, npartitions=npartitions), tiny_model(seed=13),
-                            output=str(out), keep=["id"], client=c)  # fmt: skip
-                back = pd.read_parquet(out).sort_values("id").reset_index(drop=True)
-                outputs[n_workers, npartitions] = back
+
+    def run_on(c, n_workers):
+        assert len(c.scheduler_info()["workers"]) == n_workers
+        for npartitions in (10, 40):
+            out = tmp_path / f"w{n_workers}-p{npartitions}"
+            dbi.run_job(dd.from_pandas(frame, npartitions=npartitions), tiny_model(seed=13),
+                        output=str(out), keep=["id"], client=c)  # fmt: skip
+            back = pd.read_parquet(out).sort_values("id").reset_index(drop=True)
+            outputs[n_workers, npartitions] = back
+
+    with private_client(n_workers=1) as c:
+        run_on(c, 1)
+    run_on(client, 2)
     reference = outputs[1, 10]
     assert reference["id"].tolist() == list(range(4000))
     for key, other in outputs.items():
