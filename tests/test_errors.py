@@ -97,14 +97,15 @@ def test_option_validation():
 
 
 @pytest.mark.slow
-def test_cli_exit_code_for_too_many_bad_rows(tmp_path, bad_rows_input):
+def test_cli_exit_code_for_too_many_bad_rows(tmp_path, bad_rows_input, cluster):
     import subprocess
     import sys
 
     done = subprocess.run(
         [sys.executable, "-m", "dask_batchinfer", "run", "--input", str(tmp_path / "in"),
          "--output", str(tmp_path / "out"), "--model", "dask_batchinfer.testing:tiny_model",
-         "--keep", "id", "--on-error", "quarantine", "--max-bad-rows", "2"],
+         "--keep", "id", "--on-error", "quarantine", "--max-bad-rows", "2",
+         "--scheduler", cluster.scheduler_address],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 3, done.stderr
