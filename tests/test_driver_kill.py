@@ -45,7 +45,9 @@ def _markers(tmp_path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [1, 8, 18])
+# right after the first commit (nearly all left to run) and late (nearly all committed);
+# a kill in the middle (8) ran the same code paths
+@pytest.mark.parametrize("kill_at", [1, 18])
 def test_driver_killed_then_resumed(tmp_path, kill_at, write_inputs, expected_scores):
     frame = make_features(FILES * ROWS, seed=kill_at)
     write_inputs(tmp_path / "in", frame, FILES)
