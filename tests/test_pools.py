@@ -124,6 +124,9 @@ def test_local_cluster_without_gpus():
     assert dbi.cluster.gpu_count() == 0  # no dask-cuda / NVML here
     with pytest.raises(dbi.InputError, match=r"pip install 'dask-batchinfer\[gpu\]'"):
         dbi.local_cluster(kind="gpu")
+    with dbi.local_cluster(n_workers=1, threads_per_worker=1,
+                           silence_logs=logging.WARNING) as cluster:  # fmt: skip
+        assert type(cluster).__name__ == "LocalCluster"  # kind="auto": no GPU, a CPU cluster
 
 
 def test_out_of_memory_recovery_in_a_job(client, tmp_path):
