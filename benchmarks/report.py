@@ -15,7 +15,13 @@ def _f(value, digits=0, suffix=""):
 def markdown(report: dict) -> str:
     lines = [
         f"Benchmark ({report['mode']} sizes, {report['reps']} interleaved repetitions, medians; "
-        f"{report['cpus']} CPUs; {report['date']}). Ray Data: {report['ray']}.",
+        f"{report['cpus']} CPUs; {report['date']}). Ray Data: {report['ray']}."
+        + (
+            f" {report['jobs']} variant processes at a time: not timings, a check that the code"
+            " runs."
+            if report.get("jobs", 1) > 1
+            else ""
+        ),
         "",
         "| workload | rows | ours rows/s | L0 rows/s | L1 rows/s | Ray rows/s | naive rows/s "
         "| ours/L0 | ours/L1 | ours/Ray steady | ours/Ray cold | cold s ours / L1 / Ray "

@@ -3,12 +3,16 @@
     python -m benchmarks.run            # default sizes (about 20 minutes on 2 cores)
     python -m benchmarks.run --smoke    # tiny sizes, one repetition: checks the code runs
     python -m benchmarks.run --full     # the sizes of the issue (hours on 2 cores)
+    python -m benchmarks.run --smoke --jobs 2   # 2 variant processes at a time (code check only)
 
 Each variant runs in its own process (``benchmarks/variant.py``), timed from
 process start to committed output, with the process tree's PSS sampled every
 0.2 s. Variants are interleaved (A B A B ..., order flipped every repetition)
 and medians reported. Steady-state rows/s is the slope between the two input
 sizes, so start-up costs cancel. Results go to ``benchmarks/results/``.
+``--jobs N`` runs up to N variant processes at once: quicker, but they compete
+for the CPUs, so the numbers mean nothing (a check that the code runs, as in
+the test suite); it needs ``--reps 1``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import numpy as np
@@ -117,32 +122,52 @@ def _correctness(workload: str, ours_dir: str, l0_prefix: str) -> dict:
     return {"same_ids": bool(len(back) == len(ids)), "max_abs_diff": float(np.max(diff))}
 
 
-def bench_workload(workload: str, mode: str, reps: int, variants: list[str]) -> dict:
+class Runner:
+    """Runs variants in the order started, up to ``jobs`` processes at a time."""
+
+    def __init__(self, jobs: int = 1) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=jobs)
+
+    def start(self, label: str, variant: str, workload: str, input_dir: str,
+              output_dir: str) -> Future:  # fmt: skip
+        def go() -> dict:
+            print(f"  {label}", flush=True)
+            return run_variant(variant, workload, input_dir, output_dir)
+
+        return self.pool.submit(go)
+
+
+def bench_workload(workload: str, mode: str, reps: int, variants: list[str],
+                   runner: Runner | None = None) -> dict:  # fmt: skip
     from benchmarks.workloads import WORKLOADS
 
+    runner = runner or Runner()
     sizes = SIZES[mode][workload]
     per_file = ROWS_PER_FILE.get(mode, {}).get(workload[:2], WORKLOADS[workload].rows_per_file)
     inputs = {n: prepare(workload, n, per_file) for n in sizes}
     scratch = os.path.join(DATA, "out")
-    runs: dict[str, dict[int, list[dict]]] = {v: {n: [] for n in sizes} for v in variants}
+    lo, hi = sizes[0], sizes[-1]
+
+    def start(variant: str, n: int, out: str, rep: int = 0) -> Future:
+        label = f"{workload} {variant} rows={n} rep={rep + 1}"
+        return runner.start(label, variant, workload, inputs[n], os.path.join(scratch, out))
+
+    started: dict[str, dict[int, list[Future]]] = {v: {n: [] for n in sizes} for v in variants}
     for rep in range(reps):
         order = variants if rep % 2 == 0 else variants[::-1]
         for variant in order:
             for n in sizes:
-                print(f"  {workload} {variant} rows={n} rep={rep + 1}", flush=True)
-                runs[variant][n].append(
-                    run_variant(variant, workload, inputs[n], os.path.join(scratch, variant))
-                )
-    limit = {sizes[-1]: [run_variant("l0", workload, inputs[sizes[-1]],
-                                     os.path.join(scratch, f"l0-{sizes[-1]}"))
-                         for _ in range(reps)]}  # fmt: skip
-    naive = run_variant("naive", workload, inputs[sizes[0]], os.path.join(scratch, "naive"))
+                started[variant][n].append(start(variant, n, f"{variant}-{n}", rep))
+    limit_runs = [start("l0", hi, f"l0-{hi}", rep) for rep in range(reps)]
+    naive_run = start("naive", lo, "naive")
+    runs = {v: {n: [f.result() for f in fs] for n, fs in by.items()} for v, by in started.items()}
+    limit = {hi: [f.result() for f in limit_runs]}
+    naive = naive_run.result()
 
     def med(values):
         return statistics.median(values)
 
     summary: dict = {"workload": workload, "sizes": list(sizes), "rows_per_file": per_file}
-    lo, hi = sizes[0], sizes[-1]
     for variant, by_size in runs.items():
         cold = {n: med([r["cold_seconds"] for r in rs]) for n, rs in by_size.items()}
         summary[variant] = {
@@ -177,24 +202,26 @@ def bench_workload(workload: str, mode: str, reps: int, variants: list[str]) -> 
                 )
         pss = ours["peak_pss_mb"]
         summary["ratios"]["memory_growth"] = pss[hi] / pss[lo]
-        run_variant("ours", workload, inputs[hi], os.path.join(scratch, "check"))
-        summary["correctness"] = _correctness(workload, os.path.join(scratch, "check"),
+        # the output of the last timed run at the largest size (no extra run)
+        summary["correctness"] = _correctness(workload, os.path.join(scratch, f"ours-{hi}"),
                                               os.path.join(scratch, f"l0-{hi}"))  # fmt: skip
     return summary
 
 
-def small_files(mode: str, reps: int) -> dict:
+def small_files(mode: str, reps: int, runner: Runner | None = None) -> dict:
     """W1-h256 on many tiny files versus the same rows in ~60k-row files."""
+    runner = runner or Runner()
     rows, tiny = (8_000, 80) if mode == "smoke" else (1_000_000, 1_000)
     big = 2_000 if mode == "smoke" else 60_000
     many, few = prepare("W1-h256", rows, tiny), prepare("W1-h256", rows, big)
     scratch = os.path.join(DATA, "out")
-    times: dict[str, list[float]] = {"many": [], "few": []}
-    for _ in range(reps):
+    started: dict[str, list[Future]] = {"many": [], "few": []}
+    for rep in range(reps):
         for name, folder in (("few", few), ("many", many)):
-            times[name].append(
-                run_variant("ours", "W1-h256", folder, f"{scratch}/small")["cold_seconds"]
-            )
+            label = f"small files: W1-h256 ours {name} rep={rep + 1}"
+            out = f"{scratch}/small-{name}"
+            started[name].append(runner.start(label, "ours", "W1-h256", folder, out))
+    times = {name: [f.result()["cold_seconds"] for f in fs] for name, fs in started.items()}
     few_s, many_s = statistics.median(times["few"]), statistics.median(times["many"])
     return {"rows": rows, "files": rows // tiny, "seconds_many": many_s, "seconds_few": few_s,
             "slowdown": many_s / few_s}  # fmt: skip
@@ -214,27 +241,39 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workloads", nargs="+", default=list(SIZES["default"]))
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--results", default=RESULTS)
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="variant processes at a time (timings then mean nothing)",
+    )
     args = parser.parse_args(argv)
     mode = args.mode or "default"
     reps = args.reps or (1 if mode == "smoke" else 3)
+    if args.jobs < 1 or (args.jobs > 1 and reps != 1):
+        parser.error("--jobs: 1, or more with one repetition (--smoke or --reps 1)")
+    runner = Runner(args.jobs)
     variants = ["ours", "l1"]
     has_ray = importlib.util.find_spec("ray") is not None
     if has_ray and not args.no_ray:
         variants.append("ray")
     report = {
-        "mode": mode, "reps": reps, "cpus": os.cpu_count(),
+        "mode": mode, "reps": reps, "jobs": args.jobs, "cpus": os.cpu_count(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "ray": "measured" if "ray" in variants else "skipped (not installed, or --no-ray)",
         "torch_import_seconds": torch_import_seconds(),
         "workloads": {},
     }  # fmt: skip
     os.makedirs(args.results, exist_ok=True)
-    for workload in args.workloads:
-        print(f"{workload} ...", flush=True)
-        report["workloads"][workload] = bench_workload(workload, mode, reps, variants)
-        with open(os.path.join(args.results, f"{mode}.partial.json"), "w") as f:
-            json.dump(report, f, indent=1, default=str)  # survives an interrupted run
-    report["small_files"] = small_files(mode, reps)
+    try:
+        for workload in args.workloads:
+            print(f"{workload} ...", flush=True)
+            report["workloads"][workload] = bench_workload(workload, mode, reps, variants, runner)
+            with open(os.path.join(args.results, f"{mode}.partial.json"), "w") as f:
+                json.dump(report, f, indent=1, default=str)  # survives an interrupted run
+        report["small_files"] = small_files(mode, reps, runner)
+    finally:  # after a failed run, the runs not yet started never start
+        runner.pool.shutdown(cancel_futures=True)
     from benchmarks.report import write_report
 
     write_report(report, args.results)

@@ -116,7 +116,7 @@ def _check_max_bad_rows(value: Any) -> None:
         return
     if (
         isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
-        or (isinstance(value, float) and value >= 1)
+        or (isinstance(value, float) and not 0 <= value < 1)  # NaN too
     ):  # fmt: skip
         raise InputError(
             f"max_bad_rows={value!r}: expected a count (int >= 0) or a fraction (float in [0, 1))"

@@ -4,7 +4,6 @@ over-long texts and rows that preprocessing fails on."""
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import numpy as np
@@ -12,34 +11,23 @@ import pandas as pd
 import pytest
 
 import dask_batchinfer as dbi
-from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.testing import feature_columns, make_features, parse_json_features, tiny_model
 
 NULL_IDS = [5, 142, 143, 287]
-
-
-def _write(frame: pd.DataFrame, folder, files: int) -> None:
-    os.makedirs(folder, exist_ok=True)
-    for i, chunk in enumerate(np.array_split(np.arange(len(frame)), files)):
-        frame.iloc[chunk].to_parquet(f"{folder}/in-{i}.parquet", index=False)
 
 
 def _no_debris(out) -> None:
     assert not (out / "_staging").exists()
 
 
-def _expected_scores(frame: pd.DataFrame) -> np.ndarray:
-    return run_model(tiny_model(), frame[feature_columns(8)])["score"].to_numpy()
-
-
-def test_nulls_in_a_required_feature_name_column_and_row(client, tmp_path):
+def test_nulls_in_a_required_feature_name_column_and_row(client, tmp_path, write_inputs):
     frame = make_features(300, seed=3)
     frame.loc[frame["id"].isin(NULL_IDS), "f2"] = np.nan
-    _write(frame, tmp_path / "in", 3)
+    write_inputs(tmp_path / "in", frame, 3)
     with pytest.raises(dbi.PartitionError) as info:
         dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"), keep=["id"])
     message = str(info.value)
-    found = re.search(r"file .*in-(\d)\.parquet.* at row (\d+) \(id=(\d+)\)", message)
+    found = re.search(r"file .*in-(\d+)\.parquet.* at row (\d+) \(id=(\d+)\)", message)
     assert found and int(found.group(3)) in NULL_IDS, message
     assert "null values in required input column(s) 'f2'" in message
     assert "allow_nulls=True" in message  # the fix is named
@@ -47,10 +35,10 @@ def test_nulls_in_a_required_feature_name_column_and_row(client, tmp_path):
     _no_debris(tmp_path / "out")
 
 
-def test_nulls_quarantined_exactly(client, tmp_path):
+def test_nulls_quarantined_exactly(client, tmp_path, write_inputs, expected_scores):
     frame = make_features(300, seed=3)
     frame.loc[frame["id"].isin(NULL_IDS), "f2"] = np.nan
-    _write(frame, tmp_path / "in", 3)
+    write_inputs(tmp_path / "in", frame, 3)
     out = tmp_path / "out"
     result = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), keep=["id"],
                          on_error="quarantine")  # fmt: skip
@@ -63,14 +51,14 @@ def test_nulls_quarantined_exactly(client, tmp_path):
     good = frame[~frame["id"].isin(NULL_IDS)]
     back = dbi.read_output(str(out)).compute().sort_values("id")
     assert back["id"].tolist() == good["id"].tolist()
-    np.testing.assert_allclose(back["score"].to_numpy(), _expected_scores(good), rtol=1e-5)
+    np.testing.assert_allclose(back["score"].to_numpy(), expected_scores(good), rtol=1e-5)
     _no_debris(out)
 
 
-def test_allow_nulls_passes_them_to_the_model(client, tmp_path):
+def test_allow_nulls_passes_them_to_the_model(client, tmp_path, write_inputs):
     frame = make_features(100, seed=3)
     frame.loc[frame["id"] == 5, "f2"] = np.nan
-    _write(frame, tmp_path / "in", 1)
+    write_inputs(tmp_path / "in", frame, 1)
     spec = tiny_model().with_options(allow_nulls=True)
     result = dbi.run_job(str(tmp_path / "in"), spec, output=str(tmp_path / "out"), keep=["id"])
     back = dbi.read_output(str(tmp_path / "out")).compute().set_index("id")
@@ -78,9 +66,9 @@ def test_allow_nulls_passes_them_to_the_model(client, tmp_path):
 
 
 @pytest.mark.parametrize("on_error", ["raise", "quarantine"])
-def test_an_empty_file_is_an_empty_partition(client, tmp_path, on_error):
+def test_an_empty_file_is_an_empty_partition(client, tmp_path, on_error, write_inputs):
     frame = make_features(200, seed=4)
-    _write(frame, tmp_path / "in", 2)
+    write_inputs(tmp_path / "in", frame, 2)
     frame.iloc[:0].to_parquet(tmp_path / "in" / "in-9-empty.parquet", index=False)
     out = tmp_path / "out"
     result = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), keep=["id"],
@@ -97,26 +85,26 @@ def test_an_empty_file_is_an_empty_partition(client, tmp_path, on_error):
 
 
 @pytest.mark.parametrize("on_error", ["raise", "quarantine"])
-def test_a_file_missing_a_column_is_named(client, tmp_path, on_error):
+def test_a_file_missing_a_column_is_named(client, tmp_path, on_error, write_inputs):
     frame = make_features(300, seed=5)
-    _write(frame, tmp_path / "in", 3)
+    write_inputs(tmp_path / "in", frame, 3)
     drifted = frame.iloc[200:].rename(columns={"f5": "feature_5"})
-    drifted.to_parquet(tmp_path / "in" / "in-2.parquet", index=False)  # the last file drifted
+    write_inputs(tmp_path / "in", drifted, 1, first=2)  # the last file drifted
     with pytest.raises(dbi.PartitionError) as info:
         dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"),
                     keep=["id"], on_error=on_error)  # fmt: skip
     message = str(info.value)
-    assert "in-2.parquet" in message and "['f5']" in message and "feature_5" in message
+    assert "in-002.parquet" in message and "['f5']" in message and "feature_5" in message
     assert isinstance(info.value.__cause__, dbi.SchemaError)
     assert not (tmp_path / "out" / "_SUCCESS").exists()
     assert not list((tmp_path / "out").glob("_errors/*"))  # no row-by-row quarantine of a file
     _no_debris(tmp_path / "out")
 
 
-def test_unusable_dtype_refused_before_any_task(client, tmp_path):
+def test_unusable_dtype_refused_before_any_task(client, tmp_path, write_inputs):
     frame = make_features(50)
     frame["f1"] = pd.date_range("2026-01-01", periods=50)
-    _write(frame, tmp_path / "in", 1)
+    write_inputs(tmp_path / "in", frame, 1)
     with pytest.raises(dbi.InputError) as info:
         dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"))
     message = str(info.value)
@@ -125,14 +113,16 @@ def test_unusable_dtype_refused_before_any_task(client, tmp_path):
 
 
 @pytest.mark.parametrize("on_error", ["raise", "quarantine"])
-def test_rows_that_preprocessing_fails_on(client, tmp_path, on_error):
+def test_rows_that_preprocessing_fails_on(
+    client, tmp_path, on_error, write_inputs, expected_scores
+):
     frame = make_features(300, seed=6)
     raw = [json.dumps([float(v) for v in row]) for row in frame[feature_columns(8)].to_numpy()]
     bad = {12: "{not json", 150: "[1, 2]", 299: "null"}
     for i, text in bad.items():
         raw[i] = text
     inputs = pd.DataFrame({"id": frame["id"], "raw": raw})
-    _write(inputs, tmp_path / "in", 3)
+    write_inputs(tmp_path / "in", inputs, 3)
     out = tmp_path / "out"
     run = lambda: dbi.run_job(  # noqa: E731
         str(tmp_path / "in"), tiny_model(), output=str(out), keep=["id"],
@@ -154,7 +144,7 @@ def test_rows_that_preprocessing_fails_on(client, tmp_path, on_error):
     good = frame[~frame["id"].isin(list(bad))]
     back = dbi.read_output(str(out)).compute().sort_values("id")
     assert back["id"].tolist() == good["id"].tolist()
-    np.testing.assert_allclose(back["score"].to_numpy(), _expected_scores(good), rtol=1e-5)
+    np.testing.assert_allclose(back["score"].to_numpy(), expected_scores(good), rtol=1e-5)
     _no_debris(out)
 
 

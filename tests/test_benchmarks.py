@@ -18,7 +18,8 @@ def test_benchmark_smoke(tmp_path, monkeypatch):
     from benchmarks import run
 
     monkeypatch.setattr(run, "DATA", str(tmp_path / "data"))
-    report = run.main(["--smoke", "--no-ray", "--workloads", "W1-h256", "W3-cnn",
+    # 2 variant processes at a time: half of each run's time is waiting (start-up)
+    report = run.main(["--smoke", "--no-ray", "--jobs", "2", "--workloads", "W1-h256", "W3-cnn",
                        "--results", str(tmp_path / "results")])  # fmt: skip
     for name in ("W1-h256", "W3-cnn"):
         w = report["workloads"][name]

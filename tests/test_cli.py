@@ -106,16 +106,9 @@ def test_usage_errors_exit_2_with_a_message(tmp_path):
     assert _cli("run").returncode == 2  # argparse: required options missing
 
 
-def _job_inputs(folder) -> None:
-    folder.mkdir()
-    frame = make_features(300, seed=14)
-    for i in range(3):
-        frame.iloc[i * 100 : (i + 1) * 100].to_parquet(folder / f"in-{i}.parquet", index=False)
-
-
 @pytest.mark.parametrize("kind", ["toml", "yaml"])
-def test_job_file_round_trip_and_command_line_wins(cluster, tmp_path, kind):
-    _job_inputs(tmp_path / "in")
+def test_job_file_round_trip_and_command_line_wins(cluster, tmp_path, kind, write_inputs):
+    write_inputs(tmp_path / "in", make_features(300, seed=14), 3)
     options = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out-file"),
                "model": "dask_batchinfer.testing:tiny_model", "keep": ["id"],
                "batch_size": 32, "on_error": "quarantine", "progress": "log",
@@ -153,8 +146,8 @@ def test_job_file_errors_exit_2(tmp_path):
     assert done.returncode == 2 and "--output" in done.stderr and "--model" in done.stderr
 
 
-def test_status_of_complete_partial_failed_and_missing_outputs(cluster, tmp_path):
-    _job_inputs(tmp_path / "in")
+def test_status_of_complete_partial_failed_and_missing_outputs(cluster, tmp_path, write_inputs):
+    write_inputs(tmp_path / "in", make_features(300, seed=14), 3)
     out = tmp_path / "out"
     run = ["run", "--input", str(tmp_path / "in"), "--output", str(out), "--model",
            "dask_batchinfer.testing:tiny_model", "--scheduler", cluster.scheduler_address,
@@ -171,15 +164,15 @@ def test_status_of_complete_partial_failed_and_missing_outputs(cluster, tmp_path
     assert done.returncode == 4 and "PARTIAL" in done.stdout and "3 partitions" in done.stdout
     bad = make_features(100, seed=15, start_id=300).astype({"f2": "str"})
     bad.loc[bad.index[4], "f2"] = "oops"
-    bad.to_parquet(tmp_path / "in" / "in-3.parquet", index=False)
+    write_inputs(tmp_path / "in", bad, 1, first=3)
     assert _cli(*run).returncode == 1
     done = _cli("status", str(out))
     assert done.returncode == 4 and "FAILED" in done.stdout and "at row 4" in done.stdout
     assert _cli("status", str(tmp_path / "nothing")).returncode == 2
 
 
-def test_dry_run_prints_a_plan_and_writes_nothing(cluster, tmp_path):
-    _job_inputs(tmp_path / "in")
+def test_dry_run_prints_a_plan_and_writes_nothing(cluster, tmp_path, write_inputs):
+    write_inputs(tmp_path / "in", make_features(300, seed=14), 3)
     done = _cli("run", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                 "--model", "dask_batchinfer.testing:tiny_model", "--scheduler",
                 cluster.scheduler_address, "--dry-run", "--json")  # fmt: skip

@@ -84,25 +84,12 @@ def call_log(client, tmp_path):
     client.run(set_call_log, None)
 
 
-def write_inputs(store: Store, folder: str, frame: pd.DataFrame, files: int, first: int = 0):
-    """Split ``frame`` into ``files`` Parquet files ``in-<first>..`` under ``folder``."""
-    store.fs.makedirs(store.path(folder), exist_ok=True)
-    for i, part in enumerate(np.array_split(np.arange(len(frame)), files)):
-        with store.fs.open(store.path(folder, f"in-{first + i:03d}.parquet"), "wb") as f:
-            frame.iloc[part].to_parquet(f, index=False)
-
-
-def expected(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
-    from dask_batchinfer.pipeline.infer import run_model
-
-    scores = run_model(tiny_model(seed=seed), frame)["score"].to_numpy()
-    return pd.DataFrame({"id": frame["id"].to_numpy(), "score": scores})
-
-
-def assert_output(store: Store, folder: str, frame: pd.DataFrame, seed: int) -> None:
-    """The folder holds every row exactly once with the model's scores, and only manifest files."""
+def assert_output(store: Store, folder: str, frame: pd.DataFrame, scores: np.ndarray) -> None:
+    """The folder holds every row of ``frame`` exactly once with its expected score, and only
+    the manifest's files."""
     back = store.read(folder).sort_values("id").reset_index(drop=True)
-    want = expected(frame, seed).sort_values("id").reset_index(drop=True)
+    want = pd.DataFrame({"id": frame["id"].to_numpy(), "score": scores})
+    want = want.sort_values("id").reset_index(drop=True)
     assert back["id"].is_unique, "duplicated rows"
     assert back["id"].tolist() == want["id"].tolist(), "lost or extra rows"
     np.testing.assert_allclose(back["score"].to_numpy(), want["score"].to_numpy(), rtol=1e-5)
@@ -126,12 +113,12 @@ def run(store: Store, folder: str = "in", out: str = "out", seed: int = 0, **kwa
     )
 
 
-def test_job_commits_and_rerun_writes_nothing(client, store):
+def test_job_commits_and_rerun_writes_nothing(client, store, write_inputs, expected_scores):
     frame = make_features(600, seed=1)
-    write_inputs(store, "in", frame, files=6)
+    write_inputs(store.path("in"), frame, files=6, fs=store.fs)
     first = run(store)
     assert (first.partitions_run, first.partitions_skipped) == (6, 0)
-    assert_output(store, "out", frame, 0)
+    assert_output(store, "out", frame, expected_scores(frame, 0))
     before = store.versions("out")
 
     again = run(store)
@@ -140,9 +127,11 @@ def test_job_commits_and_rerun_writes_nothing(client, store):
     assert store.versions("out") == before  # no object rewritten, nothing added or removed
 
 
-def test_resume_runs_only_uncommitted_partitions(client, store, call_log):
+def test_resume_runs_only_uncommitted_partitions(
+    client, store, call_log, write_inputs, expected_scores
+):
     frame = make_features(800, seed=2)
-    write_inputs(store, "in", frame, files=8)
+    write_inputs(store.path("in"), frame, files=8, fs=store.fs)
     spec = slow_model(delay=0, seed=0)
     run(store, model=spec)
     # a crash before the manifest, with 3 partitions not yet committed
@@ -155,15 +144,15 @@ def test_resume_runs_only_uncommitted_partitions(client, store, call_log):
     resumed = run(store, model=spec)
     assert (resumed.partitions_run, resumed.partitions_skipped) == (3, 5)
     assert read_call_log(call_log)[1] - calls_before == 300  # model rows computed again
-    assert_output(store, "out", frame, 0)
+    assert_output(store, "out", frame, expected_scores(frame, 0))
 
 
-def test_new_input_files_run_alone(client, store):
+def test_new_input_files_run_alone(client, store, write_inputs, expected_scores):
     old = make_features(500, seed=3)
-    write_inputs(store, "in", old, files=5)
+    write_inputs(store.path("in"), old, files=5, fs=store.fs)
     run(store)
     new = make_features(200, seed=4, start_id=500)
-    write_inputs(store, "in", new, files=2, first=5)
+    write_inputs(store.path("in"), new, files=2, fs=store.fs, first=5)
 
     result = run(store)
     assert (result.partitions_run, result.partitions_skipped, result.partitions_invalidated) == (
@@ -172,17 +161,20 @@ def test_new_input_files_run_alone(client, store):
         0,
     )
     assert result.rows_in == 700
-    assert_output(store, "out", pd.concat([old, new]), 0)
+    both = pd.concat([old, new])
+    assert_output(store, "out", both, expected_scores(both, 0))
 
 
-def test_changes_invalidate_exactly_the_affected_partitions(client, store):
+def test_changes_invalidate_exactly_the_affected_partitions(
+    client, store, write_inputs, expected_scores
+):
     frame = make_features(600, seed=5)
-    write_inputs(store, "in", frame, files=6)
+    write_inputs(store.path("in"), frame, files=6, fs=store.fs)
     run(store)
 
     changed = frame.copy()
     changed.loc[200:299, "f0"] += 1.0  # rows of in-002
-    write_inputs(store, "in", changed.iloc[200:300], files=1, first=2)
+    write_inputs(store.path("in"), changed.iloc[200:300], files=1, fs=store.fs, first=2)
     result = run(store)
     assert (result.partitions_run, result.partitions_skipped, result.partitions_invalidated) == (
         1,
@@ -190,31 +182,34 @@ def test_changes_invalidate_exactly_the_affected_partitions(client, store):
         1,
     )
     assert result.files_removed == 1
-    assert_output(store, "out", changed, 0)
+    assert_output(store, "out", changed, expected_scores(changed, 0))
 
     other_model = run(store, seed=9)
     assert (other_model.partitions_run, other_model.partitions_invalidated) == (6, 6)
-    assert_output(store, "out", changed, 9)
+    assert_output(store, "out", changed, expected_scores(changed, 9))
 
 
-def test_stale_files_of_an_earlier_larger_run_disappear(client, store):
+def test_stale_files_of_an_earlier_larger_run_disappear(
+    client, store, write_inputs, expected_scores
+):
     big = make_features(1000, seed=6)
-    write_inputs(store, "big", big, files=10)
+    write_inputs(store.path("big"), big, files=10, fs=store.fs)
     run(store, folder="big")
     with store.fs.open(store.path("out", "part.0.parquet"), "wb") as f:  # dask-style leftover
         big.iloc[:10].to_parquet(f)
     small = make_features(300, seed=7)
-    write_inputs(store, "in", small, files=3)
+    write_inputs(store.path("in"), small, files=3, fs=store.fs)
 
     result = run(store)
     assert result.files_removed == 11
-    assert_output(store, "out", small, 0)  # readers of the folder see the manifest's files only
+    # readers of the folder see the manifest's files only
+    assert_output(store, "out", small, expected_scores(small, 0))
     assert len(store.fs.find(store.path("out", "_committed"))) == 3
 
 
-def test_modes(client, store):
+def test_modes(client, store, write_inputs, expected_scores):
     frame = make_features(300, seed=8)
-    write_inputs(store, "in", frame, files=3)
+    write_inputs(store.path("in"), frame, files=3, fs=store.fs)
     with pytest.raises(dbi.InputError, match="mode="):
         run(store, mode="append")
     first = run(store, mode="error")
@@ -226,13 +221,13 @@ def test_modes(client, store):
     assert result.partitions_run == 3
     assert not old_files & {f["path"] for f in result.files}, "overwrite reused file names"
     assert result.files_removed == 3
-    assert_output(store, "out", frame, 0)
+    assert_output(store, "out", frame, expected_scores(frame, 0))
     assert run(store).partitions_run == 0  # a resume after an overwrite reuses its output
 
 
-def test_output_inside_input_is_refused_before_any_change(client, store):
+def test_output_inside_input_is_refused_before_any_change(client, store, write_inputs):
     frame = make_features(100)
-    write_inputs(store, "in", frame, files=2)
+    write_inputs(store.path("in"), frame, files=2, fs=store.fs)
     before = store.versions("in")
     for output in (store.url("in", "out"), store.url("in")):
         with pytest.raises(dbi.InputError, match="overlap"):
@@ -240,10 +235,10 @@ def test_output_inside_input_is_refused_before_any_change(client, store):
     assert store.versions("in") == before
 
 
-def test_read_output_reads_the_manifest(client, store):
+def test_read_output_reads_the_manifest(client, store, write_inputs):
     frame = make_features(400, seed=10)
     frame["country"] = pd.array(np.array(["FR", "DE"])[np.arange(400) % 2], dtype="str")
-    write_inputs(store, "in", frame, files=4)
+    write_inputs(store.path("in"), frame, files=4, fs=store.fs)
     with pytest.raises(FileNotFoundError, match="_SUCCESS"):
         dbi.read_output(store.url("in"), storage_options=store.options)
     run(store, partition_on=["country"])
@@ -253,52 +248,67 @@ def test_read_output_reads_the_manifest(client, store):
     assert back["country"].astype(str).tolist() == frame["country"].tolist()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_worker_killed_mid_job(store, seed):
-    """SIGKILL one worker process while the job runs: nothing lost, nothing duplicated."""
+@pytest.fixture(scope="module")
+def kill_client(private_client):
+    """3 worker processes of their own for the worker-kill tests, shared by them: a killed
+    worker's nanny starts a new one, and each test waits for all 3 first."""
     import logging
 
-    from distributed import Client, LocalCluster
+    with private_client(n_workers=3, silence_logs=logging.CRITICAL) as client:
+        yield client
 
-    frame = make_features(3000, seed=seed)
-    write_inputs(store, "in", frame, files=30)
-    rng = random.Random(seed)
-    kill_after = rng.randint(2, 12)  # committed partitions before the kill
 
-    with (
-        LocalCluster(
-            n_workers=3,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as c,
-    ):
-        pids = sorted(c.run(os.getpid).values())
-        victim = rng.choice(pids)
-        killed = threading.Event()
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kill_after", "victim_index"),
+    [(2, 0), (8, 1)],  # early (most partitions still to run) and later (in-flight work lost)
+)
+def test_worker_killed_mid_job(store, kill_client, kill_after, victim_index, write_inputs,
+                               expected_scores):  # fmt: skip
+    """SIGKILL one worker process while the job runs: nothing lost, nothing duplicated."""
+    c = kill_client
+    frame = make_features(3000, seed=kill_after)
+    write_inputs(store.path("in"), frame, files=30, fs=store.fs)
 
-        def killer():
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    done = len(store.fs.find(store.path("out", "_committed")))
-                except FileNotFoundError:
-                    done = 0
-                store.fs.invalidate_cache()
-                if done >= kill_after:
+    def committed() -> int:
+        store.fs.invalidate_cache()
+        try:
+            return len(store.fs.find(store.path("out", "_committed")))
+        except FileNotFoundError:
+            return 0
+
+    c.wait_for_workers(3)  # a worker killed by the previous test is back
+    victim = sorted(c.run(os.getpid).values())[victim_index]
+    kill: dict = {}  # what the killer saw when it fired
+    job_returned = threading.Event()  # set once run() is back: the killer must not fire
+    lock = threading.Lock()  # the killer's last look at job_returned, and its kill, as one
+
+    def killer():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not job_returned.is_set():
+            if committed() >= kill_after:
+                with lock:
+                    if job_returned.is_set():
+                        return
+                    kill["worker_pids"] = set(c.run(os.getpid).values())
                     os.kill(victim, signal.SIGKILL)
-                    killed.set()
-                    return
-                time.sleep(0.02)
+                    kill["at"] = time.monotonic()
+                kill["committed"] = committed()  # counted after the kill: an upper bound
+                return
+            time.sleep(0.02)
 
-        thread = threading.Thread(target=killer)
-        thread.start()
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
         result = run(store, model=slow_model(delay=0.05, seed=0, batch_size=50), client=c)
+    finally:
+        with lock:
+            job_returned.set()
+            returned_at = time.monotonic()
         thread.join()
-    assert killed.is_set(), "the job finished before the kill"
+    assert "at" in kill, f"the job finished before the kill: {kill}"
+    assert kill["at"] < returned_at
+    assert victim in kill["worker_pids"], "the victim was no longer a worker when it was killed"
+    assert kill_after <= kill["committed"] < 30, f"the kill did not land mid-job: {kill}"
     assert result.rows_out == 3000 and result.partitions_run == 30
-    assert_output(store, "out", frame, 0)
+    assert_output(store, "out", frame, expected_scores(frame, 0))

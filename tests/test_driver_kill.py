@@ -14,8 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from dask_batchinfer.pipeline.infer import run_model
-from dask_batchinfer.testing import CALL_LOG_ENV, make_features, read_call_log, tiny_model
+from dask_batchinfer.testing import CALL_LOG_ENV, make_features, read_call_log
 
 FILES, ROWS = 24, 100
 
@@ -46,12 +45,12 @@ def _markers(tmp_path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [1, 8, 18])
-def test_driver_killed_then_resumed(tmp_path, kill_at):
+# right after the first commit (nearly all left to run) and late (nearly all committed);
+# a kill in the middle (8) ran the same code paths
+@pytest.mark.parametrize("kill_at", [1, 18])
+def test_driver_killed_then_resumed(tmp_path, kill_at, write_inputs, expected_scores):
     frame = make_features(FILES * ROWS, seed=kill_at)
-    (tmp_path / "in").mkdir()
-    for i in range(FILES):
-        frame.iloc[i * ROWS : (i + 1) * ROWS].to_parquet(tmp_path / "in" / f"f{i:02d}.parquet")
+    write_inputs(tmp_path / "in", frame, FILES)
 
     job = _job(tmp_path, str(tmp_path / "run1.log"))
     deadline = time.monotonic() + 120
@@ -78,9 +77,8 @@ def test_driver_killed_then_resumed(tmp_path, kill_at):
     assert rows_computed == FILES * ROWS - committed_rows  # only what was not committed
 
     back = pd.read_parquet(out).sort_values("id")
-    want = run_model(tiny_model(seed=0), frame)["score"].to_numpy()
     assert back["id"].tolist() == frame["id"].tolist()
-    np.testing.assert_allclose(back["score"].to_numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(back["score"].to_numpy(), expected_scores(frame), rtol=1e-5)
     manifest = json.loads((out / "_SUCCESS").read_text())
     assert {f["path"] for f in manifest["files"]} == {
         str(p.relative_to(out)) for p in out.rglob("*.parquet")

@@ -3,40 +3,39 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import dask_batchinfer as dbi
-from dask_batchinfer.pipeline.infer import run_model
-from dask_batchinfer.testing import feature_columns, make_features, tiny_model
+from dask_batchinfer.testing import make_features, tiny_model
 
 BAD_IDS = [17, 230, 231, 399]
 
 
-def _inputs_with_bad_rows(folder):
-    """4 files of 100 rows; f3 holds strings, a few of them not numbers."""
+@pytest.fixture
+def bad_rows_input(tmp_path, write_inputs):
+    """``tmp_path/in``: 4 files of 100 rows; f3 holds strings, a few of them not numbers.
+
+    Returns the frame written.
+    """
     frame = make_features(400, seed=21)
     text = frame["f3"].map(lambda v: f"{v:.6f}").astype(object)
     text[frame["id"].isin(BAD_IDS)] = "n/a"
     frame["f3"] = text.astype("str")
-    os.makedirs(folder)
-    for i in range(4):
-        frame.iloc[i * 100 : (i + 1) * 100].to_parquet(f"{folder}/in-{i}.parquet", index=False)
+    write_inputs(tmp_path / "in", frame, 4)
     return frame
 
 
-def test_raise_names_file_partition_row_and_column(client, tmp_path):
-    _inputs_with_bad_rows(tmp_path / "in")
+def test_raise_names_file_partition_row_and_column(client, tmp_path, bad_rows_input):
     with pytest.raises(dbi.PartitionError) as info:
         dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"), keep=["id"])
     message = str(info.value)  # whichever partition failed first
     import re
 
     found = re.search(
-        r"partition (\d) \(file .*in-(\d)\.parquet\).* at row (\d+) \(id=(\d+)\)", message
+        r"partition (\d) \(file .*in-(\d+)\.parquet\).* at row (\d+) \(id=(\d+)\)", message
     )
     assert found, message
     partition, file, row, id_ = map(int, found.groups())
@@ -45,8 +44,10 @@ def test_raise_names_file_partition_row_and_column(client, tmp_path):
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
-def test_quarantine_sets_aside_exactly_the_bad_rows(client, tmp_path):
-    frame = _inputs_with_bad_rows(tmp_path / "in")
+def test_quarantine_sets_aside_exactly_the_bad_rows(
+    client, tmp_path, bad_rows_input, expected_scores
+):
+    frame = bad_rows_input
     result = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"),
                          keep=["id"], on_error="quarantine")  # fmt: skip
     assert (result.rows_in, result.rows_out, result.rows_quarantined) == (400, 396, 4)
@@ -58,8 +59,7 @@ def test_quarantine_sets_aside_exactly_the_bad_rows(client, tmp_path):
     good["f3"] = good["f3"].astype("float32")
     back = pd.read_parquet(tmp_path / "out").sort_values("id")
     assert back["id"].tolist() == good["id"].tolist()
-    expected = run_model(tiny_model(), good[["id", *feature_columns(8)]])["score"].to_numpy()
-    np.testing.assert_allclose(back["score"].to_numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(back["score"].to_numpy(), expected_scores(good), rtol=1e-5)
     manifest = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
     assert manifest["rows_quarantined"] == 4 and manifest["errors"] == result.error_files
     assert not (tmp_path / "out" / "_staging").exists()
@@ -69,8 +69,7 @@ def test_quarantine_sets_aside_exactly_the_bad_rows(client, tmp_path):
 
 
 @pytest.mark.parametrize("limit", [2, 0.005])
-def test_too_many_bad_rows_fail_the_job(client, tmp_path, limit):
-    _inputs_with_bad_rows(tmp_path / "in")
+def test_too_many_bad_rows_fail_the_job(client, tmp_path, limit, bad_rows_input):
     with pytest.raises(dbi.BadRowsError, match="_errors"):
         dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"),
                     keep=["id"], on_error="quarantine", max_bad_rows=limit)  # fmt: skip
@@ -98,15 +97,15 @@ def test_option_validation():
 
 
 @pytest.mark.slow
-def test_cli_exit_code_for_too_many_bad_rows(tmp_path):
+def test_cli_exit_code_for_too_many_bad_rows(tmp_path, bad_rows_input, cluster):
     import subprocess
     import sys
 
-    _inputs_with_bad_rows(tmp_path / "in")
     done = subprocess.run(
         [sys.executable, "-m", "dask_batchinfer", "run", "--input", str(tmp_path / "in"),
          "--output", str(tmp_path / "out"), "--model", "dask_batchinfer.testing:tiny_model",
-         "--keep", "id", "--on-error", "quarantine", "--max-bad-rows", "2"],
+         "--keep", "id", "--on-error", "quarantine", "--max-bad-rows", "2",
+         "--scheduler", cluster.scheduler_address],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 3, done.stderr

@@ -130,13 +130,23 @@ def test_spec_options_validated(option, value):
     assert spec.token  # a valid spec tokenizes
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.5, "8", True, None])
-def test_run_job_options_validated_before_anything_runs(tmp_path, bad):
+def _four_rows():
     import dask.dataframe as dd
 
-    ddf = dd.from_pandas(pd.DataFrame({f: np.zeros(4, "float32") for f in feature_columns(8)}),
-                         npartitions=1)  # fmt: skip
-    with pytest.raises(dbi.InputError):
-        dbi.run_job(ddf, tiny_model(), output=str(tmp_path / "o"), max_bad_rows=bad,
-                    mode="sometimes")  # fmt: skip
+    frame = pd.DataFrame({f: np.zeros(4, "float32") for f in feature_columns(8)})
+    return dd.from_pandas(frame, npartitions=1)
+
+
+# 0 and None are valid (a count of zero, no limit); 1.0 is not a fraction below 1
+@pytest.mark.parametrize("bad", [-1, 2.5, 1.0, -0.1, float("nan"), "8", True, [1]])
+def test_run_job_options_validated_before_anything_runs(tmp_path, bad):
+    with pytest.raises(dbi.InputError, match="max_bad_rows"):
+        dbi.run_job(_four_rows(), tiny_model(), output=str(tmp_path / "o"), max_bad_rows=bad,
+                    mode="resume")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_job_mode_validated_before_anything_runs(tmp_path):
+    with pytest.raises(dbi.InputError, match="mode='sometimes'"):
+        dbi.run_job(_four_rows(), tiny_model(), output=str(tmp_path / "o"), mode="sometimes")
     assert not (tmp_path / "o").exists()

@@ -25,6 +25,12 @@ def _cpu_scores(frame, seed):
     return run_model(tiny_model(seed=seed).with_options(device="cpu"), frame)["score"].to_numpy()
 
 
+def test_gpu_count_sees_the_gpus():
+    """With the gpu extra installed, dask-cuda sees the GPUs torch sees (else 0: no GPU kind)."""
+    pytest.importorskip("dask_cuda")
+    assert dbi.cluster.gpu_count() == torch.cuda.device_count() >= 1
+
+
 def test_pinned_prefetch_on_gpu_matches_cpu():
     frame = make_features(5000, seed=1)
     spec = tiny_model(seed=2, batch_size=128).with_options(device="cuda")

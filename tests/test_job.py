@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import dask.dataframe as dd
@@ -11,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
-import torch
 
 import dask_batchinfer as dbi
 from dask_batchinfer.testing import (
@@ -23,26 +21,13 @@ from dask_batchinfer.testing import (
 )
 
 
-def _expected_scores(frame: pd.DataFrame, seed: int) -> np.ndarray:
-    with torch.inference_mode():
-        x = torch.from_numpy(frame[feature_columns(8)].to_numpy().copy())
-        return make_mlp(8, 16, seed)(x).numpy()
-
-
-def _write_inputs(fs, folder: str, frame: pd.DataFrame, files: int) -> None:
-    fs.makedirs(folder, exist_ok=True)
-    for i, part in enumerate(np.array_split(np.arange(len(frame)), files)):
-        with fs.open(f"{folder}/in-{i:02d}.parquet", "wb") as f:
-            frame.iloc[part].to_parquet(f, index=False)
-
-
-def _check_output(fs, root: str, frame: pd.DataFrame, seed: int, storage_options=None):
+def _check_output(fs, root: str, frame: pd.DataFrame, scores: np.ndarray, storage_options=None):
     url = f"s3://{root}" if storage_options else root
     back = dd.read_parquet(url, storage_options=storage_options).compute()
     assert back["id"].is_unique
     back = back.sort_values("id")
     assert back["id"].tolist() == frame["id"].tolist()
-    np.testing.assert_allclose(back["score"].to_numpy(), _expected_scores(frame, seed), rtol=1e-5)
+    np.testing.assert_allclose(back["score"].to_numpy(), scores, rtol=1e-5)
     assert not [p for p in fs.find(root) if "/_staging/" in p], "staging debris left behind"
     with fs.open(f"{root}/_SUCCESS") as f:
         manifest = json.load(f)
@@ -50,7 +35,7 @@ def _check_output(fs, root: str, frame: pd.DataFrame, seed: int, storage_options
     return back, manifest
 
 
-def test_run_job_local_dataframe(client, tmp_path):
+def test_run_job_local_dataframe(client, tmp_path, expected_scores):
     frame = make_features(3000, seed=1)
     spec = tiny_model(seed=21)
     result = dbi.run_job(
@@ -62,7 +47,9 @@ def test_run_job_local_dataframe(client, tmp_path):
     assert set(result.model_load_seconds) == set(client.scheduler_info()["workers"])
     import fsspec
 
-    _, manifest = _check_output(fsspec.filesystem("file"), str(tmp_path / "out"), frame, 21)
+    _, manifest = _check_output(
+        fsspec.filesystem("file"), str(tmp_path / "out"), frame, expected_scores(frame, 21)
+    )
     assert manifest["model_token"] == spec.token
     names = sorted(os.listdir(tmp_path / "out"))
     bookkeeping = ["_SUCCESS", "_committed", "_report.html", "_report.json"]
@@ -71,13 +58,12 @@ def test_run_job_local_dataframe(client, tmp_path):
     assert "3,000 in, 3,000 out" in str(result)
 
 
-def test_run_job_from_parquet_files_with_partition_on(client, tmp_path):
-    import fsspec
-
+def test_run_job_from_parquet_files_with_partition_on(
+    client, tmp_path, write_inputs, expected_scores
+):
     frame = make_features(1200, seed=2)
     frame["country"] = pd.array(np.array(["FR", "DE", "US"])[np.arange(1200) % 3], dtype="str")
-    fs = fsspec.filesystem("file")
-    _write_inputs(fs, str(tmp_path / "in"), frame, files=5)
+    write_inputs(tmp_path / "in", frame, files=5)
     result = dbi.run_job(
         str(tmp_path / "in"),
         tiny_model(seed=22),
@@ -95,13 +81,13 @@ def test_run_job_from_parquet_files_with_partition_on(client, tmp_path):
     table = ds.dataset(str(tmp_path / "out"), format="parquet", partitioning="hive").to_table()
     back = table.to_pandas().sort_values("id")
     assert back["country"].astype(str).tolist() == frame["country"].tolist()
-    np.testing.assert_allclose(back["score"].to_numpy(), _expected_scores(frame, 22), rtol=1e-5)
+    np.testing.assert_allclose(back["score"].to_numpy(), expected_scores(frame, 22), rtol=1e-5)
 
 
-def test_run_job_on_s3(client, s3):
+def test_run_job_on_s3(client, s3, write_inputs, expected_scores):
     fs, storage_options = s3
     frame = make_features(900, seed=3)
-    _write_inputs(fs, "batchinfer-test/in", frame, files=4)
+    write_inputs("batchinfer-test/in", frame, files=4, fs=fs)
     result = dbi.run_job(
         "s3://batchinfer-test/in/",
         tiny_model(seed=23),
@@ -111,10 +97,10 @@ def test_run_job_on_s3(client, s3):
     )
     assert (result.partitions, result.rows_out) == (4, 900)
     fs.invalidate_cache()
-    _check_output(fs, "batchinfer-test/out", frame, 23, storage_options)
+    _check_output(fs, "batchinfer-test/out", frame, expected_scores(frame, 23), storage_options)
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls("batchinfer-test/out"))
     assert names[:4] == ["_SUCCESS", "_committed", "_report.html", "_report.json"]
-    assert [n[: len("part-in-00")] for n in names[4:]] == [f"part-in-{i:02d}" for i in range(4)]
+    assert [n[: len("part-in-000")] for n in names[4:]] == [f"part-in-{i:03d}" for i in range(4)]
 
 
 def test_run_job_failure_leaves_no_manifest(client, tmp_path):
@@ -145,15 +131,9 @@ def test_model_load_failure_stops_before_reading(client, tmp_path):
     assert not [p for p in os.listdir(tmp_path / "out") if p.endswith(".parquet")]
 
 
-def test_torch_threads_match_worker_threads(tmp_path):
+def test_torch_threads_match_worker_threads(tmp_path, private_client):
     """A 2-thread worker on CPU: forwards use 1 torch thread each, 2 at a time; never more."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
-                     dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING) as cluster,
-        Client(cluster, set_as_default=False) as c,
-    ):  # fmt: skip
+    with private_client(n_workers=1, threads_per_worker=2) as c:
         dbi.run_job(dd.from_pandas(make_features(800), npartitions=8), threads_probe(),
                     output=str(tmp_path / "out"), client=c)  # fmt: skip
     out = pd.read_parquet(tmp_path / "out")
@@ -162,32 +142,31 @@ def test_torch_threads_match_worker_threads(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_output_whatever_the_cluster_and_partitioning(tmp_path):
-    """1 versus 3 workers, 10 versus 40 partitions: the same rows and values."""
-    from distributed import Client, LocalCluster
-
+def test_same_output_whatever_the_cluster_and_partitioning(tmp_path, client, private_client):
+    """1 versus 2 workers (a cluster of its own, the session's), 10 versus 40 partitions:
+    the same rows and values."""
     frame = make_features(4000, seed=12)
     outputs = {}
-    for n_workers in (1, 3):
-        with (
-            LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                         host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                         silence_logs=logging.WARNING) as cluster,
-            Client(cluster, set_as_default=False) as c,
-        ):  # fmt: skip
-            for npartitions in (10, 40):
-                out = tmp_path / f"w{n_workers}-p{npartitions}"
-                dbi.run_job(dd.from_pandas(frame, npartitions=npartitions), tiny_model(seed=13),
-                            output=str(out), keep=["id"], client=c)  # fmt: skip
-                back = pd.read_parquet(out).sort_values("id").reset_index(drop=True)
-                outputs[n_workers, npartitions] = back
+
+    def run_on(c, n_workers):
+        assert len(c.scheduler_info()["workers"]) == n_workers
+        for npartitions in (10, 40):
+            out = tmp_path / f"w{n_workers}-p{npartitions}"
+            dbi.run_job(dd.from_pandas(frame, npartitions=npartitions), tiny_model(seed=13),
+                        output=str(out), keep=["id"], client=c)  # fmt: skip
+            back = pd.read_parquet(out).sort_values("id").reset_index(drop=True)
+            outputs[n_workers, npartitions] = back
+
+    with private_client(n_workers=1) as c:
+        run_on(c, 1)
+    run_on(client, 2)
     reference = outputs[1, 10]
     assert reference["id"].tolist() == list(range(4000))
     for key, other in outputs.items():
         pd.testing.assert_frame_equal(other, reference, check_exact=True, obj=str(key))
 
 
-def test_small_files_are_grouped(client, tmp_path):
+def test_small_files_are_grouped(client, tmp_path, write_inputs):
     import dask
 
     from dask_batchinfer.io.read import InputFile, group_files
@@ -197,16 +176,14 @@ def test_small_files_are_grouped(client, tmp_path):
         ["f0", "f1"], ["f2"], ["f3"], ["f4", "f5"]]  # fmt: skip
 
     frame = make_features(5000, seed=14)
-    (tmp_path / "in").mkdir()
-    for i in range(50):
-        frame.iloc[i * 100 : (i + 1) * 100].to_parquet(tmp_path / "in" / f"p{i:03d}.parquet")
+    write_inputs(tmp_path / "in", frame, 50)
     with dask.config.set({"batchinfer.partition-size": "16MiB", "batchinfer.min-partitions": 1}):
         result = dbi.run_job(str(tmp_path / "in"), tiny_model(seed=15),
                              output=str(tmp_path / "out"), keep=["id"])  # fmt: skip
         again = dbi.run_job(str(tmp_path / "in"), tiny_model(seed=15),
                             output=str(tmp_path / "out"), keep=["id"])  # fmt: skip
     assert result.partitions == 1 and result.rows_out == 5000
-    assert [f["partition"] for f in result.files] == ["p000--p049"]
+    assert [f["partition"] for f in result.files] == ["in-000--in-049"]
     assert again.partitions_run == 0
     assert sorted(pd.read_parquet(tmp_path / "out")["id"]) == list(range(5000))
     with dask.config.set({"batchinfer.partition-size": "16MiB"}):  # default min-partitions: 32

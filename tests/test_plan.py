@@ -10,16 +10,8 @@ import dask_batchinfer as dbi
 from dask_batchinfer.testing import make_features, slow_model, tiny_model
 
 
-def _inputs(folder, files: int, rows: int) -> None:
-    folder.mkdir()
-    frame = make_features(files * rows, seed=13)
-    for i in range(files):
-        chunk = frame.iloc[i * rows : (i + 1) * rows]
-        chunk.to_parquet(folder / f"in-{i:02d}.parquet", index=False)
-
-
-def test_plan_projects_the_measured_run_within_30_percent(client, tmp_path):
-    _inputs(tmp_path / "in", files=24, rows=400)
+def test_plan_projects_the_measured_run_within_30_percent(client, tmp_path, write_inputs):
+    write_inputs(tmp_path / "in", make_features(24 * 400, seed=13), files=24)
     spec = slow_model(delay=0.03, batch_size=50)  # 0.03 s per batch: the model dominates
     planned = dbi.plan(str(tmp_path / "in"), spec, keep=["id"], client=client,
                        batch_sizes=[25, 50])  # fmt: skip
@@ -41,8 +33,8 @@ def test_plan_projects_the_measured_run_within_30_percent(client, tmp_path):
     assert planned.project(8) < planned.project(2)
 
 
-def test_plan_renders_and_validates(client, tmp_path):
-    _inputs(tmp_path / "in", files=1, rows=300)
+def test_plan_renders_and_validates(client, tmp_path, write_inputs):
+    write_inputs(tmp_path / "in", make_features(300, seed=13), files=1)
     planned = dbi.plan(str(tmp_path / "in"), tiny_model(), client=client, batch_sizes=[64, 256])
     assert planned.sample_partitions == 1 and planned.uncertainty is None
     assert planned.rows_exact and planned.rows == 300

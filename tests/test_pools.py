@@ -53,7 +53,7 @@ def _waiting(records):
     return most
 
 
-def test_stages_run_on_their_pools_and_overlap(mixed, tmp_path):
+def test_stages_run_on_their_pools_and_overlap(mixed, tmp_path, expected_scores):
     frame = make_features(2000, seed=1)
     result = dbi.run_job(
         dd.from_pandas(frame, npartitions=20), slow_model(delay=0.05, seed=4), keep=["id"],
@@ -82,8 +82,7 @@ def test_stages_run_on_their_pools_and_overlap(mixed, tmp_path):
     loads = {w: s for w, s in dbi.model_stats(mixed, slow_model(delay=0.05, seed=4)).items() if s}
     assert set(loads) == model_pool and [s["loads"] for s in loads.values()] == [1]
     back = pd.read_parquet(tmp_path / "out").sort_values("id")
-    expected = run_model(tiny_model(seed=4), frame)["score"].to_numpy()
-    np.testing.assert_allclose(back["score"].to_numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(back["score"].to_numpy(), expected_scores(frame, 4), rtol=1e-5)
 
 
 def test_backpressure_bounds_work_waiting_for_the_model(mixed, tmp_path):
@@ -108,16 +107,26 @@ def test_pool_detection_errors(mixed, client):
         detect_pools(client, True)
 
 
+def test_local_cluster_kinds():
+    """What holds on every machine, with or without a GPU."""
+    with pytest.raises(dbi.InputError, match="kind="):
+        dbi.local_cluster(kind="tpu")
+    with dbi.local_cluster(n_workers=1, threads_per_worker=1, kind="cpu",
+                           silence_logs=logging.WARNING) as cluster:  # fmt: skip
+        assert type(cluster).__name__ == "LocalCluster"
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+
+
+@pytest.mark.skipif(
+    dbi.cluster.gpu_count() > 0, reason="a GPU is visible here (see test_gpu.py for GPU clusters)"
+)
 def test_local_cluster_without_gpus():
     assert dbi.cluster.gpu_count() == 0  # no dask-cuda / NVML here
     with pytest.raises(dbi.InputError, match=r"pip install 'dask-batchinfer\[gpu\]'"):
         dbi.local_cluster(kind="gpu")
-    with pytest.raises(dbi.InputError, match="kind="):
-        dbi.local_cluster(kind="tpu")
     with dbi.local_cluster(n_workers=1, threads_per_worker=1,
                            silence_logs=logging.WARNING) as cluster:  # fmt: skip
-        assert type(cluster).__name__ == "LocalCluster"
-        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        assert type(cluster).__name__ == "LocalCluster"  # kind="auto": no GPU, a CPU cluster
 
 
 def test_out_of_memory_recovery_in_a_job(client, tmp_path):

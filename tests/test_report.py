@@ -48,18 +48,29 @@ def _number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
-def _inputs(folder, files: int = 4, rows: int = 100, bad_row: int | None = None) -> None:
-    folder.mkdir()
-    frame = make_features(files * rows, seed=11)
-    if bad_row is not None:
-        frame = frame.astype({"f3": "str"})
-        frame.loc[bad_row, "f3"] = "n/a"
-    for i in range(files):
-        frame.iloc[i * rows : (i + 1) * rows].to_parquet(folder / f"in-{i}.parquet", index=False)
+@pytest.fixture
+def inputs(tmp_path, write_inputs):
+    """Writes ``files`` input files of ``rows`` rows each to ``tmp_path/in``.
+
+    Returns
+    -------
+    callable
+        ``inputs(files=4, rows=100, bad_row=None)``; ``bad_row`` makes f3 a
+        string column with that row's value not a number.
+    """
+
+    def write(files: int = 4, rows: int = 100, bad_row: int | None = None) -> None:
+        frame = make_features(files * rows, seed=11)
+        if bad_row is not None:
+            frame = frame.astype({"f3": "str"})
+            frame.loc[bad_row, "f3"] = "n/a"
+        write_inputs(tmp_path / "in", frame, files)
+
+    return write
 
 
-def test_finished_job_report_html_json_and_timeline(client, tmp_path):
-    _inputs(tmp_path / "in")
+def test_finished_job_report_html_json_and_timeline(client, tmp_path, inputs):
+    inputs()
     out = tmp_path / "out"
     result = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), keep=["id"],
                          progress=False)  # fmt: skip
@@ -85,8 +96,8 @@ def test_finished_job_report_html_json_and_timeline(client, tmp_path):
     assert not (out / "_staging").exists()
 
 
-def test_failed_job_carries_and_saves_its_report(client, tmp_path):
-    _inputs(tmp_path / "in", bad_row=250)
+def test_failed_job_carries_and_saves_its_report(client, tmp_path, inputs):
+    inputs(bad_row=250)
     out = tmp_path / "out"
     with pytest.raises(dbi.PartitionError) as info:
         dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), keep=["id"],
@@ -102,11 +113,11 @@ def test_failed_job_carries_and_saves_its_report(client, tmp_path):
     assert "FAILED" in str(result)
 
 
-def test_resumed_job_report(client, tmp_path):
-    _inputs(tmp_path / "in")
+def test_resumed_job_report(client, tmp_path, inputs, write_inputs):
+    inputs()
     out = tmp_path / "out"
     dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), progress=False)
-    make_features(100, seed=12, start_id=400).to_parquet(tmp_path / "in" / "in-9.parquet")
+    write_inputs(tmp_path / "in", make_features(100, seed=12, start_id=400), 1, first=9)
     result = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), progress=False)
     cells = _cells(result._repr_html_())
     assert (_number(cells.values["partitions_run"]), _number(cells.values["partitions_skipped"])) \
@@ -115,8 +126,8 @@ def test_resumed_job_report(client, tmp_path):
     assert {r["partition"] for r in result.timeline} == {4}  # only the new partition ran
 
 
-def test_plot_writes_a_png(client, tmp_path):
-    _inputs(tmp_path / "in", files=3)
+def test_plot_writes_a_png(client, tmp_path, inputs):
+    inputs(files=3)
     result = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"),
                          progress=False)  # fmt: skip
     figure = result.plot(str(tmp_path / "timeline.png"))
@@ -125,8 +136,8 @@ def test_plot_writes_a_png(client, tmp_path):
     assert len(figure.axes) == 2
 
 
-def test_progress_log_lines(client, tmp_path, caplog):
-    _inputs(tmp_path / "in", files=10, rows=20)
+def test_progress_log_lines(client, tmp_path, inputs, caplog):
+    inputs(files=10, rows=20)
     with caplog.at_level(logging.INFO, logger="dask_batchinfer.progress"):
         dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"),
                     progress="log")  # fmt: skip
@@ -139,16 +150,16 @@ def test_progress_log_lines(client, tmp_path, caplog):
                for line in progress)  # fmt: skip
 
 
-def test_progress_bar_on_stderr(client, tmp_path, capsys):
-    _inputs(tmp_path / "in", files=5, rows=20)
+def test_progress_bar_on_stderr(client, tmp_path, inputs, capsys):
+    inputs(files=5, rows=20)
     dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"), progress="bar")
     err = capsys.readouterr().err
     assert "partitions" in err and "5/5" in err and "rows/s" in err
     assert "dashboard at http://127.0.0.1" in err
 
 
-def test_progress_off_and_bad_value(client, tmp_path, capsys):
-    _inputs(tmp_path / "in", files=2, rows=20)
+def test_progress_off_and_bad_value(client, tmp_path, inputs, capsys):
+    inputs(files=2, rows=20)
     dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"), progress=False)
     assert "partitions" not in capsys.readouterr().err
     with pytest.raises(dbi.InputError, match="progress="):

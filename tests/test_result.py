@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 import dask_batchinfer as dbi
@@ -21,18 +19,17 @@ def _limit(model) -> int:
     return 5
 
 
-def _inputs(folder) -> None:
+def _inputs(write_inputs, folder) -> None:
+    """3 files of 100 rows; f3 holds numbers as strings, a few of them not numbers."""
     frame = make_features(300, seed=31)
     text = frame["f3"].map(lambda v: f"{v:.6f}").astype(object)
     text[frame["id"].isin(BAD_IDS)] = "n/a"
     frame["f3"] = text.astype("str")
-    os.makedirs(folder)
-    for i in range(3):
-        frame.iloc[i * 100 : (i + 1) * 100].to_parquet(f"{folder}/in-{i}.parquet", index=False)
+    write_inputs(folder, frame, files=3)
 
 
-def test_finished_resume_reports_quarantined_and_truncated_rows(client, tmp_path):
-    _inputs(tmp_path / "in")
+def test_finished_resume_reports_quarantined_and_truncated_rows(client, tmp_path, write_inputs):
+    _inputs(write_inputs, tmp_path / "in")
     spec = tiny_model().with_options(lengths=_lengths, length_limit=_limit)
     run = dict(output=str(tmp_path / "out"), keep=["id"], on_error="quarantine", progress=False)
     first = dbi.run_job(str(tmp_path / "in"), spec, **run)
@@ -46,14 +43,14 @@ def test_finished_resume_reports_quarantined_and_truncated_rows(client, tmp_path
     assert [f["path"] for f in again.files] == [f["path"] for f in first.files]
 
 
-def test_partial_resume_counts_the_partitions_done_before(client, tmp_path):
-    _inputs(tmp_path / "in")
+def test_partial_resume_counts_the_partitions_done_before(client, tmp_path, write_inputs):
+    _inputs(write_inputs, tmp_path / "in")
     spec = tiny_model().with_options(lengths=_lengths, length_limit=_limit)
     run = dict(output=str(tmp_path / "out"), keep=["id"], on_error="quarantine", progress=False)
     first = dbi.run_job(str(tmp_path / "in"), spec, **run)
     (tmp_path / "out" / "_SUCCESS").unlink()  # as if the job died before its manifest
-    marker = tmp_path / "out" / "_committed" / "in-1.json"
-    marker.unlink()  # ... and before committing partition in-1
+    marker = tmp_path / "out" / "_committed" / "in-001.json"
+    marker.unlink()  # ... and before committing partition in-001
     again = dbi.run_job(str(tmp_path / "in"), spec, **run)
     assert (again.partitions_run, again.partitions_skipped) == (1, 2)
     for name in ("rows_in", "rows_out", "rows_quarantined", "rows_truncated"):

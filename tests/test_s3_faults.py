@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from s3faults import FaultProxy
 
@@ -10,12 +9,9 @@ import dask_batchinfer as dbi
 from dask_batchinfer.testing import make_features, tiny_model
 
 
-def test_injected_put_failures_are_retried(client, s3, s3_server):
+def test_injected_put_failures_are_retried(client, s3, s3_server, write_inputs):
     fs, _ = s3
-    frame = make_features(1000, seed=11)
-    for i, part in enumerate(np.array_split(np.arange(1000), 8)):
-        with fs.open(f"batchinfer-test/in/in-{i}.parquet", "wb") as f:
-            frame.iloc[part].to_parquet(f, index=False)
+    write_inputs("batchinfer-test/in", make_features(1000, seed=11), 8, fs=fs)
 
     with FaultProxy(s3_server, put_failure_rate=0.3, seed=1) as proxy:
         # botocore's own retries off, so every injected 500 reaches our retry layer

@@ -13,7 +13,7 @@ import torch
 import dask_batchinfer as dbi
 from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.pipeline.loading import load_model
-from dask_batchinfer.testing import TinyMLP, feature_columns, make_features, make_mlp, tiny_model
+from dask_batchinfer.testing import TinyMLP, feature_columns, make_features, make_mlp
 
 
 class _Boobytrap:
@@ -43,25 +43,25 @@ def test_pickled_file_is_refused_and_runs_nothing(tmp_path):
     assert marker.exists()
 
 
-def test_state_dict_and_safetensors_load(tmp_path):
+def test_state_dict_and_safetensors_load(tmp_path, expected_scores):
     from safetensors.torch import save_file
 
     reference = make_mlp(seed=3)
     torch.save(reference.state_dict(), tmp_path / "w.pt")
     save_file(reference.state_dict(), tmp_path / "w.safetensors")
     frame = make_features(300)
-    expected = run_model(tiny_model(seed=3), frame)["score"].to_numpy()
+    expected = expected_scores(frame, 3)
     for name in ("w.pt", "w.safetensors"):
         spec = _spec(tmp_path / name, factory=TinyMLP, sha256=dbi.file_sha256(str(tmp_path / name)))
         np.testing.assert_allclose(run_model(spec, frame)["score"].to_numpy(), expected, rtol=1e-6)
 
 
-def test_whole_module_pickle_needs_trust_and_torchscript_does_not(tmp_path):
+def test_whole_module_pickle_needs_trust_and_torchscript_does_not(tmp_path, expected_scores):
     torch.save(make_mlp(seed=4), tmp_path / "whole.pt")
     with pytest.raises(dbi.ModelLoadError, match="trust_pickle"):
         load_model(_spec(tmp_path / "whole.pt"))
     frame = make_features(50)
-    expected = run_model(tiny_model(seed=4), frame)["score"].to_numpy()
+    expected = expected_scores(frame, 4)
     trusted = run_model(_spec(tmp_path / "whole.pt", trust_pickle=True), frame)
     np.testing.assert_allclose(trusted["score"].to_numpy(), expected, rtol=1e-6)
     torch.jit.save(torch.jit.script(make_mlp(seed=4)), tmp_path / "scripted.pt")

@@ -77,16 +77,13 @@ def test_split_and_resolve_round_trip():
     assert secrets.redact("{'token': 'abc123xyz'}") == "{'token': '***'}"
 
 
-def test_canary_credentials_appear_nowhere(client, s3, tmp_path, caplog):
+def test_canary_credentials_appear_nowhere(client, s3, tmp_path, caplog, write_inputs):
     fs, base = s3
     endpoint = base["endpoint_url"]
     needles = [CANARY_KEY, CANARY_SECRET, CANARY_TOKEN, CONTROL]
     scanner = GraphScanner(needles)
     client.register_plugin(scanner)
-    frame = make_features(200, seed=9)
-    for i in range(2):
-        with fs.open(f"batchinfer-test/in/part-{i}.parquet", "wb") as f:
-            frame.iloc[i * 100 : (i + 1) * 100].to_parquet(f, index=False)
+    write_inputs("batchinfer-test/in", make_features(200, seed=9), 2, fs=fs)
     spec = tiny_model()
     texts: list[str] = []
     try:
@@ -104,8 +101,7 @@ def test_canary_credentials_appear_nowhere(client, s3, tmp_path, caplog):
             # a forced failure: a row the model cannot read, in a third file
             broken = make_features(100, seed=10, start_id=200).astype({"f3": "str"})
             broken.loc[broken.index[7], "f3"] = "n/a"
-            with fs.open("batchinfer-test/in/part-2.parquet", "wb") as f:
-                broken.to_parquet(f, index=False)
+            write_inputs("batchinfer-test/in", broken, 1, fs=fs, first=2)
             with pytest.raises(dbi.PartitionError) as info:
                 dbi.run_job("s3://batchinfer-test/in", spec, output="s3://batchinfer-test/out",
                             keep=["id"], storage_options=_options(endpoint))  # fmt: skip

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from s3faults import FaultProxy
 
@@ -18,28 +17,21 @@ from dask_batchinfer.cli import EXIT_FAILED, main
 from dask_batchinfer.testing import make_features, tiny_model
 
 
-def _s3_inputs(fs, files: int = 4) -> None:
-    frame = make_features(400, seed=13)
-    for i, part in enumerate(np.array_split(np.arange(400), files)):
-        with fs.open(f"batchinfer-test/in/in-{i}.parquet", "wb") as f:
-            frame.iloc[part].to_parquet(f, index=False)
-
-
 def _options(proxy: FaultProxy) -> dict:
     # botocore's own retries off, so that every failed GET reaches our retry layer
     return {"endpoint_url": proxy.url, "config_kwargs": {"retries": {"total_max_attempts": 1}}}
 
 
 def _outage(path: str) -> bool:
-    return "/in/in-2.parquet" in path  # every read of this object's data fails
+    return "/in/in-002.parquet" in path  # every read of this object's data fails
 
 
-def test_exhausted_read_retries_keep_their_storage_type(client, s3, s3_server):
+def test_exhausted_read_retries_keep_their_storage_type(client, s3, s3_server, write_inputs):
     fs, _ = s3
-    _s3_inputs(fs)
+    write_inputs("batchinfer-test/in", make_features(400, seed=13), files=4, fs=fs)
     with FaultProxy(s3_server, put_failure_rate=0.0, fail_get=_outage) as proxy:
         options = _options(proxy)
-        with pytest.raises(OSError, match=r"in-2\.parquet") as info:
+        with pytest.raises(OSError, match=r"in-002\.parquet") as info:
             dbi.run_job("s3://batchinfer-test/in", tiny_model(),
                         output="s3://batchinfer-test/out", storage_options=options,
                         progress=False)  # fmt: skip
@@ -50,9 +42,9 @@ def test_exhausted_read_retries_keep_their_storage_type(client, s3, s3_server):
     assert not fs.exists("batchinfer-test/out/_SUCCESS")
 
 
-def test_cli_exits_job_failed_on_an_outage(client, s3, s3_server, capsys):
+def test_cli_exits_job_failed_on_an_outage(client, s3, s3_server, write_inputs, capsys):
     fs, _ = s3
-    _s3_inputs(fs)
+    write_inputs("batchinfer-test/in", make_features(400, seed=13), files=4, fs=fs)
     with FaultProxy(s3_server, put_failure_rate=0.0, fail_get=_outage) as proxy:
         code = main(["run", "--input", "s3://batchinfer-test/in",
                      "--output", "s3://batchinfer-test/out",
@@ -61,4 +53,4 @@ def test_cli_exits_job_failed_on_an_outage(client, s3, s3_server, capsys):
                      "--storage-options", json.dumps(_options(proxy))])  # fmt: skip
     assert code == EXIT_FAILED, capsys.readouterr().err
     err = capsys.readouterr().err
-    assert "job failed" in err and "in-2.parquet" in err
+    assert "job failed" in err and "in-002.parquet" in err
