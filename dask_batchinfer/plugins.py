@@ -9,23 +9,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import logging
 import os
 import pickle
+import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from dask_batchinfer import cache, secrets
+from dask_batchinfer.errors import ModelLoadError
 from dask_batchinfer.pipeline.loading import load_model
+from dask_batchinfer.worker import workers_killed
 
 if TYPE_CHECKING:
     from dask_batchinfer.cluster import Pools
     from dask_batchinfer.model.spec import ModelSpec
 
 __all__ = ["CredentialsPlugin", "ModelWarmup", "credentials", "warm_up"]
+
+logger = logging.getLogger(__name__)
 
 
 class ModelWarmup(WorkerPlugin):
@@ -48,26 +54,67 @@ class ModelWarmup(WorkerPlugin):
     def _wanted(self, worker: Any) -> bool:
         return self.resource is None or self.resource in worker.state.total_resources
 
-    async def setup(self, worker: Any) -> None:
+    def setup(self, worker: Any) -> None:
+        # In the background: a worker that joins must not wait on a model load (nor die
+        # in it) while it starts; its first task waits on the cache's load lock instead.
         if self._wanted(worker):
-            # in a thread: loading takes seconds and must not block the worker's event loop
-            await asyncio.get_running_loop().run_in_executor(None, load_model, self.spec)
+            threading.Thread(target=_load_quietly, args=(self.spec,), daemon=True,
+                             name=f"{self.name}-load").start()  # fmt: skip
 
     def teardown(self, worker: Any) -> None:
         cache.evict(self.spec)
 
 
+def _load_quietly(spec: ModelSpec) -> None:
+    try:
+        load_model(spec)
+    except Exception:  # noqa: BLE001 - the first task that needs the model raises it
+        logger.warning("loading model %r in the background failed", spec.name, exc_info=True)
+
+
+def _load_task(spec: ModelSpec) -> float:
+    return load_model(spec).load_seconds
+
+
 def warm_up(client: Any, model: ModelSpec, pools: Pools) -> None:
     """Load the model on every model worker in parallel, before any input is read.
 
-    A worker plugin, so workers that join later load the model on arrival.
+    One load task per model worker, which the scheduler moves to another worker
+    when its worker dies (a worker killed while loading does not fail the job),
+    and a :class:`ModelWarmup` plugin so that workers that join later load the
+    model on arrival.
+
+    Raises
+    ------
+    ModelLoadError
+        When the model cannot load (the first worker's error).
     """
+    from distributed import KilledWorker
+    from distributed.comm.core import CommClosedError
+
     plugin = ModelWarmup(model, resource=pools.model)
     try:
         client.register_plugin(plugin)
-    except BaseException:
-        client.unregister_worker_plugin(plugin.name)
-        raise
+    except (CommClosedError, OSError) as err:  # a worker died during the broadcast; the
+        logger.info("a worker left while the warm-up plugin registered: %s", err)  # rest have it
+    infos = client.scheduler_info(n_workers=-1)["workers"]
+    workers = [a for a, w in infos.items() if not pools.mixed or pools.model in w["resources"]]
+    resources = {pools.model: 1} if pools.mixed else None
+    tag = uuid.uuid4().hex[:8]
+    futures = [
+        client.submit(_load_task, model, workers=[address], allow_other_workers=True,
+                      resources=resources, pure=False, key=f"batchinfer-load-{tag}-{i}")
+        for i, address in enumerate(workers)
+    ]  # fmt: skip
+    try:
+        client.gather(futures)
+    except KilledWorker as err:
+        raise ModelLoadError(
+            f"loading model {model.name!r} killed {workers_killed()} workers in a row: most "
+            f"likely it needs more memory than a worker may use; give workers more memory "
+            f"(dask worker --memory-limit, local_cluster(memory_limit=...)) or load a smaller "
+            f"model. Cause: {err}"
+        ) from err
 
 
 def _xor(data: bytes, pad: bytes) -> bytes:

@@ -35,6 +35,7 @@ __all__ = [
     "read_call_log",
     "set_call_log",
     "sleepy_preprocess",
+    "slow_loading_model",
     "slow_model",
     "threads_probe",
     "tiny_model",
@@ -150,6 +151,29 @@ def _slow_counting_predict(model: _SlowMLP, batch: torch.Tensor) -> torch.Tensor
         with open(log, "a") as f:  # one short append per call: atomic on POSIX
             f.write(f"{os.getpid()} {len(batch)}\n")
     return model(batch)
+
+
+def make_slow_loading_mlp(load_seconds: float = 1.0, n_features: int = 8, hidden: int = 16,
+                          seed: int = 0) -> TinyMLP:  # fmt: skip
+    """A :class:`TinyMLP` that takes ``load_seconds`` to build, like a large model."""
+    time.sleep(load_seconds)
+    return TinyMLP(n_features, hidden, seed)
+
+
+def slow_loading_model(load_seconds: float = 1.0, seed: int = 0, n_features: int = 8,
+                       batch_size: int = 100) -> ModelSpec:  # fmt: skip
+    """A :class:`tiny_model` whose load takes ``load_seconds`` (same scores for the same seed).
+
+    For tests of what happens while models load, e.g. a worker killed then.
+    """
+    return from_torch(
+        make_slow_loading_mlp,
+        factory_kwargs={"load_seconds": load_seconds, "n_features": n_features, "seed": seed},
+        input_columns=feature_columns(n_features),
+        outputs={"score": "float32"},
+        batch_size=batch_size,
+        name=f"slow-loading-mlp-seed{seed}",
+    )
 
 
 def slow_model(

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["configure_torch_threads", "current_worker", "worker_address", "worker_threads"]
+__all__ = [
+    "configure_torch_threads",
+    "current_worker",
+    "worker_address",
+    "worker_threads",
+    "workers_killed",
+]
 
 
 def current_worker() -> Any | None:
@@ -53,3 +59,10 @@ def configure_torch_threads(device: str = "cpu") -> None:
     wanted = 1 if device == "cpu" else nthreads
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
+
+
+def workers_killed() -> int:
+    """How many workers a task kills before the scheduler gives up on it (``KilledWorker``)."""
+    import dask
+
+    return int(dask.config.get("distributed.scheduler.allowed-failures")) + 1

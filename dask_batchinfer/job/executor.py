@@ -18,9 +18,10 @@ from typing import Any
 from dask.optimization import cull
 
 from dask_batchinfer.cluster import Pools
-from dask_batchinfer.errors import BadRowsError
+from dask_batchinfer.errors import BadRowsError, PartitionError
 from dask_batchinfer.io.commit import Partition
 from dask_batchinfer.options import JobOptions
+from dask_batchinfer.pipeline.rows import where
 from dask_batchinfer.pipeline.stages import (
     PartitionStats,
     StageSettings,
@@ -29,6 +30,7 @@ from dask_batchinfer.pipeline.stages import (
     process_task,
 )
 from dask_batchinfer.progress import Progress
+from dask_batchinfer.worker import workers_killed
 
 __all__ = ["Executor", "submit_read", "window_size"]
 
@@ -82,6 +84,7 @@ class Executor:
         self.bad_rows_allowed = bad_rows_allowed
         self.progress = progress
         self.stats: list[PartitionStats] = [] if stats is None else stats
+        self.submitted: dict[str, Partition] = {}  # future key -> its partition
 
     def _submit(self, partition: Partition) -> Any:
         c, pools, settings = self.client, self.pools, self.settings
@@ -89,11 +92,14 @@ class Executor:
         read = submit_read(c, self.graph, self.keys[partition.number], cpu)
         name = f"batchinfer-{settings.job}-{partition.number}"
         if not pools.mixed:
-            return c.submit(process_task, read, partition, settings, key=f"process-{name}")
-        staged = c.submit(preprocess_task, read, partition, settings, resources=cpu,
-                          key=f"preprocess-{name}")  # fmt: skip
-        return c.submit(infer_write_task, staged, partition, settings,
-                        resources={pools.model: 1}, key=f"infer-{name}")  # fmt: skip
+            done = c.submit(process_task, read, partition, settings, key=f"process-{name}")
+        else:
+            staged = c.submit(preprocess_task, read, partition, settings, resources=cpu,
+                              key=f"preprocess-{name}")  # fmt: skip
+            done = c.submit(infer_write_task, staged, partition, settings,
+                            resources={pools.model: 1}, key=f"infer-{name}")  # fmt: skip
+        self.submitted[done.key] = partition
+        return done
 
     def run(self, todo: list[Partition]) -> list[PartitionStats]:
         """Run ``todo``; return each partition's statistics in the order they committed."""
@@ -108,7 +114,7 @@ class Executor:
         quarantined = 0
         for future in pending:
             try:
-                stats: PartitionStats = future.result()
+                stats: PartitionStats = self._result(future)
                 stats.finished = time.perf_counter()
                 self.stats.append(stats)
                 quarantined += stats.marker.rows_quarantined if stats.marker else 0
@@ -125,6 +131,24 @@ class Executor:
             if upcoming is not None:
                 pending.add(self._submit(upcoming))
         return self.stats
+
+    def _result(self, future: Any) -> PartitionStats:
+        from distributed import KilledWorker
+
+        try:
+            return future.result()
+        except KilledWorker as err:
+            partition = self.submitted[future.key]
+            raise PartitionError(
+                f"{where(partition.number, partition.source)} killed {workers_killed()} workers "
+                f"in a row (each died while running it): most likely it needs more memory than "
+                f"a worker may use. Lower the model's batch_size, make partitions smaller "
+                f"(batchinfer.partition-size), or give workers more memory (dask worker "
+                f"--memory-limit); a crash in native code (segfault) looks the same. "
+                f"Cause: {err}",
+                partition=partition.number,
+                source=partition.source,
+            ) from err
 
     def _check_budget(self, quarantined: int) -> None:
         if self.bad_rows_allowed is not None and quarantined > self.bad_rows_allowed:
