@@ -20,6 +20,7 @@ from dask_batchinfer.errors import (
     BatchInferError,
     InputError,
     ModelLoadError,
+    OutputLockedError,
     PartitionError,
     SchemaError,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "JobResult",
     "ModelLoadError",
     "ModelSpec",
+    "OutputLockedError",
     "PartitionError",
     "Plan",
     "SchemaError",

@@ -8,6 +8,7 @@ Every exception subclasses a builtin, so ``except ValueError`` keeps working::
      +-- ModelLoadError(BatchInferError, RuntimeError) a model recipe failed to load
      +-- PartitionError(BatchInferError, RuntimeError) one partition failed; names it
      +-- BadRowsError(BatchInferError, RuntimeError)   more rows quarantined than allowed
+     +-- OutputLockedError(BatchInferError, RuntimeError) another job holds the output
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "BatchInferError",
     "InputError",
     "ModelLoadError",
+    "OutputLockedError",
     "PartitionError",
     "SchemaError",
 ]
@@ -64,6 +66,20 @@ class PartitionError(BatchInferError, RuntimeError):
 
 class BadRowsError(BatchInferError, RuntimeError):
     """``on_error="quarantine"`` found more bad rows than ``max_bad_rows`` allows."""
+
+
+class OutputLockedError(BatchInferError, RuntimeError):
+    """Another job holds the output folder's lease (``_lock``): one job per output at a time.
+
+    Attributes
+    ----------
+    holder : dict
+        The other job's lease: ``job``, ``host``, ``pid``, ``started``, ``heartbeat``.
+    """
+
+    def __init__(self, message: str, *, holder: dict | None = None) -> None:
+        super().__init__(message)
+        self.holder = dict(holder or {})
 
 
 def _rebuild_partition_error(message: str, partition: int, source: str | None) -> PartitionError:

@@ -11,6 +11,7 @@ import fsspec
 from dask_batchinfer.io.commit import load_state
 from dask_batchinfer.io.fs import read_json
 from dask_batchinfer.io.layout import MANIFEST, REPORT_JSON
+from dask_batchinfer.io.lease import describe, is_alive, lease_timeout, read_lease
 
 __all__ = ["format_status", "output_status"]
 
@@ -18,9 +19,10 @@ __all__ = ["format_status", "output_status"]
 def output_status(output: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Summarise a committed or partial output folder without reading its data.
 
-    Returns a dict with ``state``: ``"complete"`` (a ``_SUCCESS`` manifest, and
+    Returns a dict with ``state``: ``"running"`` (a job holds the folder's lease
+    and renews it: see ``lease``), ``"complete"`` (a ``_SUCCESS`` manifest, and
     no failed run after it), ``"partial"`` (committed partitions but no
-    manifest: a job is running, was killed, or failed), ``"failed"`` (the last
+    manifest, and no job running: one was killed), ``"failed"`` (the last
     run failed; its error is in ``error``) or ``"missing"`` (nothing there);
     plus ``partitions_committed``, ``rows_in``, ``rows_out`` and
     ``rows_quarantined`` summed over the committed partitions, the manifest's
@@ -29,7 +31,9 @@ def output_status(output: str, storage_options: Mapping[str, Any] | None = None)
     fs, root = fsspec.core.url_to_fs(output, **dict(storage_options or {}))
     root = root.rstrip("/")
     state = load_state(fs, root)
-    if not state.exists:
+    lease = read_lease(fs, root) if state.exists or fs.exists(root) else None
+    running = lease is not None and is_alive(lease, lease_timeout())
+    if not state.exists and not running:
         return {"output": output, "state": "missing", "partitions_committed": 0,
                 "rows_in": 0, "rows_out": 0, "rows_quarantined": 0}  # fmt: skip
     markers = list(state.markers.values())
@@ -42,20 +46,9 @@ def output_status(output: str, storage_options: Mapping[str, Any] | None = None)
         "rows_out": sum(m.rows_out for m in markers),
         "rows_quarantined": sum(m.rows_quarantined for m in markers),
     }
-    last_failed = bool(report and report.get("status") == "failed")
-    if (
-        last_failed
-        and manifest
-        and report
-        and report.get("finished", "") < manifest.get("finished", "")
-    ):
-        last_failed = False  # the failure came before the last success
-    if manifest is not None and not last_failed:
-        summary["state"] = "complete"
-    elif last_failed:
-        summary["state"] = "failed"
-    else:
-        summary["state"] = "partial"
+    summary["state"] = "running" if running else _state(manifest, report)
+    if running and lease is not None:
+        summary["lease"] = describe(lease)
     if manifest is not None:
         summary["manifest"] = {
             k: manifest.get(k)
@@ -78,6 +71,21 @@ def output_status(output: str, storage_options: Mapping[str, Any] | None = None)
         if report.get("error"):
             summary["error"] = report["error"]
     return summary
+
+
+def _state(manifest: dict[str, Any] | None, report: dict[str, Any] | None) -> str:
+    """complete, failed or partial, from the manifest and the last report."""
+    last_failed = bool(report and report.get("status") == "failed")
+    if (
+        last_failed
+        and manifest
+        and report
+        and report.get("finished", "") < manifest.get("finished", "")
+    ):
+        last_failed = False  # the failure came before the last success
+    if manifest is not None and not last_failed:
+        return "complete"
+    return "failed" if last_failed else "partial"
 
 
 def format_status(summary: dict[str, Any]) -> str:
@@ -103,6 +111,8 @@ def format_status(summary: dict[str, Any]) -> str:
             f"partitions run, {last['partitions_skipped']} skipped, "
             f"{(last.get('wall_seconds') or 0):.1f} s"
         )
-    if summary.get("error") and summary["state"] != "complete":
+    if summary.get("lease"):
+        lines.append(f"  running     {summary['lease']}")
+    if summary.get("error") and summary["state"] not in ("complete", "running"):
         lines.append(f"  error       {summary['error']}")
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """A fault-injecting HTTP proxy in front of the moto S3 server, on 127.0.0.1.
 
 Every request is forwarded to moto unchanged, except that a chosen share of
-PUT requests (object uploads and server-side copies), and every GET whose path
-``fail_get(path)`` accepts, is answered with an S3 ``500 InternalError``
+PUT requests (object uploads and server-side copies), and every GET or PUT whose
+path ``fail_get(path)`` or ``fail_put(path)`` accepts, is answered with an S3 ``500 InternalError``
 instead, without reaching moto (a storage outage).
 """
 
@@ -31,10 +31,12 @@ class FaultProxy:
         put_failure_rate: float,
         seed: int = 0,
         fail_get: Callable[[str], bool] | None = None,
+        fail_put: Callable[[str], bool] | None = None,
     ) -> None:
         self.upstream = urlsplit(upstream)
         self.rate = put_failure_rate
         self.fail_get = fail_get
+        self.fail_put = fail_put
         self.failed_gets = 0
         self.random = random.Random(seed)
         self.lock = threading.Lock()
@@ -64,7 +66,7 @@ class FaultProxy:
 
             def _forward(self) -> None:
                 body = self._body()
-                if (self.command == "PUT" and proxy._should_fail()) or (
+                if (self.command == "PUT" and proxy._should_fail(self.path)) or (
                     self.command == "GET" and proxy._should_fail_get(self.path)
                 ):
                     self.send_response(500)
@@ -102,7 +104,11 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def _should_fail(self) -> bool:
+    def _should_fail(self, path: str) -> bool:
+        if self.fail_put is not None and self.fail_put(path):
+            with self.lock:
+                self.injected += 1
+            return True
         with self.lock:
             self.puts += 1
             fail = self.random.random() < self.rate

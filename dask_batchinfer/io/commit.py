@@ -43,12 +43,14 @@ from dask_batchinfer.io.fs import (
 from dask_batchinfer.io.layout import (
     COMMITTED,
     ERRORS,
+    LOCK,
     MANIFEST,
     REPORT_HTML,
     REPORT_JSON,
     STAGING,
     is_visible,
 )
+from dask_batchinfer.io.lease import Lease
 from dask_batchinfer.io.retry import RetryStats, retry
 
 __all__ = ["Committer", "Marker", "OutputState", "Partition", "load_state", "write_marker"]
@@ -201,7 +203,8 @@ def load_state(fs: fsspec.AbstractFileSystem, root: str) -> OutputState:
     manifest = read_json(fs, posixpath.join(root, MANIFEST)) if MANIFEST in relpaths else None
     files = {rel for rel in relpaths if is_visible(rel)}
     errors = {rel for rel in relpaths if rel.startswith(f"{ERRORS}/")}
-    return OutputState(manifest, markers, files, exists=bool(relpaths), error_files=errors)
+    exists = any(rel != LOCK for rel in relpaths)  # a lease alone is not content
+    return OutputState(manifest, markers, files, exists=exists, error_files=errors)
 
 
 class Committer:
@@ -219,6 +222,10 @@ class Committer:
         self.output = output
         self.fs, self.root = url_to_fs(output, storage_options)
         self.state = OutputState(None, {}, set(), exists=False)
+
+    def lease(self, job: str) -> Lease:
+        """The job's lease on the folder: ``with committer.lease(job):`` (see io/lease.py)."""
+        return Lease(self.fs, self.root, job)
 
     def load(self) -> OutputState:
         """Read the folder's manifest and markers (once per job)."""

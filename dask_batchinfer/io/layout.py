@@ -7,6 +7,7 @@
       _staging/                       attempts in flight
       _SUCCESS                        the manifest, written when every partition is committed
       _report.json, _report.html      the last run's report
+      _lock                           the lease of the job writing now (see io/lease.py)
 
 Names starting with ``_`` or ``.`` are skipped by Dask, pandas and pyarrow readers.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 __all__ = [
     "COMMITTED",
     "ERRORS",
+    "LOCK",
     "MANIFEST",
     "REPORT_HTML",
     "REPORT_JSON",
@@ -29,6 +31,7 @@ ERRORS = "_errors"
 MANIFEST = "_SUCCESS"
 REPORT_JSON = "_report.json"
 REPORT_HTML = "_report.html"
+LOCK = "_lock"
 
 
 def is_visible(relpath: str) -> bool:

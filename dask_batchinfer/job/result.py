@@ -8,7 +8,10 @@ reports what the job did: rows in = rows out + rows quarantined, always.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -147,9 +150,25 @@ def fail(err: BaseException, result: JobResult, committer: Committer) -> None:
     result.finished = now()
     try:
         save_report(committer, result)
-    except Exception:  # noqa: BLE001 - the job's own error matters more
-        logger.warning("could not save the report of the failed job", exc_info=True)
+    except Exception as save_error:  # noqa: BLE001 - the job's own error matters more
+        where = _save_locally(result)
+        note = (f"the report could not be saved beside the output ({type(save_error).__name__}: "
+                f"{save_error}); it is at {where}")  # fmt: skip
+        logger.warning("%s", note)
+        err.add_note(note)
     try:
         err.result = result  # type: ignore[attr-defined]
     except AttributeError:
         pass
+
+
+def _save_locally(result: JobResult) -> str:
+    """Write a failed job's report to the local temporary folder; its path."""
+    folder = os.path.join(tempfile.gettempdir(), "dask-batchinfer-reports")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{result.job or 'job'}-report.json")
+    with open(path, "w") as f:
+        json.dump(result.to_json(), f, indent=1, sort_keys=True, default=str)
+    with open(path[: -len(".json")] + ".html", "w") as f:
+        f.write(result.to_html())
+    return path

@@ -20,6 +20,7 @@ from dask_batchinfer.cluster import connect, detect_pools
 from dask_batchinfer.errors import BadRowsError
 from dask_batchinfer.fingerprint import code_token
 from dask_batchinfer.io.commit import Committer
+from dask_batchinfer.io.lease import Lease
 from dask_batchinfer.io.read import open_source
 from dask_batchinfer.io.retry import RetryStats
 from dask_batchinfer.job.executor import Executor, window_size
@@ -166,33 +167,43 @@ def run_job(
     columns = job_columns(ddf._meta, model, keep=options.keep, partition_on=options.partition_on,
                           preprocess=preprocess)  # fmt: skip
     committer = Committer(options.output, options.storage_options)
-    committer.load()
-    ddf = ddf.optimize()
-    generation = uuid.uuid4().hex if options.mode == "overwrite" else ""
-    token = job_token(model, preprocess, columns)
-    plan = plan_job(partitions_of(ddf.__dask_keys__(), groups, token, generation),
-                    committer.state, options.mode, options.output)  # fmt: skip
+    with committer.lease(run.job) as lease:  # one job per output; before reading its state
+        committer.load()
+        ddf = ddf.optimize()
+        generation = uuid.uuid4().hex if options.mode == "overwrite" else ""
+        plan = plan_job(partitions_of(ddf.__dask_keys__(), groups,
+                                      job_token(model, preprocess, columns), generation),
+                        committer.state, options.mode, options.output)  # fmt: skip
+        settings = StageSettings(
+            model=model, preprocess=preprocess, keep=columns.keep, on_error=options.on_error,
+            job=run.job, output=options.output, storage_options=options.task_options,
+            partition_on=columns.partition_on, schema=columns.schema,
+        )  # fmt: skip
+        return _run_plan(ddf, plan, settings, options, committer, run, lease)
+
+
+def _run_plan(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptions,
+              committer: Committer, run: RunInfo, lease: Lease) -> JobResult:  # fmt: skip
+    """Run what the plan says, then commit: the job under its lease."""
     build = functools.partial(build_result, output=options.output, mode=options.mode,
-                              model=model, plan=plan, run=run)  # fmt: skip
+                              model=settings.model, plan=plan, run=run)  # fmt: skip
     if plan.finished:  # nothing to run; undo what a later run that died left behind
         result = build(stats=[])
         result.files_removed = committer.restore_manifest(plan.slugs)
         return result
-    settings = StageSettings(
-        model=model, preprocess=preprocess, keep=columns.keep, on_error=options.on_error,
-        job=run.job, output=options.output, storage_options=options.task_options,
-        partition_on=columns.partition_on, schema=columns.schema,
-    )  # fmt: skip
     stats: list[PartitionStats] = []
     if plan.todo:
         try:
             _execute(ddf, plan, settings, options, committer, run, stats)
+            lease.check()
         except Exception as err:
             fail(err, build(stats=stats), committer)
             raise
     result = build(stats=stats)
+    lease.check()  # never write a manifest over a folder another job took over
     _commit(result, plan, committer, options, run, manifest=functools.partial(
-        manifest, plan=plan, model=model, preprocess_token=code_token(preprocess)))  # fmt: skip
+        manifest, plan=plan, model=settings.model,
+        preprocess_token=code_token(settings.preprocess)))  # fmt: skip
     return result
 
 

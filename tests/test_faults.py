@@ -1,0 +1,202 @@
+"""Faults at every phase end cleanly: a job completes exactly once or fails naming what to do.
+
+Workers are killed with SIGKILL by pid, on LocalClusters of worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+from s3faults import FaultProxy
+
+import dask_batchinfer as dbi
+from dask_batchinfer.cli import EXIT_LOCKED, main
+from dask_batchinfer.testing import make_features, slow_loading_model, slow_model, tiny_model
+
+
+def _kill_later(pid: int, after: float) -> threading.Thread:
+    def kill() -> None:
+        time.sleep(after)
+        os.kill(pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_worker_killed_while_the_model_loads(private_client, tmp_path, s3, expected_scores, where):
+    fs, options = s3
+    out = str(tmp_path / "out") if where == "local" else "s3://batchinfer-test/out"
+    frame = make_features(600, seed=41)
+    with private_client(3, silence_logs=logging.CRITICAL) as c:
+        victim = next(iter(c.run(os.getpid).values()))
+        killer = _kill_later(victim, after=1.0)  # the model takes 3 s to load
+        result = dbi.run_job(dd.from_pandas(frame, npartitions=12), slow_loading_model(3.0, seed=2),
+                             output=out, keep=["id"], client=c, progress=False,
+                             storage_options=options if where == "s3" else None)  # fmt: skip
+        killer.join()
+        assert victim not in c.run(os.getpid).values()  # the kill happened
+    assert (result.rows_in, result.rows_out, result.partitions_run) == (600, 600, 12)
+    back = dbi.read_output(out, storage_options=options if where == "s3" else None).compute()
+    back = back.sort_values("id")
+    assert back["id"].tolist() == list(range(600))  # exactly once
+    np.testing.assert_allclose(back["score"].to_numpy(), expected_scores(frame, seed=2), rtol=1e-5)
+
+
+def _hog_on_id_250(frame: pd.DataFrame) -> pd.DataFrame:
+    """Preprocess that allocates far past a worker's memory on the partition holding id 250."""
+    if (frame["id"] == 250).any():
+        hog = np.ones(250_000_000)  # 2 GB
+        time.sleep(10)
+        del hog
+    return frame
+
+
+@pytest.mark.slow
+def test_a_partition_that_kills_its_workers_is_named(tmp_path, write_inputs):
+    from distributed import Client, LocalCluster
+
+    write_inputs(tmp_path / "in", make_features(400, seed=42), files=4)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="1GB",
+                     host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                     silence_logs=logging.CRITICAL) as cluster,
+        Client(cluster, set_as_default=False) as c,
+    ):  # fmt: skip
+        with pytest.raises(dbi.PartitionError) as info:
+            dbi.run_job(str(tmp_path / "in"), tiny_model(),
+                        output=str(tmp_path / "out"), preprocess=_hog_on_id_250, client=c,
+                        progress=False)  # fmt: skip
+    message = str(info.value)
+    assert "in-002.parquet" in message and "killed 4 workers" in message
+    assert "batch_size" in message and "memory" in message
+    assert info.value.source and info.value.source.endswith("in-002.parquet")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def _two_jobs(out, frame, client, stagger: float):
+    """Job A, then job B (another model) ``stagger`` seconds later, on the same output."""
+    results: dict[str, object] = {}
+
+    def job(name: str, seed: int, delay: float) -> None:
+        time.sleep(delay)
+        try:
+            spec = slow_model(delay=0.1, seed=seed, batch_size=10)  # ~5 s on 2 workers
+            results[name] = dbi.run_job(dd.from_pandas(frame, npartitions=20), spec,
+                                        output=out, keep=["id"], client=client,
+                                        progress=False)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - the test inspects it
+            results[name] = err
+
+    threads = [threading.Thread(target=job, args=("a", 1, 0.0)),
+               threading.Thread(target=job, args=("b", 2, stagger))]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stagger", [0.0, 2.0])
+def test_two_jobs_on_one_output_leave_one_jobs_rows(client, tmp_path, expected_scores, stagger):
+    frame = make_features(1000, seed=43)
+    out = str(tmp_path / "out")
+    results = _two_jobs(out, frame, client, stagger)
+    errors = [r for r in results.values() if isinstance(r, Exception)]
+    done = [r for r in results.values() if not isinstance(r, Exception)]
+    assert len(errors) == 1 and len(done) == 1, results
+    assert isinstance(errors[0], dbi.OutputLockedError), repr(errors[0])
+    assert "another job is writing" in str(errors[0])
+    table = ds.dataset(out, format="parquet").to_table().to_pandas()  # a plain reader
+    assert sorted(table["id"]) == list(range(1000))  # exactly one job's rows
+    seed = 1 if done[0].model.endswith("seed1") else 2
+    back = table.sort_values("id")
+    np.testing.assert_allclose(back["score"].to_numpy(), expected_scores(frame, seed), rtol=1e-5)
+    assert not os.path.exists(os.path.join(out, "_lock"))  # released
+
+
+def _write_lock(folder, **fields) -> None:
+    os.makedirs(folder, exist_ok=True)
+    lease = {"job": "other-job", "host": "another-host", "pid": 1, "started": "2026-11-30T02:00:00"}
+    with open(os.path.join(folder, "_lock"), "w") as f:
+        json.dump(lease | fields, f)
+
+
+def test_a_live_lease_refuses_a_second_job_before_any_work(client, tmp_path, capsys):
+    frame = make_features(100, seed=44)
+    out = tmp_path / "out"
+    _write_lock(out, heartbeat=time.time())
+    with pytest.raises(dbi.OutputLockedError, match="other-job.*another-host") as info:
+        dbi.run_job(dd.from_pandas(frame, npartitions=2), tiny_model(), output=str(out),
+                    progress=False)  # fmt: skip
+    assert info.value.holder["job"] == "other-job"
+    assert sorted(os.listdir(out)) == ["_lock"]  # nothing computed, nothing written
+    status = dbi.output_status(str(out))
+    assert status["state"] == "running" and "other-job" in status["lease"]
+    assert main(["status", str(out)]) == EXIT_LOCKED
+    frame.to_parquet(tmp_path / "in.parquet")
+    code = main(["run", "--input", str(tmp_path / "in.parquet"), "--output", str(out),
+                 "--model", "dask_batchinfer.testing:tiny_model",
+                 "--scheduler", client.scheduler.address, "--quiet"])  # fmt: skip
+    assert code == EXIT_LOCKED and "other-job" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stale", ["old heartbeat", "dead process here"])
+def test_a_stale_lease_is_taken_over(client, tmp_path, stale):
+    frame = make_features(100, seed=45)
+    out = tmp_path / "out"
+    if stale == "old heartbeat":
+        _write_lock(out, heartbeat=time.time() - 3600)
+    else:  # a driver on this machine that died: its pid is gone
+        _write_lock(out, heartbeat=time.time(), host=socket.gethostname(), pid=_dead_pid())
+    result = dbi.run_job(dd.from_pandas(frame, npartitions=2), tiny_model(), output=str(out),
+                         progress=False)  # fmt: skip
+    assert result.rows_out == 100 and not (out / "_lock").exists()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _report_put(path: str) -> bool:
+    return "_report" in path and "/_staging/" not in path  # the report's final names
+
+
+def test_a_report_the_output_refuses_is_saved_locally(client, s3, s3_server, write_inputs):
+    fs, _ = s3
+    frame = make_features(200, seed=46).astype({"f3": "str"})
+    frame.loc[150, "f3"] = "n/a"  # fails the job
+    write_inputs("batchinfer-test/in", frame, files=2, fs=fs)
+    with FaultProxy(s3_server, put_failure_rate=0.0, fail_put=_report_put) as proxy:
+        options = {"endpoint_url": proxy.url,
+                   "config_kwargs": {"retries": {"total_max_attempts": 1}}}  # fmt: skip
+        with pytest.raises(dbi.PartitionError) as info:
+            dbi.run_job("s3://batchinfer-test/in", tiny_model(),
+                        output="s3://batchinfer-test/out", storage_options=options,
+                        progress=False)  # fmt: skip
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert "could not be saved beside the output" in notes
+    path = notes.rsplit("it is at ", 1)[1].strip()
+    with open(path) as f:
+        saved = json.load(f)
+    assert saved["status"] == "failed" and "f3" in saved["error"]
+    assert os.path.exists(path[: -len(".json")] + ".html")
