@@ -22,6 +22,7 @@ from dask_batchinfer.errors import (
     ModelLoadError,
     OutputLockedError,
     PartitionError,
+    PartitionTimeoutError,
     SchemaError,
 )
 from dask_batchinfer.io.read import read_output
@@ -49,6 +50,7 @@ __all__ = [
     "ModelSpec",
     "OutputLockedError",
     "PartitionError",
+    "PartitionTimeoutError",
     "Plan",
     "SchemaError",
     "__version__",

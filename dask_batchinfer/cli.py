@@ -66,6 +66,7 @@ def _run(args: argparse.Namespace) -> int:
             max_bad_rows=_bad_rows_limit(args.max_bad_rows),
             storage_options=args.storage_options,
             progress=progress,
+            partition_timeout=args.partition_timeout,
         )
     _log_event(result.job, "finished", status=result.status, partitions_run=result.partitions_run,
                partitions_skipped=result.partitions_skipped, rows_in=result.rows_in,

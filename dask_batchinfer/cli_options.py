@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read Parquet input, run a model on every row, write partitioned Parquet.",
     )
     _io_arguments(run.add_argument_group("input and output"))
-    _job_arguments(run.add_argument_group("job"))
+    job = run.add_argument_group("job")
+    _job_arguments(job)
+    _timeout_argument(job)
     _cluster_arguments(run.add_argument_group("cluster"))
     _display_arguments(run.add_argument_group("display"))
     status = commands.add_parser(
@@ -48,36 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--storage-options", type=json_object, metavar="JSON",
                         help="fsspec options, as for run")  # fmt: skip
 
-    demo = commands.add_parser(
-        "demo",
-        help="embed a built-in corpus with all-MiniLM-L6-v2 (offline)",
-        description="Build a corpus of a few thousand sentences, embed it with "
-        "all-MiniLM-L6-v2 on a local cluster and write partitioned Parquet.",
-    )
-    demo.add_argument(
-        "--output",
-        default="batchinfer-demo-output",
-        metavar="DIR",
-        help="folder for the demo's input and embeddings "
-        "(default: %(default)s; replaced on each run)",
-    )
-    demo.add_argument(
-        "--docs",
-        type=int,
-        default=4000,
-        metavar="N",
-        help="sentences in the corpus (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--partitions",
-        type=int,
-        default=8,
-        metavar="N",
-        help="input files, hence partitions (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--scheduler", metavar="ADDRESS", help="use an existing Dask cluster instead of a local one"
-    )
+    _demo_parser(commands)
     return parser
 
 
@@ -125,6 +98,39 @@ def _io_arguments(group: Any) -> None:
     )
 
 
+def _demo_parser(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="embed a built-in corpus with all-MiniLM-L6-v2 (offline)",
+        description="Build a corpus of a few thousand sentences, embed it with "
+        "all-MiniLM-L6-v2 on a local cluster and write partitioned Parquet.",
+    )
+    demo.add_argument(
+        "--output",
+        default="batchinfer-demo-output",
+        metavar="DIR",
+        help="folder for the demo's input and embeddings "
+        "(default: %(default)s; replaced on each run)",
+    )
+    demo.add_argument(
+        "--docs",
+        type=int,
+        default=4000,
+        metavar="N",
+        help="sentences in the corpus (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--partitions",
+        type=int,
+        default=8,
+        metavar="N",
+        help="input files, hence partitions (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--scheduler", metavar="ADDRESS", help="use an existing Dask cluster instead of a local one"
+    )
+
+
 def _job_arguments(group: Any) -> None:
     group.add_argument(
         "--mode",
@@ -166,6 +172,15 @@ def _job_arguments(group: Any) -> None:
         action="store_true",
         help="measure a sample of partitions and print the projected time, the recommended "
         "batch size and the output size; write nothing",
+    )
+
+
+def _timeout_argument(group: Any) -> None:
+    group.add_argument(
+        "--partition-timeout",
+        metavar="SECONDS",
+        help="cancel a partition running longer than this and retry it once, then fail the "
+        "job naming its file (default: no limit; batchinfer.partition-timeout)",
     )
 
 

@@ -7,6 +7,7 @@ Every exception subclasses a builtin, so ``except ValueError`` keeps working::
      |    +-- SchemaError                              a partition lacks a column
      +-- ModelLoadError(BatchInferError, RuntimeError) a model recipe failed to load
      +-- PartitionError(BatchInferError, RuntimeError) one partition failed; names it
+     |    +-- PartitionTimeoutError                    it ran past partition_timeout, twice
      +-- BadRowsError(BatchInferError, RuntimeError)   more rows quarantined than allowed
      +-- OutputLockedError(BatchInferError, RuntimeError) another job holds the output
 """
@@ -20,6 +21,7 @@ __all__ = [
     "ModelLoadError",
     "OutputLockedError",
     "PartitionError",
+    "PartitionTimeoutError",
     "SchemaError",
 ]
 
@@ -64,6 +66,24 @@ class PartitionError(BatchInferError, RuntimeError):
         return (_rebuild_partition_error, (str(self), self.partition, self.source))
 
 
+class PartitionTimeoutError(PartitionError):
+    """A partition ran longer than ``partition_timeout`` on two attempts.
+
+    Attributes
+    ----------
+    seconds : float
+        The timeout it exceeded.
+    """
+
+    def __init__(self, message: str, *, partition: int, source: str | None = None,
+                 seconds: float = 0.0) -> None:  # fmt: skip
+        super().__init__(message, partition=partition, source=source)
+        self.seconds = seconds
+
+    def __reduce__(self):
+        return (_rebuild_timeout_error, (str(self), self.partition, self.source, self.seconds))
+
+
 class BadRowsError(BatchInferError, RuntimeError):
     """``on_error="quarantine"`` found more bad rows than ``max_bad_rows`` allows."""
 
@@ -84,3 +104,9 @@ class OutputLockedError(BatchInferError, RuntimeError):
 
 def _rebuild_partition_error(message: str, partition: int, source: str | None) -> PartitionError:
     return PartitionError(message, partition=partition, source=source)
+
+
+def _rebuild_timeout_error(
+    message: str, partition: int, source: str | None, seconds: float
+) -> PartitionTimeoutError:
+    return PartitionTimeoutError(message, partition=partition, source=source, seconds=seconds)

@@ -51,6 +51,8 @@ class JobOptions:
     credentials: str | None = None
     inflight_per_thread: int = 2
     prefetch_per_model_thread: int = 2
+    partition_timeout: float | None = None
+    heartbeat_seconds: float = 30.0
 
     @classmethod
     def build(
@@ -66,6 +68,7 @@ class JobOptions:
         client: Any = None,
         progress: bool | str | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        partition_timeout: Any = None,
     ) -> JobOptions:
         """Check every option; raise :class:`InputError` naming the first bad one."""
         if mode not in MODES:
@@ -97,7 +100,11 @@ class JobOptions:
             credentials=reference,
             inflight_per_thread=int(_config.get("inflight-per-thread")),
             prefetch_per_model_thread=int(_config.get("prefetch-per-model-thread")),
-        )
+            partition_timeout=_seconds("partition_timeout", partition_timeout,
+                                       _config.get("partition-timeout")),
+            heartbeat_seconds=float(_seconds("progress-heartbeat", None,
+                                             _config.get("progress-heartbeat")) or 30.0),
+        )  # fmt: skip
 
     def bad_rows_allowed(self, already: int) -> int | None:
         """Rows this run may still quarantine (a count limit), given ``already`` committed."""
@@ -121,6 +128,22 @@ def _check_max_bad_rows(value: Any) -> None:
         raise InputError(
             f"max_bad_rows={value!r}: expected a count (int >= 0) or a fraction (float in [0, 1))"
         )
+
+
+def _seconds(option: str, value: Any, default: Any) -> float | None:
+    """A duration in seconds (a number, or text such as ``"10 minutes"``); None for off."""
+    from dask.utils import parse_timedelta
+
+    value = default if value is None else value
+    if value is None or value is False:
+        return None
+    try:
+        seconds = parse_timedelta(value, default="s")
+    except (TypeError, ValueError, KeyError) as err:
+        raise InputError(f"{option}={value!r}: expected seconds, e.g. 600 or '10 minutes'") from err
+    if seconds is None or not seconds > 0:
+        raise InputError(f"{option}={value!r}: expected a positive duration in seconds")
+    return float(seconds)
 
 
 def _names(option: str, value: Sequence[str] | str | None) -> tuple[str, ...] | None:

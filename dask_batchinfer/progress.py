@@ -13,6 +13,7 @@ Three displays, picked by ``run_job(progress=...)`` (default ``"auto"``):
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -130,6 +131,14 @@ class Progress:
         elif self.mode == "log" and self.done * 10 >= self._next_decile * self.total:
             self._next_decile = self.done * 10 // max(self.total, 1) + 1
             self._log("progress")
+
+    def heartbeat(self, slowest: str, age: float) -> None:
+        """Nothing committed for a while: say which partition in flight is the oldest."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"waiting on {slowest} for {age:.0f} s", refresh=True)
+        elif self.mode == "log":
+            logger.info("job=%s event=heartbeat partitions=%d/%d slowest=%s age_s=%.0f",
+                        self.job, self.done, self.total, json.dumps(slowest), age)  # fmt: skip
 
     def _log(self, event: str) -> None:
         eta = self.eta_seconds

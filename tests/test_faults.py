@@ -200,3 +200,48 @@ def test_a_report_the_output_refuses_is_saved_locally(client, s3, s3_server, wri
         saved = json.load(f)
     assert saved["status"] == "failed" and "f3" in saved["error"]
     assert os.path.exists(path[: -len(".json")] + ".html")
+
+
+def _hang_on_id_250(frame: pd.DataFrame) -> pd.DataFrame:
+    """Preprocess that hangs (sleeps 20 s) on the partition holding id 250."""
+    if (frame["id"] == 250).any():
+        time.sleep(20)
+    return frame
+
+
+@pytest.mark.slow
+def test_a_hung_partition_times_out_naming_its_file(private_client, tmp_path, write_inputs,
+                                                   caplog):  # fmt: skip
+    import dask
+
+    write_inputs(tmp_path / "in", make_features(400, seed=47), files=4)
+    caplog.set_level(logging.INFO, logger="dask_batchinfer")
+    started = time.monotonic()
+    with (
+        private_client(2, silence_logs=logging.CRITICAL) as c,
+        dask.config.set({"batchinfer.progress-heartbeat": "1s"}),
+        pytest.raises(dbi.PartitionTimeoutError) as info,
+    ):
+        dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"),
+                    preprocess=_hang_on_id_250, client=c, progress="log",
+                    partition_timeout=3)  # fmt: skip
+    assert time.monotonic() - started < 20  # did not wait for the hang
+    err = info.value
+    assert isinstance(err, dbi.PartitionError) and err.seconds == 3
+    assert "in-002.parquet" in str(err) and "partition_timeout=3 s" in str(err)
+    assert err.source.endswith("in-002.parquet")
+    logs = caplog.text
+    assert "past partition_timeout: retrying once" in logs
+    assert "event=heartbeat" in logs and "in-002.parquet" in logs  # progress kept talking
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    committed = os.listdir(tmp_path / "out" / "_committed")
+    assert sorted(committed) == ["in-000.json", "in-001.json", "in-003.json"]
+
+
+def test_partition_timeout_is_validated_before_anything_runs(tmp_path):
+    frame = make_features(10)
+    for bad in (0, -5, "soon"):
+        with pytest.raises(dbi.InputError, match="partition_timeout"):
+            dbi.run_job(dd.from_pandas(frame, npartitions=1), tiny_model(),
+                        output=str(tmp_path / "o"), partition_timeout=bad)  # fmt: skip
+    assert not (tmp_path / "o").exists()

@@ -11,6 +11,8 @@ however large the input; only small :class:`PartitionStats` come back.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections.abc import Hashable, Iterator
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from dask.optimization import cull
 
 from dask_batchinfer.cluster import Pools
-from dask_batchinfer.errors import BadRowsError, PartitionError
+from dask_batchinfer.errors import BadRowsError, PartitionError, PartitionTimeoutError
 from dask_batchinfer.io.commit import Partition
 from dask_batchinfer.options import JobOptions
 from dask_batchinfer.pipeline.rows import where
@@ -33,6 +35,17 @@ from dask_batchinfer.progress import Progress
 from dask_batchinfer.worker import workers_killed
 
 __all__ = ["Executor", "submit_read", "window_size"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _Flight:
+    """A partition in flight: since when (``time.monotonic()``) and which attempt."""
+
+    partition: Partition
+    started: float
+    attempt: int
 
 
 def submit_read(client: Any, graph: dict, key: Hashable, resources: dict | None = None) -> Any:
@@ -69,12 +82,20 @@ class Executor:
     stats : list, optional
         Receives the statistics of every partition as it commits (so that
         they are there after a failure too); default a new list, ``self.stats``.
+    timeout : float, optional
+        Seconds a partition may take from its submission; past it the
+        partition is cancelled and submitted once more, then fails the job
+        with :class:`PartitionTimeoutError`.
+    heartbeat : float, default 30
+        While no partition commits for this long, tell ``progress`` which
+        partition in flight is the oldest and its age.
     """
 
     def __init__(self, client: Any, ddf: Any, pools: Pools, settings: StageSettings, *,
                  window: int, bad_rows_allowed: int | None = None,
                  progress: Progress | None = None,
-                 stats: list[PartitionStats] | None = None) -> None:  # fmt: skip
+                 stats: list[PartitionStats] | None = None, timeout: float | None = None,
+                 heartbeat: float = 30.0) -> None:  # fmt: skip
         self.client = client
         self.graph = dict(ddf.__dask_graph__())
         self.keys = ddf.__dask_keys__()
@@ -85,12 +106,19 @@ class Executor:
         self.progress = progress
         self.stats: list[PartitionStats] = [] if stats is None else stats
         self.submitted: dict[str, Partition] = {}  # future key -> its partition
+        self.timeout = timeout
+        self.heartbeat = heartbeat
+        self.tick = min(2.0, timeout / 4) if timeout else 2.0
+        self.quarantined = 0
+        self.last_commit = self.last_heartbeat = time.monotonic()
 
-    def _submit(self, partition: Partition) -> Any:
+    def _submit(self, partition: Partition, attempt: int = 1) -> Any:
         c, pools, settings = self.client, self.pools, self.settings
         cpu = {pools.preprocess: 1} if pools.mixed else None
         read = submit_read(c, self.graph, self.keys[partition.number], cpu)
         name = f"batchinfer-{settings.job}-{partition.number}"
+        if attempt > 1:
+            name += f"-attempt{attempt}"
         if not pools.mixed:
             done = c.submit(process_task, read, partition, settings, key=f"process-{name}")
         else:
@@ -103,34 +131,81 @@ class Executor:
 
     def run(self, todo: list[Partition]) -> list[PartitionStats]:
         """Run ``todo``; return each partition's statistics in the order they committed."""
-        from distributed import as_completed
-
-        pending = as_completed(loop=self.client.loop)
         queue: Iterator[Partition] = iter(todo)
+        flying: dict[Any, _Flight] = {}
         for partition in queue:
-            pending.add(self._submit(partition))
-            if pending.count() >= self.window:
+            self._launch(partition, flying)
+            if len(flying) >= self.window:
                 break
-        quarantined = 0
-        for future in pending:
-            try:
-                stats: PartitionStats = self._result(future)
-                stats.finished = time.perf_counter()
-                self.stats.append(stats)
-                quarantined += stats.marker.rows_quarantined if stats.marker else 0
-                if self.progress is not None:
-                    self.progress.update(stats)
-                self._check_budget(quarantined)
-            except BaseException:
-                for other in list(pending.futures):
-                    other.cancel()
-                raise
-            finally:
-                future.release()
-            upcoming = next(queue, None)
-            if upcoming is not None:
-                pending.add(self._submit(upcoming))
+        try:
+            while flying:
+                for future in self._wait(flying):
+                    self._collect(future, flying.pop(future))
+                    upcoming = next(queue, None)
+                    if upcoming is not None:
+                        self._launch(upcoming, flying)
+                self._check_time(flying)
+        except BaseException:
+            for future in flying:
+                future.cancel()
+            raise
         return self.stats
+
+    def _launch(self, partition: Partition, flying: dict[Any, _Flight], attempt: int = 1) -> None:
+        future = self._submit(partition, attempt)
+        flying[future] = _Flight(partition, time.monotonic(), attempt)
+
+    def _wait(self, flying: dict[Any, _Flight]) -> list[Any]:
+        """The futures that finished within the next tick (a few seconds at most)."""
+        from distributed import wait
+
+        with self.client.as_current():  # wait() asks for the current client
+            try:
+                done, _ = wait(list(flying), timeout=self.tick, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                return []
+        return [f for f in flying if f in done]
+
+    def _collect(self, future: Any, flight: _Flight) -> None:
+        try:
+            stats: PartitionStats = self._result(future)
+        finally:
+            future.release()
+        stats.finished = time.perf_counter()
+        self.stats.append(stats)
+        self.quarantined += stats.marker.rows_quarantined if stats.marker else 0
+        self.last_commit = time.monotonic()
+        if self.progress is not None:
+            self.progress.update(stats)
+        self._check_budget(self.quarantined)
+
+    def _check_time(self, flying: dict[Any, _Flight]) -> None:
+        """Cancel and retry once a partition past ``timeout``; a heartbeat while none commits."""
+        now = time.monotonic()
+        for future, flight in list(flying.items()):
+            age = now - flight.started
+            if self.timeout is None or age <= self.timeout:
+                continue
+            future.cancel()
+            del flying[future]
+            if flight.attempt > 1:
+                p = flight.partition
+                raise PartitionTimeoutError(
+                    f"{where(p.number, p.source)} ran longer than partition_timeout="
+                    f"{self.timeout:g} s twice (on two attempts): a hung or very slow "
+                    f"partition. Look at its input, or raise partition_timeout",
+                    partition=p.number, source=p.source, seconds=self.timeout,
+                )  # fmt: skip
+            place = where(flight.partition.number, flight.partition.source)
+            logger.warning("%s ran %.0f s, past partition_timeout: retrying once", place, age)
+            self._launch(flight.partition, flying, attempt=flight.attempt + 1)
+        quiet = now - max(self.last_commit, self.last_heartbeat)
+        if flying and self.progress is not None and quiet >= self.heartbeat:
+            slowest = min(flying.values(), key=lambda f: f.started)
+            self.progress.heartbeat(
+                where(slowest.partition.number, slowest.partition.source), now - slowest.started
+            )
+            self.last_heartbeat = now
 
     def _result(self, future: Any) -> PartitionStats:
         from distributed import KilledWorker

@@ -62,6 +62,7 @@ def run_job(
     max_bad_rows: int | float | None = None,
     storage_options: Mapping[str, Any] | None = None,
     progress: bool | str | None = None,
+    partition_timeout: float | str | None = None,
 ) -> JobResult:
     """Run a batch inference job and write the results as partitioned Parquet, exactly once.
 
@@ -126,7 +127,15 @@ def run_job(
         Show progress: partitions committed of total, rows/s, ETA and time
         per stage. Default (``batchinfer.progress: auto``): a widget in
         Jupyter, a bar in a terminal, a log line every 10% elsewhere (CI
-        logs); ``False`` for none.
+        logs); ``False`` for none. While no partition commits for
+        ``batchinfer.progress-heartbeat`` (30 s), a heartbeat names the oldest
+        partition in flight and its age.
+    partition_timeout : float or str, optional
+        Seconds (or ``"10 minutes"``) a partition may take from its submission
+        to its commit; past it the partition is cancelled and submitted once
+        more, then the job fails with :class:`PartitionTimeoutError` naming the
+        file. Default ``batchinfer.partition-timeout``: no limit. Set it well
+        above the slowest partition you expect (``plan()`` measures them).
 
     Returns
     -------
@@ -160,7 +169,7 @@ def run_job(
     options = JobOptions.build(
         output=output, mode=mode, on_error=on_error, max_bad_rows=max_bad_rows, keep=keep,
         partition_on=partition_on, pools=pools, client=client, progress=progress,
-        storage_options=storage_options,
+        storage_options=storage_options, partition_timeout=partition_timeout,
     )  # fmt: skip
     check_not_nested(source, options)
     ddf, groups = open_source(source, options.storage_options, options.task_options)
@@ -226,7 +235,8 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
                             dashboard_link=run.dashboard_link)  # fmt: skip
         executor = Executor(c, ddf, pools, settings, window=window_size(pools, options),
                             bad_rows_allowed=options.bad_rows_allowed(plan.quarantined_before()),
-                            progress=bar, stats=stats)  # fmt: skip
+                            progress=bar, stats=stats, timeout=options.partition_timeout,
+                            heartbeat=options.heartbeat_seconds)  # fmt: skip
         try:
             executor.run(plan.todo)
         finally:
