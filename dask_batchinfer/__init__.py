@@ -18,6 +18,7 @@ from dask_batchinfer.cluster import local_cluster
 from dask_batchinfer.errors import (
     BadRowsError,
     BatchInferError,
+    ClusterError,
     InputError,
     ModelLoadError,
     OutputLockedError,
@@ -44,6 +45,7 @@ from dask_batchinfer.version import __version__
 __all__ = [
     "BadRowsError",
     "BatchInferError",
+    "ClusterError",
     "InputError",
     "JobResult",
     "ModelLoadError",

@@ -25,9 +25,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from dask_batchinfer import _config
-from dask_batchinfer.errors import InputError
+from dask_batchinfer.errors import ClusterError, InputError
 
 __all__ = [
+    "check_cluster",
     "KINDS",
     "Pools",
     "connect",
@@ -298,3 +299,43 @@ def connect(client: Any = None) -> Iterator[Any]:
     with local_cluster() as cluster, Client(cluster) as started:
         logger.info("started %s; dashboard at %s", cluster, started.dashboard_link)
         yield started
+
+
+def check_cluster(client: Any, no_workers_timeout: float | None) -> None:
+    """Fail fast on a cluster that cannot run a job: no worker, or workers over their memory.
+
+    Waits up to ``no_workers_timeout`` seconds for a first worker. A worker that
+    holds more than its pause threshold of memory while idle runs nothing, and
+    one above its terminate threshold is restarted over and over.
+
+    Raises
+    ------
+    ClusterError
+        Naming what is wrong and the fix.
+    """
+    import dask
+    from dask.utils import format_bytes
+
+    try:
+        client.wait_for_workers(1, timeout=no_workers_timeout)
+    except TimeoutError as err:
+        raise ClusterError(
+            f"no worker joined the cluster in {no_workers_timeout:.0f} s "
+            f"(batchinfer.no-workers-timeout); start some with `dask worker SCHEDULER`"
+        ) from err
+    pause = dask.config.get("distributed.worker.memory.pause") or 1.0
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    full = {}
+    for address, info in workers.items():
+        limit, used = info.get("memory_limit") or 0, info.get("metrics", {}).get("memory", 0)
+        if limit and used >= pause * limit:
+            full[address] = (used, limit)
+    if full and len(full) == len(workers):
+        address, (used, limit) = next(iter(full.items()))
+        raise ClusterError(
+            f"every worker is over its memory limit before the job starts (e.g. {address} holds "
+            f"{format_bytes(used)} of {format_bytes(limit)}): they pause or restart over and "
+            f"over and would run nothing. Give workers more memory (dask worker "
+            f"--memory-limit, local_cluster(memory_limit=...)); an idle worker with torch "
+            f"loaded holds about 300 MB, plus the model"
+        )

@@ -10,6 +10,7 @@ Every exception subclasses a builtin, so ``except ValueError`` keeps working::
      |    +-- PartitionTimeoutError                    it ran past partition_timeout, twice
      +-- BadRowsError(BatchInferError, RuntimeError)   more rows quarantined than allowed
      +-- OutputLockedError(BatchInferError, RuntimeError) another job holds the output
+     +-- ClusterError(BatchInferError, RuntimeError)   the cluster cannot run the job
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "BadRowsError",
     "BatchInferError",
+    "ClusterError",
     "InputError",
     "ModelLoadError",
     "OutputLockedError",
@@ -86,6 +88,10 @@ class PartitionTimeoutError(PartitionError):
 
 class BadRowsError(BatchInferError, RuntimeError):
     """``on_error="quarantine"`` found more bad rows than ``max_bad_rows`` allows."""
+
+
+class ClusterError(BatchInferError, RuntimeError):
+    """The cluster cannot run the job: no workers for too long, or workers that cannot stay up."""
 
 
 class OutputLockedError(BatchInferError, RuntimeError):

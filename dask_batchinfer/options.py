@@ -53,6 +53,7 @@ class JobOptions:
     prefetch_per_model_thread: int = 2
     partition_timeout: float | None = None
     heartbeat_seconds: float = 30.0
+    no_workers_timeout: float | None = 180.0
 
     @classmethod
     def build(
@@ -104,6 +105,8 @@ class JobOptions:
                                        _config.get("partition-timeout")),
             heartbeat_seconds=float(_seconds("progress-heartbeat", None,
                                              _config.get("progress-heartbeat")) or 30.0),
+            no_workers_timeout=_seconds("no-workers-timeout", None,
+                                        _config.get("no-workers-timeout")),
         )  # fmt: skip
 
     def bad_rows_allowed(self, already: int) -> int | None:

@@ -5,6 +5,7 @@ Workers are killed with SIGKILL by pid, on LocalClusters of worker processes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,7 +23,13 @@ from s3faults import FaultProxy
 
 import dask_batchinfer as dbi
 from dask_batchinfer.cli import EXIT_LOCKED, main
-from dask_batchinfer.testing import make_features, slow_loading_model, slow_model, tiny_model
+from dask_batchinfer.testing import (
+    make_features,
+    sleepy_preprocess,
+    slow_loading_model,
+    slow_model,
+    tiny_model,
+)
 
 
 def _kill_later(pid: int, after: float) -> threading.Thread:
@@ -245,3 +252,64 @@ def test_partition_timeout_is_validated_before_anything_runs(tmp_path):
             dbi.run_job(dd.from_pandas(frame, npartitions=1), tiny_model(),
                         output=str(tmp_path / "o"), partition_timeout=bad)  # fmt: skip
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_repeated_worker_kills_complete_exactly_once(private_client, tmp_path, expected_scores):
+    frame = make_features(2000, seed=48)
+    kills: list[int] = []
+    stop = threading.Event()
+    with private_client(3, silence_logs=logging.CRITICAL) as c:
+
+        def killer() -> None:  # a worker every 1.5 s, 6 times, while models load and run
+            while not stop.is_set() and len(kills) < 6:
+                time.sleep(1.5)
+                pids = list(c.run(os.getpid).values())
+                if pids:
+                    kills.append(pids[len(kills) % len(pids)])
+                    os.kill(kills[-1], signal.SIGKILL)
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        slow = functools.partial(sleepy_preprocess, delay=0.4)
+        result = dbi.run_job(dd.from_pandas(frame, npartitions=30),
+                             slow_loading_model(1.0, seed=3), output=str(tmp_path / "out"),
+                             keep=["id"], client=c, progress=False, preprocess=slow)  # fmt: skip
+        stop.set()
+        thread.join()
+    assert len(kills) >= 4, kills  # the job outlived several kills
+    assert (result.rows_out, result.partitions_run) == (2000, 30)
+    back = dbi.read_output(str(tmp_path / "out")).compute().sort_values("id")
+    assert back["id"].tolist() == list(range(2000))
+    np.testing.assert_allclose(back["score"].to_numpy(), expected_scores(frame, seed=3), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_workers_over_their_memory_limit_fail_fast(tmp_path):
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="40MB",
+                     host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                     silence_logs=logging.CRITICAL) as cluster,
+        Client(cluster, set_as_default=False) as c,
+        pytest.raises(dbi.ClusterError, match="memory") as info,
+    ):  # fmt: skip
+        dbi.run_job(dd.from_pandas(make_features(100), npartitions=2), tiny_model(),
+                    output=str(tmp_path / "out"), client=c, progress=False)  # fmt: skip
+    assert "--memory-limit" in str(info.value)
+
+
+def test_no_workers_for_too_long_fails(tmp_path):
+    import dask
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=0, processes=True, host="127.0.0.1",
+                     dashboard_address="127.0.0.1:0") as cluster,
+        Client(cluster, set_as_default=False) as c,
+        dask.config.set({"batchinfer.no-workers-timeout": "2s"}),
+        pytest.raises(dbi.ClusterError, match="no worker joined the cluster in 2 s"),
+    ):  # fmt: skip
+        dbi.run_job(dd.from_pandas(make_features(100), npartitions=2), tiny_model(),
+                    output=str(tmp_path / "out"), client=c, progress=False)  # fmt: skip

@@ -20,7 +20,12 @@ from typing import Any
 from dask.optimization import cull
 
 from dask_batchinfer.cluster import Pools
-from dask_batchinfer.errors import BadRowsError, PartitionError, PartitionTimeoutError
+from dask_batchinfer.errors import (
+    BadRowsError,
+    ClusterError,
+    PartitionError,
+    PartitionTimeoutError,
+)
 from dask_batchinfer.io.commit import Partition
 from dask_batchinfer.options import JobOptions
 from dask_batchinfer.pipeline.rows import where
@@ -89,13 +94,16 @@ class Executor:
     heartbeat : float, default 30
         While no partition commits for this long, tell ``progress`` which
         partition in flight is the oldest and its age.
+    no_workers : float, optional
+        Fail with :class:`ClusterError` once the cluster has had no worker
+        for this long.
     """
 
     def __init__(self, client: Any, ddf: Any, pools: Pools, settings: StageSettings, *,
                  window: int, bad_rows_allowed: int | None = None,
                  progress: Progress | None = None,
                  stats: list[PartitionStats] | None = None, timeout: float | None = None,
-                 heartbeat: float = 30.0) -> None:  # fmt: skip
+                 heartbeat: float = 30.0, no_workers: float | None = None) -> None:  # fmt: skip
         self.client = client
         self.graph = dict(ddf.__dask_graph__())
         self.keys = ddf.__dask_keys__()
@@ -110,7 +118,8 @@ class Executor:
         self.heartbeat = heartbeat
         self.tick = min(2.0, timeout / 4) if timeout else 2.0
         self.quarantined = 0
-        self.last_commit = self.last_heartbeat = time.monotonic()
+        self.last_commit = self.last_heartbeat = self.last_worker_seen = time.monotonic()
+        self.no_workers = no_workers
 
     def _submit(self, partition: Partition, attempt: int = 1) -> Any:
         c, pools, settings = self.client, self.pools, self.settings
@@ -199,6 +208,7 @@ class Executor:
             place = where(flight.partition.number, flight.partition.source)
             logger.warning("%s ran %.0f s, past partition_timeout: retrying once", place, age)
             self._launch(flight.partition, flying, attempt=flight.attempt + 1)
+        self._check_workers(now)
         quiet = now - max(self.last_commit, self.last_heartbeat)
         if flying and self.progress is not None and quiet >= self.heartbeat:
             slowest = min(flying.values(), key=lambda f: f.started)
@@ -206,6 +216,20 @@ class Executor:
                 where(slowest.partition.number, slowest.partition.source), now - slowest.started
             )
             self.last_heartbeat = now
+
+    def _check_workers(self, now: float) -> None:
+        if self.no_workers is None:
+            return
+        if self.client.scheduler_info(n_workers=-1)["workers"]:
+            self.last_worker_seen = now
+        elif now - self.last_worker_seen > self.no_workers:
+            raise ClusterError(
+                f"the cluster has had no worker for {now - self.last_worker_seen:.0f} s "
+                f"(batchinfer.no-workers-timeout); start workers (dask worker SCHEDULER), or "
+                f"check why they exit (their logs; a memory limit below what an idle worker "
+                f"holds makes them restart forever). Committed partitions are kept: a re-run "
+                f"resumes"
+            )
 
     def _result(self, future: Any) -> PartitionStats:
         from distributed import KilledWorker

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dask_batchinfer import secrets
-from dask_batchinfer.cluster import connect, detect_pools
+from dask_batchinfer.cluster import check_cluster, connect, detect_pools
 from dask_batchinfer.errors import BadRowsError
 from dask_batchinfer.fingerprint import code_token
 from dask_batchinfer.io.commit import Committer
@@ -228,6 +228,7 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
     ):
         run.cluster_seconds = time.perf_counter() - connect_start
         run.dashboard_link = str(getattr(c, "dashboard_link", "") or "")
+        check_cluster(c, options.no_workers_timeout)
         pools = detect_pools(c, options.pools)
         warm_up(c, settings.model, pools)
         run.startup = time.perf_counter() - run.wall_start
@@ -236,7 +237,8 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
         executor = Executor(c, ddf, pools, settings, window=window_size(pools, options),
                             bad_rows_allowed=options.bad_rows_allowed(plan.quarantined_before()),
                             progress=bar, stats=stats, timeout=options.partition_timeout,
-                            heartbeat=options.heartbeat_seconds)  # fmt: skip
+                            heartbeat=options.heartbeat_seconds,
+                            no_workers=options.no_workers_timeout)  # fmt: skip
         try:
             executor.run(plan.todo)
         finally:
