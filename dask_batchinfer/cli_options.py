@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from dask_batchinfer.cluster import KINDS as CLUSTER_KINDS
+from dask_batchinfer.io.read import FINGERPRINTS
 from dask_batchinfer.jobfile import json_object
 from dask_batchinfer.options import MODES, ON_ERROR
 from dask_batchinfer.progress import MODES as PROGRESS_MODES
@@ -176,6 +177,14 @@ def _job_arguments(group: Any) -> None:
 
 
 def _timeout_argument(group: Any) -> None:
+    group.add_argument(
+        "--fingerprint",
+        choices=FINGERPRINTS,
+        default="metadata",
+        help="what identifies an input file for resume: metadata (default: size and mtime, "
+        "or the S3 ETag) or content (a digest of its Parquet footer: for tools that keep "
+        "mtimes when they rewrite files)",
+    )
     group.add_argument(
         "--partition-timeout",
         metavar="SECONDS",

@@ -16,6 +16,7 @@ import fsspec
 
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.errors import InputError
+from dask_batchinfer.io.read import FINGERPRINTS
 from dask_batchinfer.progress import resolve_mode
 
 __all__ = ["MODES", "ON_ERROR", "JobOptions", "check_not_nested"]
@@ -54,6 +55,7 @@ class JobOptions:
     partition_timeout: float | None = None
     heartbeat_seconds: float = 30.0
     no_workers_timeout: float | None = 180.0
+    fingerprint: str = "metadata"
 
     @classmethod
     def build(
@@ -70,6 +72,7 @@ class JobOptions:
         progress: bool | str | None = None,
         storage_options: Mapping[str, Any] | None = None,
         partition_timeout: Any = None,
+        fingerprint: str = "metadata",
     ) -> JobOptions:
         """Check every option; raise :class:`InputError` naming the first bad one."""
         if mode not in MODES:
@@ -79,6 +82,8 @@ class JobOptions:
         _check_max_bad_rows(max_bad_rows)
         if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
             raise InputError(f"output must be a local path or URL, got {output!r}")
+        if fingerprint not in FINGERPRINTS:
+            raise InputError(f"fingerprint={fingerprint!r}: expected one of {FINGERPRINTS}")
         _check_pools(pools)
         _check_client(client)
         full = dict(storage_options or {})
@@ -105,6 +110,7 @@ class JobOptions:
                                        _config.get("partition-timeout")),
             heartbeat_seconds=float(_seconds("progress-heartbeat", None,
                                              _config.get("progress-heartbeat")) or 30.0),
+            fingerprint=fingerprint,
             no_workers_timeout=_seconds("no-workers-timeout", None,
                                         _config.get("no-workers-timeout")),
         )  # fmt: skip

@@ -313,3 +313,41 @@ def test_no_workers_for_too_long_fails(tmp_path):
     ):  # fmt: skip
         dbi.run_job(dd.from_pandas(make_features(100), npartitions=2), tiny_model(),
                     output=str(tmp_path / "out"), client=c, progress=False)  # fmt: skip
+
+
+def _write_plain(frame: pd.DataFrame, path) -> None:
+    """Uncompressed, plain-encoded Parquet: the same size for any values of the same shape."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, path, compression="NONE", use_dictionary=False)
+
+
+def test_content_fingerprint_sees_a_same_size_same_mtime_rewrite(client, tmp_path,
+                                                                 expected_scores):  # fmt: skip
+    (tmp_path / "in").mkdir()
+    first, second = make_features(100, seed=50), make_features(100, seed=50, start_id=0)
+    second[["f0", "f1"]] = second[["f1", "f0"]].to_numpy()  # other values, same shape
+    path = tmp_path / "in" / "a.parquet"
+    _write_plain(make_features(100, seed=51, start_id=100), tmp_path / "in" / "b.parquet")
+    _write_plain(first, path)
+    out = str(tmp_path / "out")
+    for fingerprint in ("metadata", "content"):
+        dbi.run_job(str(tmp_path / "in"), tiny_model(), output=out + fingerprint, keep=["id"],
+                    fingerprint=fingerprint, progress=False)  # fmt: skip
+    stat = path.stat()
+    _write_plain(second, path)  # a tool that rewrites in place and keeps the mtime
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    kept = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=out + "metadata",
+                       keep=["id"], progress=False)  # fmt: skip
+    assert kept.partitions_run == 0  # the documented limit of the default
+    seen = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=out + "content", keep=["id"],
+                       fingerprint="content", progress=False)  # fmt: skip
+    assert (seen.partitions_run, seen.partitions_invalidated) == (1, 1)
+    back = dbi.read_output(out + "content").compute().sort_values("id")
+    want = expected_scores(second)
+    np.testing.assert_allclose(back["score"].to_numpy()[:100], want, rtol=1e-5)
+    with pytest.raises(dbi.InputError, match="fingerprint='hash'"):
+        dbi.run_job(str(tmp_path / "in"), tiny_model(), output=out, fingerprint="hash")

@@ -29,8 +29,10 @@ from dask_batchinfer.io.retry import retry
 from dask_batchinfer.worker import worker_address
 
 __all__ = [
+    "FINGERPRINTS",
     "READ_TIMES",
     "InputFile",
+    "footer_digest",
     "group_files",
     "list_parquet_files",
     "open_source",
@@ -78,6 +80,38 @@ def list_parquet_files(fs: fsspec.AbstractFileSystem, root: str) -> list[InputFi
     if not files:
         raise InputError(f"input {root!r} holds no .parquet files")
     return files
+
+
+#: ``run_job(fingerprint=...)``: what identifies an input file's content.
+FINGERPRINTS = ("metadata", "content")
+
+
+def footer_digest(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """SHA-256 of a Parquet file's footer: schema, row groups, offsets and statistics.
+
+    Two small reads whatever the file's size; a rewrite with other values changes
+    the statistics and the offsets, so the digest, even when size and mtime stay.
+    """
+    import hashlib
+
+    def read() -> bytes:
+        with fs.open(path, "rb") as f:
+            f.seek(-8, 2)
+            tail = f.read(8)
+            if tail[4:] != b"PAR1":
+                return tail  # not Parquet: reading it fails later, naming it
+            length = int.from_bytes(tail[:4], "little")
+            f.seek(-(8 + length), 2)
+            return f.read(length)
+
+    with reading(path):
+        footer = retry(read, what=f"reading the footer of {path}")
+    return "sha256:" + hashlib.sha256(footer).hexdigest()
+
+
+def with_content_versions(fs: fsspec.AbstractFileSystem, files: list[InputFile]) -> list[InputFile]:
+    """``files`` identified by their footers' digests instead of modification times/ETags."""
+    return [dataclasses.replace(f, version=footer_digest(fs, f.path)) for f in files]
 
 
 def group_files(files: list[InputFile], target_bytes: int) -> list[list[InputFile]]:
@@ -166,12 +200,16 @@ def read_parquet_files(
     storage_options: Mapping[str, Any] | None = None,
     *,
     task_options: Mapping[str, Any] | None = None,
+    fingerprint: str = "metadata",
 ):
     """A Dask DataFrame with one partition per Parquet file under ``url``.
 
     Consecutive files smaller than ``batchinfer.partition-size`` (16 MiB) are
     read together as one partition, so a folder of many tiny files does not
     become many tiny tasks.
+
+    ``fingerprint="content"`` identifies files by a digest of their Parquet
+    footer (:func:`footer_digest`) instead of their modification time or ETag.
 
     ``task_options`` replace ``storage_options`` inside the read tasks (e.g.
     with credentials swapped for a reference, see :mod:`dask_batchinfer.secrets`).
@@ -187,6 +225,8 @@ def read_parquet_files(
     options = dict(storage_options or {})
     fs, root = fsspec.core.url_to_fs(url, **options)
     files = list_parquet_files(fs, root)
+    if fingerprint == "content":
+        files = with_content_versions(fs, files)
     with reading(files[0].path, "the schema of"):
         schema = retry(
             lambda: pq.read_schema(files[0].path, filesystem=fs), what=f"reading {files[0].path}"
@@ -208,7 +248,10 @@ def read_parquet_files(
 
 
 def open_source(
-    source: Any, storage_options: Mapping[str, Any], task_options: Mapping[str, Any]
+    source: Any,
+    storage_options: Mapping[str, Any],
+    task_options: Mapping[str, Any],
+    fingerprint: str = "metadata",
 ) -> tuple[Any, list[list[InputFile]] | None]:
     """The job's input as a Dask DataFrame, and the files behind each partition (or None).
 
@@ -219,7 +262,8 @@ def open_source(
     if isinstance(source, dd.DataFrame):
         return source, None
     if isinstance(source, (str, os.PathLike)):
-        return read_parquet_files(os.fspath(source), storage_options, task_options=task_options)
+        return read_parquet_files(os.fspath(source), storage_options, task_options=task_options,
+                                  fingerprint=fingerprint)  # fmt: skip
     raise InputError(
         f"source must be a dask DataFrame or a Parquet path (local or s3://), got "
         f"{type(source).__name__}"

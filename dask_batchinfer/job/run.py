@@ -63,6 +63,7 @@ def run_job(
     storage_options: Mapping[str, Any] | None = None,
     progress: bool | str | None = None,
     partition_timeout: float | str | None = None,
+    fingerprint: str = "metadata",
 ) -> JobResult:
     """Run a batch inference job and write the results as partitioned Parquet, exactly once.
 
@@ -136,6 +137,12 @@ def run_job(
         more, then the job fails with :class:`PartitionTimeoutError` naming the
         file. Default ``batchinfer.partition-timeout``: no limit. Set it well
         above the slowest partition you expect (``plan()`` measures them).
+    fingerprint : {"metadata", "content"}, default "metadata"
+        What identifies an input file's content for resume: its size and
+        modification time (local) or ETag (S3), or with ``"content"`` a digest
+        of its Parquet footer (schema, row groups, statistics), for tools that
+        rewrite files keeping their size and modification time. Two small
+        reads per file on the client.
 
     Returns
     -------
@@ -170,9 +177,11 @@ def run_job(
         output=output, mode=mode, on_error=on_error, max_bad_rows=max_bad_rows, keep=keep,
         partition_on=partition_on, pools=pools, client=client, progress=progress,
         storage_options=storage_options, partition_timeout=partition_timeout,
+        fingerprint=fingerprint,
     )  # fmt: skip
     check_not_nested(source, options)
-    ddf, groups = open_source(source, options.storage_options, options.task_options)
+    ddf, groups = open_source(source, options.storage_options, options.task_options,
+                              options.fingerprint)  # fmt: skip
     columns = job_columns(ddf._meta, model, keep=options.keep, partition_on=options.partition_on,
                           preprocess=preprocess)  # fmt: skip
     committer = Committer(options.output, options.storage_options)
