@@ -74,10 +74,12 @@ def _hog_on_id_250(frame: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_a_partition_that_kills_its_workers_is_named(tmp_path, write_inputs):
+    import dask
     from distributed import Client, LocalCluster
 
     write_inputs(tmp_path / "in", make_features(400, seed=42), files=4)
     with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),  # 2 deaths a submission
         LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="1GB",
                      host="127.0.0.1", dashboard_address="127.0.0.1:0",
                      silence_logs=logging.CRITICAL) as cluster,
@@ -351,3 +353,27 @@ def test_content_fingerprint_sees_a_same_size_same_mtime_rewrite(client, tmp_pat
     np.testing.assert_allclose(back["score"].to_numpy()[:100], want, rtol=1e-5)
     with pytest.raises(dbi.InputError, match="fingerprint='hash'"):
         dbi.run_job(str(tmp_path / "in"), tiny_model(), output=out, fingerprint="hash")
+
+
+def test_cli_turns_any_failure_into_one_line(tmp_path, capsys):
+    import dask
+
+    make_features(10).to_parquet(tmp_path / "in.parquet")
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        code = main(["run", "--input", str(tmp_path / "in.parquet"), "--output",
+                     str(tmp_path / "out"), "--model", "dask_batchinfer.testing:tiny_model",
+                     "--scheduler", f"tcp://127.0.0.1:{_closed_port()}", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("dask-batchinfer: job failed:"), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
+    # an error of no known kind (here a TypeError calling the --model "factory")
+    code = main(["run", "--input", str(tmp_path / "in.parquet"), "--output",
+                 str(tmp_path / "out"), "--model", "json:loads", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "job failed: TypeError" in err and "Traceback" not in err, err
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed

@@ -46,11 +46,12 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class _Flight:
-    """A partition in flight: since when (``time.monotonic()``) and which attempt."""
+    """A partition in flight: since when (``time.monotonic()``), which attempt, deaths so far."""
 
     partition: Partition
     started: float
     attempt: int
+    killed: int = 0  # workers that died running it in earlier submissions
 
 
 def submit_read(client: Any, graph: dict, key: Hashable, resources: dict | None = None) -> Any:
@@ -113,7 +114,6 @@ class Executor:
         self.bad_rows_allowed = bad_rows_allowed
         self.progress = progress
         self.stats: list[PartitionStats] = [] if stats is None else stats
-        self.submitted: dict[str, Partition] = {}  # future key -> its partition
         self.timeout = timeout
         self.heartbeat = heartbeat
         self.tick = min(2.0, timeout / 4) if timeout else 2.0
@@ -135,7 +135,6 @@ class Executor:
                               key=f"preprocess-{name}")  # fmt: skip
             done = c.submit(infer_write_task, staged, partition, settings,
                             resources={pools.model: 1}, key=f"infer-{name}")  # fmt: skip
-        self.submitted[done.key] = partition
         return done
 
     def run(self, todo: list[Partition]) -> list[PartitionStats]:
@@ -149,7 +148,8 @@ class Executor:
         try:
             while flying:
                 for future in self._wait(flying):
-                    self._collect(future, flying.pop(future))
+                    if not self._collect(future, flying.pop(future), flying):
+                        continue  # submitted again, in the same place of the window
                     upcoming = next(queue, None)
                     if upcoming is not None:
                         self._launch(upcoming, flying)
@@ -160,9 +160,10 @@ class Executor:
             raise
         return self.stats
 
-    def _launch(self, partition: Partition, flying: dict[Any, _Flight], attempt: int = 1) -> None:
+    def _launch(self, partition: Partition, flying: dict[Any, _Flight], attempt: int = 1,
+                killed: int = 0) -> None:  # fmt: skip
         future = self._submit(partition, attempt)
-        flying[future] = _Flight(partition, time.monotonic(), attempt)
+        flying[future] = _Flight(partition, time.monotonic(), attempt, killed)
 
     def _wait(self, flying: dict[Any, _Flight]) -> list[Any]:
         """The futures that finished within the next tick (a few seconds at most)."""
@@ -175,9 +176,22 @@ class Executor:
                 return []
         return [f for f in flying if f in done]
 
-    def _collect(self, future: Any, flight: _Flight) -> None:
+    def _collect(self, future: Any, flight: _Flight, flying: dict[Any, _Flight]) -> bool:
+        """Take a finished partition's statistics; False when it was submitted again."""
+        from distributed import KilledWorker
+
         try:
-            stats: PartitionStats = self._result(future)
+            stats: PartitionStats = future.result()
+        except KilledWorker as err:
+            if flight.killed:
+                raise self._killer(flight, err) from err
+            # Workers killed from outside (preemption, an OOM killer, a restart) can hit the
+            # same partition several times in a row: one more try before blaming it.
+            logger.warning("%s: its workers died %d times; submitting it once more",
+                           where(flight.partition.number, flight.partition.source),
+                           workers_killed())  # fmt: skip
+            self._launch(flight.partition, flying, flight.attempt + 1, killed=workers_killed())
+            return False
         finally:
             future.release()
         stats.finished = time.perf_counter()
@@ -187,6 +201,7 @@ class Executor:
         if self.progress is not None:
             self.progress.update(stats)
         self._check_budget(self.quarantined)
+        return True
 
     def _check_time(self, flying: dict[Any, _Flight]) -> None:
         """Cancel and retry once a partition past ``timeout``; a heartbeat while none commits."""
@@ -207,7 +222,7 @@ class Executor:
                 )  # fmt: skip
             place = where(flight.partition.number, flight.partition.source)
             logger.warning("%s ran %.0f s, past partition_timeout: retrying once", place, age)
-            self._launch(flight.partition, flying, attempt=flight.attempt + 1)
+            self._launch(flight.partition, flying, flight.attempt + 1, flight.killed)
         self._check_workers(now)
         quiet = now - max(self.last_commit, self.last_heartbeat)
         if flying and self.progress is not None and quiet >= self.heartbeat:
@@ -231,23 +246,19 @@ class Executor:
                 f"resumes"
             )
 
-    def _result(self, future: Any) -> PartitionStats:
-        from distributed import KilledWorker
-
-        try:
-            return future.result()
-        except KilledWorker as err:
-            partition = self.submitted[future.key]
-            raise PartitionError(
-                f"{where(partition.number, partition.source)} killed {workers_killed()} workers "
-                f"in a row (each died while running it): most likely it needs more memory than "
-                f"a worker may use. Lower the model's batch_size, make partitions smaller "
-                f"(batchinfer.partition-size), or give workers more memory (dask worker "
-                f"--memory-limit); a crash in native code (segfault) looks the same. "
-                f"Cause: {err}",
-                partition=partition.number,
-                source=partition.source,
-            ) from err
+    def _killer(self, flight: _Flight, err: BaseException) -> PartitionError:
+        partition, deaths = flight.partition, flight.killed + workers_killed()
+        return PartitionError(
+            f"{where(partition.number, partition.source)} killed {deaths} workers (each died "
+            f"while running it, over two submissions): most likely it needs more memory than a "
+            f"worker may use. Lower the model's batch_size, make partitions smaller "
+            f"(batchinfer.partition-size), or give workers more memory (dask worker "
+            f"--memory-limit); a crash in native code (segfault) looks the same. If workers "
+            f"are being killed from outside, raise distributed.scheduler.allowed-failures. "
+            f"Cause: {err}",
+            partition=partition.number,
+            source=partition.source,
+        )
 
     def _check_budget(self, quarantined: int) -> None:
         if self.bad_rows_allowed is not None and quarantined > self.bad_rows_allowed:
