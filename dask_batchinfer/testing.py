@@ -166,12 +166,9 @@ def slow_loading_model(load_seconds: float = 1.0, seed: int = 0, n_features: int
 
     For tests of what happens while models load, e.g. a worker killed then.
     """
-    return from_torch(
-        make_slow_loading_mlp,
-        factory_kwargs={"load_seconds": load_seconds, "n_features": n_features, "seed": seed},
-        input_columns=feature_columns(n_features),
-        outputs={"score": "float32"},
-        batch_size=batch_size,
+    return tiny_model(n_features, seed=seed, batch_size=batch_size).with_options(
+        load=make_slow_loading_mlp,
+        load_kwargs={"load_seconds": load_seconds, "n_features": n_features, "seed": seed},
         name=f"slow-loading-mlp-seed{seed}",
     )
 
