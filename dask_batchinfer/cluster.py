@@ -36,6 +36,7 @@ __all__ = [
     "gpu_count",
     "local_cluster",
     "mixed_cluster",
+    "model_workers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -266,6 +267,12 @@ def detect_pools(client: Any, pools: Mapping[str, str] | bool | None = None) -> 
             + " (or pass pools=False to run every stage on every worker)"
         )
     return Pools(cpu_name, model_name, sum(w["nthreads"] for w in model), total)
+
+
+def model_workers(client: Any, pools: Pools) -> list[str]:
+    """Addresses of the workers that run the model: the model pool, or every worker."""
+    infos = client.scheduler_info(n_workers=-1)["workers"]
+    return [a for a, w in infos.items() if not pools.mixed or pools.model in w.get("resources", {})]
 
 
 @contextlib.contextmanager

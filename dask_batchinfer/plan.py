@@ -25,7 +25,7 @@ from typing import Any
 
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.cache import model_stats
-from dask_batchinfer.cluster import Pools, connect, detect_pools
+from dask_batchinfer.cluster import Pools, connect, detect_pools, model_workers
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.html import plan_html
 from dask_batchinfer.io.read import InputFile, open_source
@@ -304,10 +304,7 @@ class _Sample:
         self.client, self.pools, self.ddf, self.groups = client, pools, ddf, groups
         self.settings, self.batch_sizes = settings, batch_sizes
         self.threads = pools.model_threads if pools.mixed else pools.total_threads
-        infos = client.scheduler_info(n_workers=-1)["workers"].values()
-        self.workers = sum(
-            1 for w in infos if not pools.mixed or pools.model in w.get("resources", {})
-        )
+        self.workers = len(model_workers(client, pools))
         self.sampled: list[int] = []
         self.every: list[dict[str, Any]] = []
         self.load_seconds = 0.0

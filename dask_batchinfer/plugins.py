@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from dask_batchinfer import cache, secrets
+from dask_batchinfer.cluster import Pools, model_workers
 from dask_batchinfer.errors import ModelLoadError
 from dask_batchinfer.pipeline.loading import load_model
 from dask_batchinfer.worker import workers_killed
 
 if TYPE_CHECKING:
-    from dask_batchinfer.cluster import Pools
     from dask_batchinfer.model.spec import ModelSpec
 
 __all__ = ["CredentialsPlugin", "ModelWarmup", "credentials", "warm_up"]
@@ -90,15 +90,13 @@ def warm_up(client: Any, model: ModelSpec, pools: Pools) -> None:
         When the model cannot load (the first worker's error).
     """
     from distributed import KilledWorker
-    from distributed.comm.core import CommClosedError
 
     plugin = ModelWarmup(model, resource=pools.model)
     try:
         client.register_plugin(plugin)
-    except (CommClosedError, OSError) as err:  # a worker died during the broadcast; the
+    except OSError as err:  # CommClosedError: a worker died during the broadcast; the
         logger.info("a worker left while the warm-up plugin registered: %s", err)  # rest have it
-    infos = client.scheduler_info(n_workers=-1)["workers"]
-    workers = [a for a, w in infos.items() if not pools.mixed or pools.model in w["resources"]]
+    workers = model_workers(client, pools)
     resources = {pools.model: 1} if pools.mixed else None
     tag = uuid.uuid4().hex[:8]
     futures = [

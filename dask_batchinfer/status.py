@@ -6,10 +6,8 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
-
 from dask_batchinfer.io.commit import load_state
-from dask_batchinfer.io.fs import read_json
+from dask_batchinfer.io.fs import read_json, url_to_fs
 from dask_batchinfer.io.layout import MANIFEST, REPORT_JSON
 from dask_batchinfer.io.lease import describe, is_alive, lease_timeout, read_lease
 
@@ -28,8 +26,7 @@ def output_status(output: str, storage_options: Mapping[str, Any] | None = None)
     ``rows_quarantined`` summed over the committed partitions, the manifest's
     summary (``manifest``) and the last report's (``last_run``).
     """
-    fs, root = fsspec.core.url_to_fs(output, **dict(storage_options or {}))
-    root = root.rstrip("/")
+    fs, root = url_to_fs(output, storage_options or {})
     state = load_state(fs, root)
     lease = read_lease(fs, root) if state.exists or fs.exists(root) else None
     running = lease is not None and is_alive(lease, lease_timeout())

@@ -9,12 +9,13 @@ with :class:`~dask_batchinfer.OutputLockedError` naming the holder. A lease is
 taken over when its heartbeat is older than the timeout (its driver died on
 another machine) or at once when its process is gone from this machine.
 
-Stores without conditional puts (some S3-compatible servers ignore
-``If-None-Match``) fall back to write-then-read-back: the lease is written
-only when absent and read back, and a job whose id is not the one read back
-stops. Two jobs starting within the same few milliseconds on such a store can
-both see their own lease; the heartbeat check then stops one of them at its
-next renewal, before it commits.
+Filesystems without an exclusive create (``pipe_file`` without ``mode``)
+fall back to write-then-read-back: the lease is written only when absent and
+read back, and a job whose id is not the one read back stops. Two jobs
+starting within the same few milliseconds there can both see their own lease;
+the heartbeat check then stops one of them at its next renewal, before it
+commits. An S3-compatible server that silently ignores ``If-None-Match`` is not
+detected: two jobs on it can both take the lease.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import posixpath
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -122,13 +122,13 @@ class Lease:
             if "PreconditionFailed" in str(err) or "412" in str(err):
                 raise FileExistsError(self.path) from err
             raise
-        except TypeError:  # a store without exclusive writes: write if absent, read back
+        except TypeError:  # a filesystem without exclusive writes: write if absent, read back
             if self.fs.exists(self.path):
                 raise FileExistsError(self.path) from None
             self.fs.pipe_file(self.path, self._payload())
-        held = read_lease(self.fs, self.root)
-        if not held or held.get("job") != self.job:
-            raise FileExistsError(self.path)
+            held = read_lease(self.fs, self.root)
+            if not held or held.get("job") != self.job:
+                raise FileExistsError(self.path) from None
 
     def acquire(self) -> None:
         """Take the lease, or raise :class:`OutputLockedError` naming the job that holds it."""
@@ -195,10 +195,3 @@ class Lease:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
-
-
-@contextlib.contextmanager
-def held(fs: fsspec.AbstractFileSystem, root: str, job: str) -> Iterator[Lease]:
-    """``with held(fs, root, job) as lease:`` the job's lease for the block."""
-    with Lease(fs, root, job) as lease:
-        yield lease

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.errors import InputError
+from dask_batchinfer.io.fs import url_to_fs
 from dask_batchinfer.io.layout import MANIFEST, is_visible
 from dask_batchinfer.io.retry import retry
 from dask_batchinfer.worker import worker_address
@@ -287,8 +288,7 @@ def read_output(url: str, storage_options: Mapping[str, Any] | None = None):
     import dask.dataframe as dd
 
     options = dict(storage_options or {})
-    fs, root = fsspec.core.url_to_fs(url, **options)
-    root = root.rstrip("/")
+    fs, root = url_to_fs(url, options)
     manifest_path = posixpath.join(root, MANIFEST)
     try:
         with fs.open(manifest_path, "r") as f:

@@ -119,6 +119,7 @@ class Executor:
         self.tick = min(2.0, timeout / 4) if timeout else 2.0
         self.quarantined = 0
         self.last_commit = self.last_heartbeat = self.last_worker_seen = time.monotonic()
+        self.last_worker_check = 0.0
         self.no_workers = no_workers
 
     def _submit(self, partition: Partition, attempt: int = 1) -> Any:
@@ -233,8 +234,10 @@ class Executor:
             self.last_heartbeat = now
 
     def _check_workers(self, now: float) -> None:
-        if self.no_workers is None:
+        """At most once a tick (a scheduler call), not after every commit."""
+        if self.no_workers is None or now - self.last_worker_check < self.tick:
             return
+        self.last_worker_check = now
         if self.client.scheduler_info(n_workers=-1)["workers"]:
             self.last_worker_seen = now
         elif now - self.last_worker_seen > self.no_workers:
