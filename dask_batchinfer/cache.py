@@ -1,7 +1,9 @@
 """The per-process model cache.
 
 Each worker process loads a :class:`~dask_batchinfer.ModelSpec` the first time a
-task asks for it and keeps it for every later partition (the loading itself is
+task asks for it and keeps it for every later partition, and after the job for
+the next one (at most ``batchinfer.cached-models`` models, least recently used
+dropped first) (the loading itself is
 :func:`dask_batchinfer.pipeline.loading.load_model`). Entries are keyed by the
 spec's token (``dask.base.tokenize``), so two equal specs share one model.
 Loads of one spec are serialised by a per-token lock; loads of different specs
@@ -14,8 +16,11 @@ import dataclasses
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from dask_batchinfer import _config
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -44,7 +49,7 @@ class LoadedModel:
 
 _registry_lock = threading.Lock()
 _load_locks: dict[str, threading.Lock] = {}
-_models: dict[str, LoadedModel] = {}
+_models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
 _stats: dict[str, dict[str, Any]] = {}
 
 
@@ -67,6 +72,9 @@ def get_or_load(spec: ModelSpec, load: Callable[[ModelSpec], LoadedModel]) -> Lo
     """
     loaded = _models.get(spec.cache_key)
     if loaded is not None:
+        with _registry_lock:
+            if spec.cache_key in _models:
+                _models.move_to_end(spec.cache_key)
         return loaded
     with _registry_lock:
         key_lock = _load_locks.setdefault(spec.cache_key, threading.Lock())
@@ -78,7 +86,20 @@ def get_or_load(spec: ModelSpec, load: Callable[[ModelSpec], LoadedModel]) -> Lo
             loaded.load_seconds = time.perf_counter() - start
             _record_load(spec, loaded)
             _models[spec.cache_key] = loaded
+            _trim()
     return loaded
+
+
+def _trim() -> None:
+    """Keep at most ``batchinfer.cached-models`` models (at least the one just loaded)."""
+    limit = max(1, int(_config.get("cached-models")))
+    dropped = False
+    with _registry_lock:
+        while len(_models) > limit:
+            _models.popitem(last=False)
+            dropped = True
+    if dropped:
+        _release_gpu_memory()
 
 
 def _record_load(spec: ModelSpec, loaded: LoadedModel) -> None:
@@ -107,10 +128,12 @@ def _release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def evict(spec: ModelSpec) -> bool:
-    """Drop ``spec``'s model from this process and release its GPU memory."""
+def evict(spec: ModelSpec | str) -> bool:
+    """Drop ``spec``'s model (or the model of that cache key) from this process and
+    release its GPU memory."""
+    key = spec if isinstance(spec, str) else spec.cache_key
     with _registry_lock:
-        dropped = _models.pop(spec.cache_key, None) is not None
+        dropped = _models.pop(key, None) is not None
     if dropped:
         _release_gpu_memory()
     return dropped

@@ -222,6 +222,13 @@ def _cluster_arguments(group: Any) -> None:
         help="model-pool workers with --cluster mixed (default: one per GPU, else 1)",
     )
     group.add_argument(
+        "--upload",
+        action="append",
+        metavar="PATH",
+        help="a local .py module or package folder to ship to the workers for this job "
+        "(repeatable), for a cluster that does not have your model's code installed",
+    )
+    group.add_argument(
         "--pool-resources",
         nargs=2,
         metavar=("PREPROCESS", "MODEL"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import sys
 from typing import Any
 
 from dask_batchinfer.errors import InputError
@@ -14,12 +16,15 @@ __all__ = ["json_object", "load_job_file", "load_model", "load_object"]
 
 
 def load_object(reference: str, what: str) -> Any:
-    """Import ``module:attribute`` (``module.sub:obj.attr`` works too)."""
+    """Import ``module:attribute`` (``module.sub:obj.attr`` works too), looking in the
+    current folder first, as ``python -m`` does (and uvicorn, celery)."""
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
         raise InputError(
             f"--{what} {reference!r}: expected module:attribute, e.g. mypkg.models:ranker"
         )
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as err:

@@ -16,6 +16,7 @@ import fsspec
 
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.errors import InputError
+from dask_batchinfer.io.fs import absolute_url
 from dask_batchinfer.io.read import FINGERPRINTS
 from dask_batchinfer.progress import resolve_mode
 
@@ -56,6 +57,7 @@ class JobOptions:
     heartbeat_seconds: float = 30.0
     no_workers_timeout: float | None = 180.0
     fingerprint: str = "metadata"
+    upload: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -73,6 +75,7 @@ class JobOptions:
         storage_options: Mapping[str, Any] | None = None,
         partition_timeout: Any = None,
         fingerprint: str = "metadata",
+        upload: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
     ) -> JobOptions:
         """Check every option; raise :class:`InputError` naming the first bad one."""
         if mode not in MODES:
@@ -80,8 +83,6 @@ class JobOptions:
         if on_error not in ON_ERROR:
             raise InputError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
         _check_max_bad_rows(max_bad_rows)
-        if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
-            raise InputError(f"output must be a local path or URL, got {output!r}")
         if fingerprint not in FINGERPRINTS:
             raise InputError(f"fingerprint={fingerprint!r}: expected one of {FINGERPRINTS}")
         _check_pools(pools)
@@ -91,7 +92,7 @@ class JobOptions:
         secrets.remember(secret)  # redacted from every error this process prints
         reference = secrets.new_reference() if secret else None
         return cls(
-            output=os.fspath(output),
+            output=_output(output),
             mode=mode,
             on_error=on_error,
             max_bad_rows=max_bad_rows,
@@ -111,6 +112,7 @@ class JobOptions:
             heartbeat_seconds=float(_seconds("progress-heartbeat", None,
                                              _config.get("progress-heartbeat")) or 30.0),
             fingerprint=fingerprint,
+            upload=_upload(upload),
             no_workers_timeout=_seconds("no-workers-timeout", None,
                                         _config.get("no-workers-timeout")),
         )  # fmt: skip
@@ -125,6 +127,31 @@ class JobOptions:
         """Whether a fraction limit is exceeded, checked at the end of the job."""
         limit = self.max_bad_rows
         return isinstance(limit, float) and rows_in > 0 and rows_quarantined / rows_in > limit
+
+
+def _output(output: Any) -> str:
+    if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
+        raise InputError(f"output must be a local path or URL, got {output!r}")
+    return absolute_url(os.fspath(output))
+
+
+def _upload(upload: Any) -> tuple[str, ...]:
+    """Local ``.py`` files and package folders to ship to the workers, absolute."""
+    if upload is None:
+        return ()
+    paths = [upload] if isinstance(upload, (str, os.PathLike)) else list(upload)
+    checked = []
+    for path in paths:
+        full = os.path.abspath(os.fspath(path)).rstrip("/")
+        is_module = os.path.isfile(full) and full.endswith(".py")
+        is_package = os.path.isfile(os.path.join(full, "__init__.py"))
+        if not (is_module or is_package):
+            raise InputError(
+                f"upload={os.fspath(path)!r}: expected a local .py module or a package "
+                f"folder (with __init__.py) to ship to the workers"
+            )
+        checked.append(full)
+    return tuple(checked)
 
 
 def _check_max_bad_rows(value: Any) -> None:

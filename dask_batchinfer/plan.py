@@ -32,6 +32,7 @@ from dask_batchinfer.io.read import InputFile, open_source
 from dask_batchinfer.job.executor import submit_read
 from dask_batchinfer.job.planner import partitions_of
 from dask_batchinfer.model.spec import ModelSpec
+from dask_batchinfer.packed import Packed
 from dask_batchinfer.pipeline.rows import Preprocess
 from dask_batchinfer.pipeline.stages import StageSettings, measure_task
 from dask_batchinfer.plugins import warm_up
@@ -292,7 +293,8 @@ def plan(
         cluster_seconds = time.perf_counter() - start
         pools = detect_pools(c, None)
         sample = _Sample(c, pools, ddf, groups, settings, sizes)
-        sample.run(sample_partitions)
+        with warm_up(c, settings.model, pools):  # the model leaves the workers after
+            sample.run(sample_partitions)
     return sample.project(cluster_seconds)
 
 
@@ -310,10 +312,9 @@ class _Sample:
         self.load_seconds = 0.0
 
     def run(self, sample_partitions: int | None) -> None:
-        """Warm the model up, then measure the sampled partitions."""
+        """Measure the sampled partitions (the model is loaded)."""
         c, n = self.client, self.ddf.npartitions
         k = sample_partitions or min(n, max(3, 2 * self.threads))
-        warm_up(c, self.settings.model, self.pools)
         loads = model_stats(c, self.settings.model)
         self.load_seconds = max((s["load_seconds"] for s in loads.values() if s), default=0.0)
         graph, keys = dict(self.ddf.__dask_graph__()), self.ddf.__dask_keys__()
@@ -324,7 +325,7 @@ class _Sample:
         resources = {self.pools.model: 1} if self.pools.mixed else None
         futures = [
             c.submit(measure_task, submit_read(c, graph, keys[i]), partitions[i],
-                     self.settings, self.batch_sizes, pure=False, resources=resources)
+                     Packed(self.settings), self.batch_sizes, pure=False, resources=resources)
             for i in self.sampled
         ]  # fmt: skip
         self.every = c.gather(futures)

@@ -1,20 +1,32 @@
 """Worker plugins, one per concern, registered for a job's lifetime.
 
 - :class:`ModelWarmup` loads a model on every model worker when a job starts,
-  in parallel, and on workers that join later as they arrive; on teardown (the
-  worker closes) it drops the model and releases GPU memory.
+  in parallel, and on workers that join while the job runs as they arrive.
+  The loaded model stays in the worker's cache after the job, for the next
+  job with the same model (the cache keeps ``batchinfer.cached-models``).
 - :class:`CredentialsPlugin` hands a job's storage credentials to the workers
   once, so that tasks carry only a reference (see :mod:`dask_batchinfer.secrets`).
+- :class:`UploadCode` ships the user's local modules and packages to the
+  workers (``run_job(upload=...)``, ``--upload``).
+
+Each is registered under a name of its job and unregistered when the job ends,
+success or failure: a long-lived cluster keeps nothing of a finished job, and a
+worker that joins later starts without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib
+import io
 import logging
 import os
 import pickle
+import sys
 import threading
 import uuid
+import zipfile
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,33 +35,51 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from dask_batchinfer import cache, secrets
 from dask_batchinfer.cluster import Pools, model_workers
 from dask_batchinfer.errors import ModelLoadError
+from dask_batchinfer.packed import Packed, forget_all
 from dask_batchinfer.pipeline.loading import load_model
 from dask_batchinfer.worker import workers_killed
 
 if TYPE_CHECKING:
     from dask_batchinfer.model.spec import ModelSpec
 
-__all__ = ["CredentialsPlugin", "ModelWarmup", "credentials", "warm_up"]
+__all__ = [
+    "CredentialsPlugin",
+    "ModelWarmup",
+    "UploadCode",
+    "credentials",
+    "shipped_code",
+    "unregister",
+    "warm_up",
+]
 
 logger = logging.getLogger(__name__)
 
 
 class ModelWarmup(WorkerPlugin):
-    """Load ``spec`` into the worker's model cache at set-up.
+    """Load a model into the worker's model cache at set-up, in the background.
 
     Parameters
     ----------
-    spec : ModelSpec
+    spec : Packed[ModelSpec]
+        The recipe as bytes: a worker that cannot import the user's modules
+        still starts (and says so in its log); its first task raises the
+        :class:`ModelLoadError`.
+    cache_key : str
+        The spec's cache key (part of the plugin's name).
     resource : str, optional
         Only workers holding this resource (the model pool) load the model.
+    job : str
+        The job it belongs to: each job registers and removes its own.
     """
 
     idempotent = True
 
-    def __init__(self, spec: ModelSpec, resource: str | None = None) -> None:
+    def __init__(self, spec: Packed[ModelSpec], cache_key: str, resource: str | None = None,
+                 job: str = "") -> None:  # fmt: skip
         self.spec = spec
+        self.cache_key = cache_key
         self.resource = resource
-        self.name = f"batchinfer-warmup-{spec.cache_key}"
+        self.name = f"batchinfer-warmup-{cache_key}-{job}"
 
     def _wanted(self, worker: Any) -> bool:
         return self.resource is None or self.resource in worker.state.total_resources
@@ -61,28 +91,29 @@ class ModelWarmup(WorkerPlugin):
             threading.Thread(target=_load_quietly, args=(self.spec,), daemon=True,
                              name=f"{self.name}-load").start()  # fmt: skip
 
-    def teardown(self, worker: Any) -> None:
-        cache.evict(self.spec)
 
-
-def _load_quietly(spec: ModelSpec) -> None:
+def _load_quietly(spec: Packed[ModelSpec]) -> None:
     try:
-        load_model(spec)
+        load_model(spec.get())
     except Exception:  # noqa: BLE001 - the first task that needs the model raises it
-        logger.warning("loading model %r in the background failed", spec.name, exc_info=True)
+        logger.warning("loading the model in the background failed", exc_info=True)
 
 
-def _load_task(spec: ModelSpec) -> float:
-    return load_model(spec).load_seconds
+def _load_task(spec: Packed[ModelSpec]) -> float:
+    return load_model(spec.get()).load_seconds
 
 
-def warm_up(client: Any, model: ModelSpec, pools: Pools) -> None:
-    """Load the model on every model worker in parallel, before any input is read.
+@contextlib.contextmanager
+def warm_up(client: Any, model: ModelSpec, pools: Pools, job: str = "") -> Iterator[None]:
+    """Load the model on every model worker in parallel, before any input is read;
+    keep loading it on workers that join while the block runs.
 
     One load task per model worker, which the scheduler moves to another worker
     when its worker dies (a worker killed while loading does not fail the job),
     and a :class:`ModelWarmup` plugin so that workers that join later load the
-    model on arrival.
+    model on arrival. The plugin is removed when the block ends, success or
+    failure; the loaded models stay in the workers' cache (bounded by
+    ``batchinfer.cached-models``) for the next job.
 
     Raises
     ------
@@ -91,28 +122,120 @@ def warm_up(client: Any, model: ModelSpec, pools: Pools) -> None:
     """
     from distributed import KilledWorker
 
-    plugin = ModelWarmup(model, resource=pools.model)
+    packed = Packed(model)
+    plugin = ModelWarmup(packed, model.cache_key, resource=pools.model, job=job)
     try:
         client.register_plugin(plugin)
     except OSError as err:  # CommClosedError: a worker died during the broadcast; the
         logger.info("a worker left while the warm-up plugin registered: %s", err)  # rest have it
-    workers = model_workers(client, pools)
-    resources = {pools.model: 1} if pools.mixed else None
-    tag = uuid.uuid4().hex[:8]
-    futures = [
-        client.submit(_load_task, model, workers=[address], allow_other_workers=True,
-                      resources=resources, pure=False, key=f"batchinfer-load-{tag}-{i}")
-        for i, address in enumerate(workers)
-    ]  # fmt: skip
+    with unregister(client, plugin.name):
+        workers = model_workers(client, pools)
+        resources = {pools.model: 1} if pools.mixed else None
+        tag = uuid.uuid4().hex[:8]
+        futures = [
+            client.submit(_load_task, packed, workers=[address], allow_other_workers=True,
+                          resources=resources, pure=False, key=f"batchinfer-load-{tag}-{i}")
+            for i, address in enumerate(workers)
+        ]  # fmt: skip
+        try:
+            client.gather(futures)
+        except KilledWorker as err:
+            raise ModelLoadError(
+                f"loading model {model.name!r} killed {workers_killed()} workers in a row: "
+                f"most likely it needs more memory than a worker may use; give workers more "
+                f"memory (dask worker --memory-limit, local_cluster(memory_limit=...)) or load "
+                f"a smaller model. Cause: {err}"
+            ) from err
+        yield
+
+
+@contextlib.contextmanager
+def unregister(client: Any, name: str) -> Iterator[None]:
+    """Remove the worker plugin ``name`` when the block ends (best effort)."""
     try:
-        client.gather(futures)
-    except KilledWorker as err:
-        raise ModelLoadError(
-            f"loading model {model.name!r} killed {workers_killed()} workers in a row: most "
-            f"likely it needs more memory than a worker may use; give workers more memory "
-            f"(dask worker --memory-limit, local_cluster(memory_limit=...)) or load a smaller "
-            f"model. Cause: {err}"
-        ) from err
+        yield
+    finally:
+        try:
+            client.unregister_worker_plugin(name)
+        except Exception:  # noqa: BLE001 - the workers may be gone; never hide the job's error
+            logger.debug("could not unregister worker plugin %s", name, exc_info=True)
+
+
+class UploadCode(WorkerPlugin):
+    """Ship local modules (``.py``) and packages (folders) to the workers.
+
+    They are zipped on the client; each worker saves the archive in its local
+    directory, puts it first on ``sys.path`` and forgets any older import of
+    the same names, so that the job's tasks import this version.
+
+    Parameters
+    ----------
+    paths : list of str
+        ``.py`` files and package folders, each placed at the archive's top
+        level under its own name (``models.py`` imports as ``models``).
+    """
+
+    idempotent = True
+
+    def __init__(self, paths: list[str]) -> None:
+        self.data = zip_code(paths)
+        self.names = sorted({os.path.splitext(os.path.basename(p.rstrip("/")))[0] for p in paths})
+        self.name = (
+            f"batchinfer-code-{hashlib.sha1(self.data, usedforsecurity=False).hexdigest()[:12]}"
+        )
+
+    def setup(self, worker: Any) -> None:
+        path = os.path.join(worker.local_directory, f"{self.name}.zip")
+        if path in sys.path:
+            return
+        with open(path, "wb") as f:
+            f.write(self.data)
+        older = [m for m in sys.modules if m.partition(".")[0] in self.names]
+        for module in older:  # an older version of the same code, shipped by an earlier job
+            del sys.modules[module]
+        sys.path.insert(0, path)
+        importlib.invalidate_caches()
+        if older:  # recipes unpickled, and models built, with the older version
+            forget_all()
+            cache.clear()
+
+
+def zip_code(paths: list[str]) -> bytes:
+    """A zip archive of ``.py`` files and package folders (without caches), in memory."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in paths:
+            path = path.rstrip("/")
+            if os.path.isfile(path):
+                archive.write(path, os.path.basename(path))
+                continue
+            parent = os.path.dirname(path)
+            for folder, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+                for name in sorted(files):
+                    if not name.endswith((".pyc", ".pyo")):
+                        full = os.path.join(folder, name)
+                        archive.write(full, os.path.relpath(full, parent))
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def shipped_code(client: Any, paths: list[str], job: str = "") -> Iterator[None]:
+    """The modules and packages ``paths`` on every worker while the block runs."""
+    if not paths:
+        yield
+        return
+    plugin = UploadCode(paths)
+    responses = client.register_plugin(plugin) or {}
+    with unregister(client, plugin.name):
+        failed = {w: r for w, r in responses.items() if r.get("status") != "OK"}
+        if failed:
+            worker, response = next(iter(failed.items()))
+            raise ModelLoadError(
+                f"could not ship {paths} to {len(failed)} worker(s), e.g. {worker}: "
+                f"{response.get('exception') or response}"
+            )
+        yield
 
 
 def _xor(data: bytes, pad: bytes) -> bytes:
@@ -163,7 +286,7 @@ def credentials(client: Any, name: str | None, secret: Mapping[str, Any]) -> Ite
         yield
         return
     responses = client.register_plugin(CredentialsPlugin(name, secret), name=name) or {}
-    try:
+    with unregister(client, name):
         failed = {w: r for w, r in responses.items() if r.get("status") != "OK"}
         if failed:
             worker, response = next(iter(failed.items()))
@@ -172,8 +295,3 @@ def credentials(client: Any, name: str | None, secret: Mapping[str, Any]) -> Ite
                 f"{worker}: {secrets.redact(str(response.get('exception') or response))}"
             )
         yield
-    finally:
-        try:
-            client.unregister_worker_plugin(name)
-        except Exception:  # noqa: BLE001 - best effort: the workers may be gone
-            pass

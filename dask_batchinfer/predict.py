@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.model.spec import ModelSpec
+from dask_batchinfer.packed import Packed
 from dask_batchinfer.pipeline.rows import Preprocess
 from dask_batchinfer.pipeline.stages import StageSettings, predict_partition
 from dask_batchinfer.schema import check_inputs, check_keep, check_spec, output_meta
@@ -74,7 +75,7 @@ def predict(
     settings = StageSettings(model=model, preprocess=preprocess, keep=kept)
     return ddf.map_partitions(
         predict_partition,
-        settings=settings,
+        shipped=Packed(settings),  # the scheduler never unpickles the user's code
         meta=meta,
         enforce_metadata=False,
         align_dataframes=False,

@@ -163,3 +163,21 @@ def test_missing_input_column_is_named():
     frame = make_features(5, n_features=2)
     with pytest.raises(dbi.InputError, match=r"needs column\(s\) \['f2'\]"):
         tiny_model(n_features=3).make_inputs(frame)
+
+
+def test_the_model_cache_keeps_the_most_recently_used_models():
+    import dask
+
+    from dask_batchinfer import cache
+    from dask_batchinfer.pipeline.loading import load_model
+
+    specs = [tiny_model(seed=s) for s in (101, 102, 103)]
+    cache.clear()
+    with dask.config.set({"batchinfer.cached-models": 2}):
+        first = load_model(specs[0])
+        load_model(specs[1])
+        assert load_model(specs[0]) is first  # used again: now the most recent
+        load_model(specs[2])  # over the limit: drops specs[1], the least recently used
+        assert load_model(specs[0]) is first
+        assert not cache.evict(specs[1]) and cache.evict(specs[2])
+    cache.clear()

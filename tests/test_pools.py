@@ -141,21 +141,43 @@ def test_out_of_memory_recovery_in_a_job(client, tmp_path):
     np.testing.assert_allclose(back["score"].to_numpy(), one_row, rtol=1e-6, atol=1e-6)
 
 
-def test_workers_that_join_later_load_on_arrival(tmp_path):
+def test_workers_that_join_during_a_job_load_on_arrival_and_not_after_it(tmp_path):
+    import threading
+
     from distributed import Client
 
     spec = tiny_model(seed=8)
+    slow = functools.partial(sleepy_preprocess, delay=0.5)
     with dbi.local_cluster(n_workers=1, threads_per_worker=1,
                            silence_logs=logging.WARNING) as cluster, \
             Client(cluster, set_as_default=False) as c:  # fmt: skip
-        dbi.run_job(dd.from_pandas(make_features(100), npartitions=2), spec,
-                    output=str(tmp_path / "out"), client=c)  # fmt: skip
-        cluster.scale(2)
+        job = threading.Thread(target=dbi.run_job, kwargs=dict(
+            source=dd.from_pandas(make_features(400), npartitions=8), model=spec,
+            preprocess=slow, output=str(tmp_path / "out"), client=c, progress=False))  # fmt: skip
+        job.start()
+        deadline = time.monotonic() + 60
+        while not any(p.startswith("batchinfer-warmup") for p in _worker_plugins(c)):
+            assert time.monotonic() < deadline, "the job never registered its warm-up"
+            time.sleep(0.05)
+        cluster.scale(2)  # joins while the job runs: the plugin loads the model there
         c.wait_for_workers(2)
+        joined = set(c.scheduler_info(n_workers=-1)["workers"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             stats = dbi.model_stats(c, spec)
             if all(s and s["loads"] == 1 for s in stats.values()):
                 break
             time.sleep(0.1)
+        job.join(timeout=120)
         assert len(stats) == 2 and all(s and s["loads"] == 1 for s in stats.values()), stats
+        assert not job.is_alive()
+        assert not [p for p in _worker_plugins(c) if p.startswith("batchinfer")]
+        cluster.scale(3)  # joins after the job: loads nothing
+        c.wait_for_workers(3)
+        time.sleep(1.0)
+        late = set(c.scheduler_info(n_workers=-1)["workers"]) - joined
+        assert late and all(dbi.model_stats(c, spec)[w] is None for w in late)
+
+
+def _worker_plugins(client):
+    return list(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins)))

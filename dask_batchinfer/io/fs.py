@@ -22,8 +22,10 @@ from dask_batchinfer.io.layout import STAGING
 from dask_batchinfer.io.retry import RetryStats, retry
 
 __all__ = [
+    "absolute_url",
     "ensure_dir",
     "is_local",
+    "is_local_url",
     "move_into_place",
     "read_json",
     "remove_empty_dirs",
@@ -43,6 +45,21 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     """Whether ``fs`` is the local disk (else an object store, with no real folders)."""
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     return bool({"file", "local"} & set(protocols))
+
+
+def is_local_url(url: str) -> bool:
+    """Whether ``url`` names this machine's disk (no protocol, or ``file://``)."""
+    return fsspec.utils.get_protocol(url) in ("file", "local")
+
+
+def absolute_url(url: str) -> str:
+    """A local path made absolute here, on the client (workers run in other folders);
+    other URLs as given."""
+    if not is_local_url(url):
+        return url
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    return os.path.abspath(os.path.expanduser(url))
 
 
 def ensure_dir(fs: fsspec.AbstractFileSystem, path: str) -> None:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.io.fs import url_to_fs
+from dask_batchinfer.io.fs import absolute_url, url_to_fs
 from dask_batchinfer.io.layout import MANIFEST, is_visible
 from dask_batchinfer.io.retry import retry
 from dask_batchinfer.worker import worker_address
@@ -263,8 +263,8 @@ def open_source(
     if isinstance(source, dd.DataFrame):
         return source, None
     if isinstance(source, (str, os.PathLike)):
-        return read_parquet_files(os.fspath(source), storage_options, task_options=task_options,
-                                  fingerprint=fingerprint)  # fmt: skip
+        return read_parquet_files(absolute_url(os.fspath(source)), storage_options,
+                                  task_options=task_options, fingerprint=fingerprint)  # fmt: skip
     raise InputError(
         f"source must be a dask DataFrame or a Parquet path (local or s3://), got "
         f"{type(source).__name__}"

@@ -28,6 +28,7 @@ from dask_batchinfer.errors import (
 )
 from dask_batchinfer.io.commit import Partition
 from dask_batchinfer.options import JobOptions
+from dask_batchinfer.packed import Packed
 from dask_batchinfer.pipeline.rows import where
 from dask_batchinfer.pipeline.stages import (
     PartitionStats,
@@ -110,6 +111,7 @@ class Executor:
         self.keys = ddf.__dask_keys__()
         self.pools = pools
         self.settings = settings
+        self.shipped = Packed(settings)  # pickled once; the scheduler passes bytes along
         self.window = window
         self.bad_rows_allowed = bad_rows_allowed
         self.progress = progress
@@ -130,11 +132,11 @@ class Executor:
         if attempt > 1:
             name += f"-attempt{attempt}"
         if not pools.mixed:
-            done = c.submit(process_task, read, partition, settings, key=f"process-{name}")
+            done = c.submit(process_task, read, partition, self.shipped, key=f"process-{name}")
         else:
-            staged = c.submit(preprocess_task, read, partition, settings, resources=cpu,
+            staged = c.submit(preprocess_task, read, partition, self.shipped, resources=cpu,
                               key=f"preprocess-{name}")  # fmt: skip
-            done = c.submit(infer_write_task, staged, partition, settings,
+            done = c.submit(infer_write_task, staged, partition, self.shipped,
                             resources={pools.model: 1}, key=f"infer-{name}")  # fmt: skip
         return done
 

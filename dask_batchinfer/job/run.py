@@ -9,22 +9,26 @@ and report (:mod:`~dask_batchinfer.job.result`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dask_batchinfer import secrets
-from dask_batchinfer.cluster import check_cluster, connect, detect_pools
+from dask_batchinfer.cluster import Pools, check_cluster, connect, detect_pools
 from dask_batchinfer.errors import BadRowsError
 from dask_batchinfer.fingerprint import code_token
 from dask_batchinfer.io.commit import Committer
+from dask_batchinfer.io.fs import is_local_url
 from dask_batchinfer.io.lease import Lease
 from dask_batchinfer.io.read import open_source
 from dask_batchinfer.io.retry import RetryStats
 from dask_batchinfer.job.executor import Executor, window_size
 from dask_batchinfer.job.planner import JobPlan, job_token, partitions_of, plan_job
+from dask_batchinfer.job.preflight import check_code, check_shared_storage, check_versions
 from dask_batchinfer.job.result import (
     RunInfo,
     build_result,
@@ -36,9 +40,10 @@ from dask_batchinfer.job.result import (
 )
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.options import JobOptions, check_not_nested
+from dask_batchinfer.packed import Packed
 from dask_batchinfer.pipeline.rows import Preprocess
 from dask_batchinfer.pipeline.stages import PartitionStats, StageSettings
-from dask_batchinfer.plugins import credentials, warm_up
+from dask_batchinfer.plugins import credentials, shipped_code, warm_up
 from dask_batchinfer.progress import make_progress
 from dask_batchinfer.report import JobResult
 from dask_batchinfer.schema import check_spec, job_columns
@@ -64,6 +69,7 @@ def run_job(
     progress: bool | str | None = None,
     partition_timeout: float | str | None = None,
     fingerprint: str = "metadata",
+    upload: Sequence[str] | str | None = None,
 ) -> JobResult:
     """Run a batch inference job and write the results as partitioned Parquet, exactly once.
 
@@ -75,10 +81,13 @@ def run_job(
     model : ModelSpec
         The model recipe, loaded once per worker process.
     output : str
-        Folder to write to (local path or ``s3://``). Each input partition
+        Folder to write to (``s3://`` or a local path). Each input partition
         becomes ``part-<name>-<id>.parquet`` (inside hive folders with
         ``partition_on``) plus a marker in ``_committed/``; ``_SUCCESS`` is
-        written when all are committed. See the README's "Output layout".
+        written when all are committed. See the README's "Output layout". A
+        local path is made absolute on the client; on a cluster of other
+        machines it must be storage that every worker mounts at the same path
+        (checked before any work: :class:`ClusterError` otherwise).
     preprocess : callable, optional
         ``preprocess(partition) -> DataFrame``, run on the workers before the model.
     keep : list of str, optional
@@ -143,6 +152,13 @@ def run_job(
         of its Parquet footer (schema, row groups, statistics), for tools that
         rewrite files keeping their size and modification time. Two small
         reads per file on the client.
+    upload : list of str, optional
+        Local ``.py`` modules and package folders (your model's code) to ship
+        to the workers for this job, for a cluster whose workers do not have
+        them installed; they are importable there under their own names.
+        Before any input is read, every worker is checked to import what the
+        model and ``preprocess`` need (:class:`ModelLoadError` names the
+        module and the workers otherwise). The scheduler never needs them.
 
     Returns
     -------
@@ -177,7 +193,7 @@ def run_job(
         output=output, mode=mode, on_error=on_error, max_bad_rows=max_bad_rows, keep=keep,
         partition_on=partition_on, pools=pools, client=client, progress=progress,
         storage_options=storage_options, partition_timeout=partition_timeout,
-        fingerprint=fingerprint,
+        fingerprint=fingerprint, upload=upload,
     )  # fmt: skip
     check_not_nested(source, options)
     ddf, groups = open_source(source, options.storage_options, options.task_options,
@@ -197,11 +213,14 @@ def run_job(
             job=run.job, output=options.output, storage_options=options.task_options,
             partition_on=columns.partition_on, schema=columns.schema,
         )  # fmt: skip
-        return _run_plan(ddf, plan, settings, options, committer, run, lease)
+        local = isinstance(source, (str, os.PathLike)) and is_local_url(os.fspath(source))
+        first = groups[0][0].path if groups and local else None  # the workers must see it too
+        return _run_plan(ddf, plan, settings, options, committer, run, lease, first)
 
 
 def _run_plan(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptions,
-              committer: Committer, run: RunInfo, lease: Lease) -> JobResult:  # fmt: skip
+              committer: Committer, run: RunInfo, lease: Lease,
+              input_file: str | None = None) -> JobResult:  # fmt: skip
     """Run what the plan says, then commit: the job under its lease."""
     build = functools.partial(build_result, output=options.output, mode=options.mode,
                               model=settings.model, plan=plan, run=run)  # fmt: skip
@@ -212,7 +231,7 @@ def _run_plan(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOpti
     stats: list[PartitionStats] = []
     if plan.todo:
         try:
-            _execute(ddf, plan, settings, options, committer, run, stats)
+            _execute(ddf, plan, settings, options, committer, run, stats, input_file)
             lease.check()
         except Exception as err:
             fail(err, build(stats=stats), committer)
@@ -226,7 +245,8 @@ def _run_plan(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOpti
 
 
 def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptions,
-             committer: Committer, run: RunInfo, stats: list[PartitionStats]) -> None:  # fmt: skip
+             committer: Committer, run: RunInfo, stats: list[PartitionStats],
+             input_file: str | None) -> None:  # fmt: skip
     """Run the plan's partitions on the cluster; ``stats`` gets each committed one's."""
     committer.check_writable()
     connect_start = time.perf_counter()
@@ -238,21 +258,35 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
         run.cluster_seconds = time.perf_counter() - connect_start
         run.dashboard_link = str(getattr(c, "dashboard_link", "") or "")
         check_cluster(c, options.no_workers_timeout)
+        with _prepared(c, settings, options, run.job, input_file) as pools:
+            run.startup = time.perf_counter() - run.wall_start
+            bar = make_progress(options.progress, total=len(plan.todo), job=run.job,
+                                dashboard_link=run.dashboard_link)  # fmt: skip
+            executor = Executor(c, ddf, pools, settings, window=window_size(pools, options),
+                                bad_rows_allowed=options.bad_rows_allowed(
+                                    plan.quarantined_before()),
+                                progress=bar, stats=stats, timeout=options.partition_timeout,
+                                heartbeat=options.heartbeat_seconds,
+                                no_workers=options.no_workers_timeout)  # fmt: skip
+            try:
+                executor.run(plan.todo)
+            finally:
+                bar.close()
+                gather_run_info(c, settings.model, run)
+
+
+@contextlib.contextmanager
+def _prepared(c: Any, settings: StageSettings, options: JobOptions, job: str,
+              input_file: str | None) -> Iterator[Pools]:  # fmt: skip
+    """The cluster made ready for the job, for the block's duration: checked, the user's
+    code shipped, the model loaded; the job's worker plugins removed afterwards."""
+    check_versions(c)
+    with shipped_code(c, list(options.upload), job):
+        check_code(c, Packed(settings))
+        check_shared_storage(c, options.output, input_file)
         pools = detect_pools(c, options.pools)
-        warm_up(c, settings.model, pools)
-        run.startup = time.perf_counter() - run.wall_start
-        bar = make_progress(options.progress, total=len(plan.todo), job=run.job,
-                            dashboard_link=run.dashboard_link)  # fmt: skip
-        executor = Executor(c, ddf, pools, settings, window=window_size(pools, options),
-                            bad_rows_allowed=options.bad_rows_allowed(plan.quarantined_before()),
-                            progress=bar, stats=stats, timeout=options.partition_timeout,
-                            heartbeat=options.heartbeat_seconds,
-                            no_workers=options.no_workers_timeout)  # fmt: skip
-        try:
-            executor.run(plan.todo)
-        finally:
-            bar.close()
-            gather_run_info(c, settings.model, run)
+        with warm_up(c, settings.model, pools, job):
+            yield pools
 
 
 def _commit(result: JobResult, plan: JobPlan, committer: Committer, options: JobOptions,

@@ -1,7 +1,9 @@
 """The stages of one partition, timed and traced: read, preprocess, infer, write.
 
 Each stage takes its input, the partition, one :class:`StageSettings` and the
-partition's :class:`PartitionStats`, which it fills in. ``predict()``,
+partition's :class:`PartitionStats`, which it fills in. Tasks receive the
+settings :class:`~dask_batchinfer.packed.Packed` (the user's code as bytes that
+only workers open: the scheduler never needs the user's modules). ``predict()``,
 ``run_job()`` and ``plan()`` all run partitions through these functions; the
 task functions at the bottom are what ``run_job`` submits (one task for both
 stages on a single-pool cluster, one per pool on a mixed cluster).
@@ -18,12 +20,14 @@ import pandas as pd
 import pyarrow as pa
 
 from dask_batchinfer import secrets, trace
+from dask_batchinfer.errors import ClusterError
 from dask_batchinfer.io.commit import Marker, Partition, write_marker
-from dask_batchinfer.io.fs import url_to_fs
+from dask_batchinfer.io.fs import is_local, url_to_fs
 from dask_batchinfer.io.parquet import encode, write_errors, write_partition
 from dask_batchinfer.io.read import READ_TIMES
 from dask_batchinfer.io.retry import RetryStats
 from dask_batchinfer.model.spec import ModelSpec
+from dask_batchinfer.packed import Packed, unpack
 from dask_batchinfer.pipeline.batching import BatchStats
 from dask_batchinfer.pipeline.infer import infer_features
 from dask_batchinfer.pipeline.preprocess import Prepared, preprocess_partition
@@ -136,6 +140,12 @@ def write_stage(result: pd.DataFrame, bad: pd.DataFrame, partition: Partition,
     """Write the partition's files and quarantined rows, then commit its marker."""
     start = time.time()
     fs, root = url_to_fs(settings.output, secrets.resolve(settings.storage_options))
+    if is_local(fs) and not fs.isdir(root):  # created by the client before any task
+        raise ClusterError(
+            f"{worker_address() or 'this worker'} does not see the output folder {root}, which "
+            f"the client created: it runs on another machine. Write to shared storage (s3://, "
+            f"or a network file system mounted at the same path everywhere)"
+        )
     retries = RetryStats()
     assert settings.schema is not None, "the write stage needs the output schema"
     files = write_partition(result, fs=fs, root=root, stem=partition.stem, schema=settings.schema,
@@ -163,16 +173,21 @@ def encode_stage(result: pd.DataFrame, settings: StageSettings, stats: Partition
 # --- tasks ---------------------------------------------------------------------
 
 
+Shipped = StageSettings | Packed[StageSettings]  # what tasks receive: packed by the client
+
+
 def preprocess_task(frame: pd.DataFrame, partition: Partition,
-                    settings: StageSettings) -> tuple[Prepared, PartitionStats]:  # fmt: skip
+                    shipped: Shipped) -> tuple[Prepared, PartitionStats]:  # fmt: skip
     """The CPU pool's task on a mixed cluster: read and preprocess."""
+    settings = unpack(shipped)
     stats = read_stage(frame, partition, settings)
     return preprocess_stage(frame, partition, settings, stats), stats
 
 
 def infer_write_task(staged: tuple[Prepared, PartitionStats], partition: Partition,
-                     settings: StageSettings) -> PartitionStats:  # fmt: skip
+                     shipped: Shipped) -> PartitionStats:  # fmt: skip
     """The model pool's task on a mixed cluster: infer, write, commit."""
+    settings = unpack(shipped)
     prepared, stats = staged
     stats.worker = worker_address()
     result, bad = infer_stage(prepared, partition, settings, stats)
@@ -181,14 +196,16 @@ def infer_write_task(staged: tuple[Prepared, PartitionStats], partition: Partiti
 
 
 def process_task(frame: pd.DataFrame, partition: Partition,
-                 settings: StageSettings) -> PartitionStats:  # fmt: skip
+                 shipped: Shipped) -> PartitionStats:  # fmt: skip
     """Every stage in one task, on a single-pool cluster (no transfer between stages)."""
+    settings = unpack(shipped)
     return infer_write_task(preprocess_task(frame, partition, settings), partition, settings)
 
 
-def measure_task(frame: pd.DataFrame, partition: Partition, settings: StageSettings,
+def measure_task(frame: pd.DataFrame, partition: Partition, shipped: Shipped,
                  batch_sizes: Sequence[int]) -> dict[str, Any]:  # fmt: skip
     """``plan()``'s task: preprocess, the model at each batch size, encoding; nothing written."""
+    settings = unpack(shipped)
     started = time.time()
     stats = read_stage(frame, partition, settings)
     prepared = preprocess_stage(frame, partition, settings, stats)
@@ -215,9 +232,10 @@ def measure_task(frame: pd.DataFrame, partition: Partition, settings: StageSetti
     }
 
 
-def predict_partition(frame: pd.DataFrame, settings: StageSettings,
+def predict_partition(frame: pd.DataFrame, shipped: Shipped,
                       partition_info: dict | None = None) -> pd.DataFrame:  # fmt: skip
     """``predict()``'s task: preprocess and infer one partition; ``keep`` + output columns."""
+    settings = unpack(shipped)
     partition = Partition(partition_info["number"] if partition_info else -1, "", None, "")
     stats = read_stage(frame, partition, settings)
     prepared = preprocess_stage(frame, partition, settings, stats)
