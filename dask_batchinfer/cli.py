@@ -23,6 +23,7 @@ from typing import Any
 from dask_batchinfer.cli_options import build_parser
 from dask_batchinfer.errors import BadRowsError, BatchInferError, InputError, OutputLockedError
 from dask_batchinfer.jobfile import load_job_file, load_model, load_object
+from dask_batchinfer.progress import stderr_handler
 
 __all__ = ["main"]
 
@@ -136,11 +137,7 @@ def _log_to_stderr(quiet: bool = False) -> None:
     """Our own log records to stderr, one ``key=value`` line each; Dask's stay with Dask."""
     logger = logging.getLogger("dask_batchinfer")
     if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
-        )
-        logger.addHandler(handler)
+        logger.addHandler(stderr_handler())
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 

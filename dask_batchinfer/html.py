@@ -209,6 +209,11 @@ def plot_result(report: Mapping[str, Any], path: str | None = None) -> Any:
     return fig
 
 
+def _batch_note(batch: int, size: int, best: int) -> str:
+    notes = [note for note, b in (("the spec's", size), ("recommended", best)) if b == batch]
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def plan_html(plan: Mapping[str, Any]) -> str:
     """A plan (``Plan.summary()``) as an HTML fragment."""
     spread, sampled = plan["uncertainty"], plan["sample_partitions"]
@@ -232,15 +237,20 @@ def plan_html(plan: Mapping[str, Any]) -> str:
         (f"{k}_us_per_row", f"{k}, µs/row", v * 1e6)
         for k, v in plan["stage_seconds_per_row"].items()
     )
-    best = plan["recommended_batch_size"]
+    best, size = plan["recommended_batch_size"], plan["batch_size"]
     sizes = _rows(
-        (f"batch:{b}", f"batch {b}" + (" (recommended)" if b == best else ""), f"{r:,.0f} rows/s")
+        (f"batch:{b}", f"batch {b}{_batch_note(b, size, best)}", f"{r:,.0f} rows/s")
         for b, r in plan["batch_sizes"].items()
     )
+    recommended = (
+        [("recommended_projected_seconds", f"at batch {best} (recommended), s",
+          float(plan["recommended_projected_seconds"]))] if best != size else []
+    )  # fmt: skip
     projected = _rows(
         [
             ("projected_seconds", "this cluster, s", float(plan["projected_seconds"])),
             ("projected_total_seconds", "with start-up, s", float(plan["projected_total_seconds"])),
+            *recommended,
             *((f"workers:{n}", f"on {n} workers, s", float(seconds))
               for n, seconds in plan["projections"].items()),
             ("output_bytes", "output, bytes", plan["output_bytes"]),
@@ -251,8 +261,8 @@ def plan_html(plan: Mapping[str, Any]) -> str:
         f"<b>dask-batchinfer plan</b> · uncertainty {_e(interval)}</div>"
         '<div style="display:flex;gap:28px;flex-wrap:wrap">'
         + _section("Measured", measured)
-        + _section("Busy time per row", per_row)
+        + _section(f"Busy time per row (batch size {size})", per_row)
         + _section("Batch sizes (inference, one thread)", sizes)
-        + _section("Projected", projected)
+        + _section(f"Projected (batch size {size}, the spec's)", projected)
         + "</div></div>"
     )

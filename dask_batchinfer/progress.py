@@ -9,6 +9,12 @@ Three displays, picked by ``run_job(progress=...)`` (default ``"auto"``):
 - ``False``/``"off"``: nothing.
 
 ``"auto"`` is a bar in Jupyter or a terminal, and log lines otherwise.
+
+Log lines need a handler: Python shows only warnings of a logger that has none
+on its way up to the root. When neither the program (``logging.basicConfig``,
+the command's set-up) nor anything else gave one, a job that logs its progress
+puts a stderr handler on ``dask_batchinfer.progress`` for its duration, so
+``python script.py 2>job.log`` under cron logs as the command does.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +32,67 @@ from dask_batchinfer.errors import InputError
 if TYPE_CHECKING:
     from dask_batchinfer.pipeline.stages import PartitionStats
 
-__all__ = ["Progress", "make_progress", "resolve_mode"]
+__all__ = ["LOG_FORMAT", "Progress", "make_progress", "resolve_mode", "stderr_handler"]
 
 logger = logging.getLogger("dask_batchinfer.progress")
 MODES = ("auto", "bar", "log", "off")
+LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+
+
+def stderr_handler() -> logging.Handler:
+    """A handler writing one ``key=value`` line per record to stderr (the command's format)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    return handler
+
+
+class _FallbackHandler:
+    """A stderr handler on the progress logger while jobs log and nothing else would show it.
+
+    Shared by the jobs that run at the same time; the last one to end removes
+    it. A level set by the user on our loggers is kept; otherwise the logger
+    is at INFO while the handler is there.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._handler: logging.Handler | None = None
+        self._level = logging.NOTSET
+
+    def acquire(self) -> bool:
+        """Count one more job; True when it must :meth:`release` the handler."""
+        with self._lock:
+            if not self._users and logger.hasHandlers():
+                return False  # the program set logging up: its handlers show our lines
+            if not self._users:
+                self._handler, self._level = stderr_handler(), logger.level
+                logger.addHandler(self._handler)
+                if _level_below_root() == logging.NOTSET:
+                    logger.setLevel(logging.INFO)
+            self._users += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if not self._users and self._handler is not None:
+                logger.removeHandler(self._handler)
+                logger.setLevel(self._level)
+                self._handler = None
+
+
+def _level_below_root() -> int:
+    """The level set on ``dask_batchinfer.progress`` or a parent other than the root."""
+    current: logging.Logger | None = logger
+    while current is not None and current.parent is not None:
+        if current.level:
+            return current.level
+        current = current.parent
+    return logging.NOTSET
+
+
+_fallback = _FallbackHandler()
 
 
 def _in_notebook() -> bool:
@@ -72,9 +136,11 @@ class Progress:
         self.started = time.perf_counter()
         self._next_decile = 1  # log at every 10% of the partitions
         self._bar: Any = None
+        self._fallback = self._closed = False
         if mode == "bar":
             self._bar = self._make_bar(dashboard_link)
         elif mode == "log":
+            self._fallback = _fallback.acquire()
             logger.info(
                 "job=%s event=start partitions=%d dashboard=%s", job, total, dashboard_link or "-"
             )
@@ -152,11 +218,17 @@ class Progress:
         )  # fmt: skip
 
     def close(self) -> None:
+        """The end line or the bar's last state; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if self._bar is not None:
             self._bar.close()
             self._bar = None
         elif self.mode == "log":
             self._log("end")
+        if self._fallback:
+            _fallback.release()
 
 
 def make_progress(

@@ -71,6 +71,7 @@ def test_run_on_parquet_starts_its_own_cluster(tmp_path, cluster):
         *cluster,
     )
     assert done.returncode == 0, done.stderr
+    assert done.stderr.count("event=end partitions=2/2 ") == 1, done.stderr  # logged, once
     summary = json.loads(done.stdout)
     assert (summary["rows_in"], summary["rows_out"], summary["partitions"]) == (500, 500, 2)
     assert set(summary["model_loads"].values()) == {1}  # once per model worker

@@ -165,3 +165,56 @@ def test_progress_off_and_bad_value(client, tmp_path, inputs, capsys):
     with pytest.raises(dbi.InputError, match="progress="):
         dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "o2"),
                     progress="loud")  # fmt: skip
+
+
+_SCRIPT = """\
+import logging
+import sys
+
+from distributed import Client
+
+import dask_batchinfer as dbi
+from dask_batchinfer.testing import tiny_model
+
+if __name__ == "__main__":
+    if sys.argv[3] == "basicConfig":
+        logging.basicConfig(level=logging.INFO, format="user %(name)s %(message)s")
+    with dbi.local_cluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster):
+        dbi.run_job(sys.argv[1], tiny_model(), output=sys.argv[2])
+    logging.getLogger("dask_batchinfer.progress").info("after the job")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("logging_setup", ["none", "basicConfig"])
+def test_script_outside_a_terminal_logs_progress_once(tmp_path, inputs, logging_setup):
+    """``python script.py 2>err`` (cron): log lines on stderr, not doubled if logging is set up."""
+    import os
+    import subprocess
+    import sys
+
+    inputs(files=10, rows=20)
+    (tmp_path / "script.py").write_text(_SCRIPT)
+    root = os.path.dirname(os.path.dirname(dbi.__file__))  # this checkout's package
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "DASK_BATCHINFER__PARTITION_SIZE": "1B",
+           "PYTHONPATH": path}  # fmt: skip
+    with open(tmp_path / "err", "w") as err:  # a file: not a terminal
+        done = subprocess.run(
+            [sys.executable, str(tmp_path / "script.py"), str(tmp_path / "in"),
+             str(tmp_path / "out"), logging_setup],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
+            timeout=180, cwd=tmp_path,
+        )  # fmt: skip
+    text = (tmp_path / "err").read_text()
+    assert done.returncode == 0, text
+    lines = [line for line in text.splitlines() if "logger=dask_batchinfer.progress" in line
+             or line.startswith("user dask_batchinfer.progress")]  # fmt: skip
+    assert sum("event=start partitions=10 " in line for line in lines) == 1, text
+    progress = [line for line in lines if "event=progress" in line]
+    assert 5 <= len(progress) <= 10, text  # every 10%, each once
+    assert len({line.split("event=")[1] for line in progress}) == len(progress), text
+    assert all("partitions=" in line and "/10 " in line for line in progress), text
+    assert sum("event=end partitions=10/10 rows=200" in line for line in lines) == 1, text
+    # the handler is the job's only: gone after it, unless the user set logging up
+    assert ("after the job" in text) == (logging_setup == "basicConfig"), text

@@ -137,7 +137,9 @@ def run_job(
         Show progress: partitions committed of total, rows/s, ETA and time
         per stage. Default (``batchinfer.progress: auto``): a widget in
         Jupyter, a bar in a terminal, a log line every 10% elsewhere (CI
-        logs); ``False`` for none. While no partition commits for
+        logs, cron) on the logger ``dask_batchinfer.progress``: through the
+        handlers logging has, or when it has none, on stderr for the job's
+        duration. ``False`` for none. While no partition commits for
         ``batchinfer.progress-heartbeat`` (30 s), a heartbeat names the oldest
         partition in flight and its age.
     partition_timeout : float or str, optional
@@ -262,13 +264,13 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
             run.startup = time.perf_counter() - run.wall_start
             bar = make_progress(options.progress, total=len(plan.todo), job=run.job,
                                 dashboard_link=run.dashboard_link)  # fmt: skip
-            executor = Executor(c, ddf, pools, settings, window=window_size(pools, options),
-                                bad_rows_allowed=options.bad_rows_allowed(
-                                    plan.quarantined_before()),
-                                progress=bar, stats=stats, timeout=options.partition_timeout,
-                                heartbeat=options.heartbeat_seconds,
-                                no_workers=options.no_workers_timeout)  # fmt: skip
             try:
+                executor = Executor(c, ddf, pools, settings, window=window_size(pools, options),
+                                    bad_rows_allowed=options.bad_rows_allowed(
+                                        plan.quarantined_before()),
+                                    progress=bar, stats=stats, timeout=options.partition_timeout,
+                                    heartbeat=options.heartbeat_seconds,
+                                    no_workers=options.no_workers_timeout)  # fmt: skip
                 executor.run(plan.todo)
             finally:
                 bar.close()
