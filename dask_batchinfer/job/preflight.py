@@ -115,6 +115,7 @@ def check_shared_storage(client: Any, output: str, input_file: str | None) -> No
     if is_local_url(output):
         fs, root = fsspec.core.url_to_fs(output)
         probe = posixpath.join(root, "_staging", f"probe-shared-{uuid.uuid4().hex}")
+        fs.makedirs(posixpath.dirname(probe), exist_ok=True)
         fs.pipe_file(probe, b"")
         checks.append((probe, f"the output folder {root}"))
     if input_file is not None and is_local_url(input_file):
