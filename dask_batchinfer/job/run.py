@@ -29,7 +29,6 @@ from dask_batchinfer.job.result import (
     RunInfo,
     build_result,
     fail,
-    gather_run_info,
     manifest,
     now,
     save_report,
@@ -252,7 +251,6 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
             executor.run(plan.todo)
         finally:
             bar.close()
-            gather_run_info(c, settings.model, run)
 
 
 def _commit(result: JobResult, plan: JobPlan, committer: Committer, options: JobOptions,
