@@ -215,6 +215,19 @@ class Pools:
     def mixed(self) -> bool:
         return self.model is not None
 
+    def recount(self, workers: Mapping[str, Any]) -> Pools:
+        """These pools with the threads of ``workers`` (``scheduler_info()["workers"]``).
+
+        Workers come and go (adaptive clusters, preemption); the executor
+        recounts the threads of the workers present every few seconds.
+        """
+        total = sum(w["nthreads"] for w in workers.values())
+        if not self.mixed:
+            return dataclasses.replace(self, model_threads=total, total_threads=total)
+        model = sum(w["nthreads"] for w in workers.values()
+                    if self.model in (w.get("resources") or {}))  # fmt: skip
+        return dataclasses.replace(self, model_threads=model, total_threads=total)
+
 
 def detect_pools(client: Any, pools: Mapping[str, str] | bool | None = None) -> Pools:
     """Find the CPU and model pools of ``client``'s cluster.

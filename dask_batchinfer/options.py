@@ -53,6 +53,7 @@ class JobOptions:
     credentials: str | None = None
     inflight_per_thread: int = 2
     prefetch_per_model_thread: int = 2
+    adaptive_lookahead: int = 1000
     partition_timeout: float | None = None
     heartbeat_seconds: float = 30.0
     no_workers_timeout: float | None = 180.0
@@ -107,6 +108,7 @@ class JobOptions:
             credentials=reference,
             inflight_per_thread=int(_config.get("inflight-per-thread")),
             prefetch_per_model_thread=int(_config.get("prefetch-per-model-thread")),
+            adaptive_lookahead=int(_config.get("adaptive-lookahead")),
             partition_timeout=_seconds("partition_timeout", partition_timeout,
                                        _config.get("partition-timeout")),
             heartbeat_seconds=float(_seconds("progress-heartbeat", None,

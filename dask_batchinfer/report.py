@@ -35,7 +35,8 @@ class JobResult:
     wall_seconds : float
         From the call to the committed manifest, cluster start included.
     model_load_seconds : dict of str to float
-        Model load time on each worker that loaded it.
+        Model load time on each worker that ran a partition of this run (also
+        those an adaptive cluster retired since).
     model_loads : dict of str to int
         How many times each worker loaded the model (1 is the goal).
     files : list of dict
@@ -56,7 +57,7 @@ class JobResult:
     first_commit_seconds : float
         From the call until the first partition was committed.
     job : str
-        The job's id in the workers' stage records (:func:`dask_batchinfer.trace.collect`).
+        The job's id (in its task keys on the dashboard).
     oom_events : int
         Batches that ran out of GPU memory and were split and retried.
     batch_size : dict of str to int
@@ -75,8 +76,9 @@ class JobResult:
     dashboard_link : str
         The Dask dashboard of the cluster that ran the job.
     timeline : list of dict
-        One record per stage run: ``stage`` (read, preprocess, infer, write),
-        ``partition``, ``worker``, ``start``, ``end`` (epoch seconds).
+        One record per stage run of the partitions this run committed:
+        ``stage`` (read, preprocess, infer, write), ``partition``, ``worker``,
+        ``start``, ``end`` (epoch seconds), ``rows``.
     rows_truncated : int
         Rows longer than the model reads (e.g. texts past the encoder's
         ``max_seq_length``), truncated by the model; counted, not failed.

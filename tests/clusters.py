@@ -147,3 +147,67 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"dask scheduler did not listen on {port} in 60 s")
+
+
+# --- the user's code and data, as the cluster tests use them ------------------------
+
+USER_MODULE = """
+import torch
+
+import dask_batchinfer as dbi
+from dask_batchinfer.testing import feature_columns
+
+
+class Doubler(torch.nn.Module):
+    def forward(self, x):
+        return {"score": 2 * x.sum(dim=1)}
+
+
+def make():
+    return Doubler()
+
+
+spec = dbi.from_torch(make, input_columns=feature_columns(8), outputs={"score": "float32"},
+                      name="user-doubler")
+"""
+
+USER_NAMES = ("mymodels", "mypkg")
+
+
+def write_user_code(folder: Path) -> Path:
+    """``mymodels.py`` (a module) and ``mypkg/`` (a package) defining ``spec``."""
+    (folder / "mypkg").mkdir(parents=True)
+    (folder / "mymodels.py").write_text(USER_MODULE)
+    (folder / "mypkg" / "__init__.py").write_text(USER_MODULE)
+    return folder
+
+
+def write_inputs(folder: Path, files: int = 3, rows: int = 50):
+    """``files`` Parquet files of ``make_features`` rows; returns all rows as one frame."""
+    import pandas as pd
+
+    from dask_batchinfer.testing import make_features
+
+    folder.mkdir(parents=True)
+    frames = []
+    for i in range(files):
+        frame = make_features(rows, seed=i, start_id=i * rows)
+        frame.to_parquet(folder / f"part-{i}.parquet", index=False)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def check_doubled(output: Path, frame) -> None:
+    """The output holds ``frame``'s rows scored by the user's ``Doubler``."""
+    import numpy as np
+
+    import dask_batchinfer as dbi
+
+    back = dbi.read_output(str(output)).compute().sort_values("id")
+    features = frame.sort_values("id")[[f"f{i}" for i in range(8)]].to_numpy()
+    assert len(back) == len(frame)
+    np.testing.assert_allclose(back["score"].to_numpy(), 2 * features.sum(axis=1), rtol=1e-5)
+
+
+def scheduler_plugins(client) -> list[str]:
+    return list(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins)))

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 import dask_batchinfer as dbi
-from dask_batchinfer import trace
 from dask_batchinfer.cluster import detect_pools
 from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.testing import (
@@ -61,7 +60,7 @@ def test_stages_run_on_their_pools_and_overlap(mixed, tmp_path, expected_scores)
         output=str(tmp_path / "out"), client=mixed,
     )  # fmt: skip
     assert result.rows_out == 2000
-    records = trace.collect(mixed, result.job)
+    records = result.timeline
     cpu_pool = _pool_addresses(mixed, "preprocess")
     model_pool = _pool_addresses(mixed, "model")
     assert len(cpu_pool) == 2 and len(model_pool) == 1
@@ -91,7 +90,7 @@ def test_backpressure_bounds_work_waiting_for_the_model(mixed, tmp_path):
         dd.from_pandas(make_features(3000), npartitions=30), slow_model(delay=0.1, seed=5),
         output=str(tmp_path / "out"), client=mixed,
     )  # fmt: skip
-    waiting = _waiting(trace.collect(mixed, result.job))
+    waiting = _waiting(result.timeline)
     assert 1 <= waiting <= bound, waiting
 
 

@@ -6,15 +6,20 @@ cluster a preprocess task on the CPU pool and an infer-and-write task on the
 model pool, routed with ``resources=`` at submit time (graph-time
 ``dask.annotate`` is dropped by current Dask DataFrames, dask/dask#10937).
 Only a bounded window of partitions is in flight, so memory stays flat
-however large the input; only small :class:`PartitionStats` come back.
+however large the input; only small :class:`PartitionStats` come back. The
+window follows the threads of the workers present, counted every tick, so
+that it grows and shrinks with an adaptive cluster; a
+:class:`~dask_batchinfer.job.demand.Demand` shows the scheduler the partitions
+waiting behind it.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from dask.optimization import cull
@@ -27,6 +32,7 @@ from dask_batchinfer.errors import (
     PartitionTimeoutError,
 )
 from dask_batchinfer.io.commit import Partition
+from dask_batchinfer.job.demand import Demand
 from dask_batchinfer.options import JobOptions
 from dask_batchinfer.packed import Packed
 from dask_batchinfer.pipeline.rows import where
@@ -64,7 +70,7 @@ def window_size(pools: Pools, options: JobOptions) -> int:
     """Partitions in flight at once: the model threads plus the CPU pool's lead, or
     ``inflight-per-thread`` per thread on a single-pool cluster."""
     if pools.mixed:
-        return pools.model_threads + options.prefetch_per_model_thread * pools.model_threads
+        return max(1, pools.model_threads * (1 + options.prefetch_per_model_thread))
     return max(2, options.inflight_per_thread * pools.total_threads)
 
 
@@ -80,8 +86,9 @@ class Executor:
         Where each stage runs.
     settings : StageSettings
         What every stage task carries.
-    window : int
-        Partitions in flight at once.
+    window : callable
+        ``window(pools)``: the partitions in flight at once on ``pools``,
+        asked again whenever the workers present change.
     bad_rows_allowed : int, optional
         Stop with :class:`BadRowsError` once more rows than this were quarantined.
     progress : Progress, optional
@@ -99,20 +106,24 @@ class Executor:
     no_workers : float, optional
         Fail with :class:`ClusterError` once the cluster has had no worker
         for this long.
+    demand : Demand, optional
+        Placeholders of the partitions not yet submitted, released as they are.
     """
 
     def __init__(self, client: Any, ddf: Any, pools: Pools, settings: StageSettings, *,
-                 window: int, bad_rows_allowed: int | None = None,
+                 window: Callable[[Pools], int], bad_rows_allowed: int | None = None,
                  progress: Progress | None = None,
                  stats: list[PartitionStats] | None = None, timeout: float | None = None,
-                 heartbeat: float = 30.0, no_workers: float | None = None) -> None:  # fmt: skip
+                 heartbeat: float = 30.0, no_workers: float | None = None,
+                 demand: Demand | None = None) -> None:  # fmt: skip
         self.client = client
         self.graph = dict(ddf.__dask_graph__())
         self.keys = ddf.__dask_keys__()
         self.pools = pools
         self.settings = settings
         self.shipped = Packed(settings)  # pickled once; the scheduler passes bytes along
-        self.window = window
+        self.window_of = window
+        self.window = window(pools)
         self.bad_rows_allowed = bad_rows_allowed
         self.progress = progress
         self.stats: list[PartitionStats] = [] if stats is None else stats
@@ -123,6 +134,10 @@ class Executor:
         self.last_commit = self.last_heartbeat = self.last_worker_seen = time.monotonic()
         self.last_worker_check = 0.0
         self.no_workers = no_workers
+        self.demand = demand
+        self.task = "infer" if pools.mixed else "process"  # a partition's last task
+        if demand is not None:
+            demand.retarget(self.task)
 
     def _submit(self, partition: Partition, attempt: int = 1) -> Any:
         c, pools, settings = self.client, self.pools, self.settings
@@ -132,36 +147,37 @@ class Executor:
         if attempt > 1:
             name += f"-attempt{attempt}"
         if not pools.mixed:
-            done = c.submit(process_task, read, partition, self.shipped, key=f"process-{name}")
+            done = c.submit(process_task, read, partition, self.shipped, key=f"{self.task}-{name}")
         else:
             staged = c.submit(preprocess_task, read, partition, self.shipped, resources=cpu,
                               key=f"preprocess-{name}")  # fmt: skip
             done = c.submit(infer_write_task, staged, partition, self.shipped,
-                            resources={pools.model: 1}, key=f"infer-{name}")  # fmt: skip
+                            resources={pools.model: 1}, key=f"{self.task}-{name}")  # fmt: skip
         return done
 
     def run(self, todo: list[Partition]) -> list[PartitionStats]:
         """Run ``todo``; return each partition's statistics in the order they committed."""
-        queue: Iterator[Partition] = iter(todo)
+        queue = collections.deque(todo)
         flying: dict[Any, _Flight] = {}
-        for partition in queue:
-            self._launch(partition, flying)
-            if len(flying) >= self.window:
-                break
+        self._fill(queue, flying)
         try:
             while flying:
                 for future in self._wait(flying):
-                    if not self._collect(future, flying.pop(future), flying):
-                        continue  # submitted again, in the same place of the window
-                    upcoming = next(queue, None)
-                    if upcoming is not None:
-                        self._launch(upcoming, flying)
+                    self._collect(future, flying.pop(future), flying)
                 self._check_time(flying)
+                self._fill(queue, flying)
         except BaseException:
             for future in flying:
                 future.cancel()
             raise
         return self.stats
+
+    def _fill(self, queue: collections.deque[Partition], flying: dict[Any, _Flight]) -> None:
+        """Submit waiting partitions until the window is full (it may have shrunk: then none)."""
+        while queue and len(flying) < self.window:
+            self._launch(queue.popleft(), flying)
+        if self.demand is not None:
+            self.demand.shrink(len(queue))
 
     def _launch(self, partition: Partition, flying: dict[Any, _Flight], attempt: int = 1,
                 killed: int = 0) -> None:  # fmt: skip
@@ -179,8 +195,8 @@ class Executor:
                 return []
         return [f for f in flying if f in done]
 
-    def _collect(self, future: Any, flight: _Flight, flying: dict[Any, _Flight]) -> bool:
-        """Take a finished partition's statistics; False when it was submitted again."""
+    def _collect(self, future: Any, flight: _Flight, flying: dict[Any, _Flight]) -> None:
+        """Take a finished partition's statistics, or submit it again after a worker died."""
         from distributed import KilledWorker
 
         try:
@@ -194,7 +210,7 @@ class Executor:
                            where(flight.partition.number, flight.partition.source),
                            workers_killed())  # fmt: skip
             self._launch(flight.partition, flying, flight.attempt + 1, killed=workers_killed())
-            return False
+            return
         finally:
             future.release()
         stats.finished = time.perf_counter()
@@ -204,7 +220,6 @@ class Executor:
         if self.progress is not None:
             self.progress.update(stats)
         self._check_budget(self.quarantined)
-        return True
 
     def _check_time(self, flying: dict[Any, _Flight]) -> None:
         """Cancel and retry once a partition past ``timeout``; a heartbeat while none commits."""
@@ -236,13 +251,17 @@ class Executor:
             self.last_heartbeat = now
 
     def _check_workers(self, now: float) -> None:
-        """At most once a tick (a scheduler call), not after every commit."""
-        if self.no_workers is None or now - self.last_worker_check < self.tick:
+        """At most once a tick (one scheduler call), not after every commit: size the window
+        to the threads present; fail once no worker was there for ``no_workers`` seconds."""
+        if now - self.last_worker_check < self.tick:
             return
         self.last_worker_check = now
-        if self.client.scheduler_info(n_workers=-1)["workers"]:
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        if workers:
             self.last_worker_seen = now
-        elif now - self.last_worker_seen > self.no_workers:
+            self.pools = self.pools.recount(workers)
+            self.window = self.window_of(self.pools)
+        elif self.no_workers is not None and now - self.last_worker_seen > self.no_workers:
             raise ClusterError(
                 f"the cluster has had no worker for {now - self.last_worker_seen:.0f} s "
                 f"(batchinfer.no-workers-timeout); start workers (dask worker SCHEDULER), or "

@@ -3,6 +3,9 @@
 The counts come from the markers of every committed partition (those done
 before and those this run committed), so a run that finds the job finished
 reports what the job did: rows in = rows out + rows quarantined, always.
+The timeline and the model loads come from the statistics of the partitions
+this run committed, which each task brought back: nothing is asked of the
+workers at the end, when the workers an adaptive cluster retired are gone.
 """
 
 from __future__ import annotations
@@ -16,13 +19,12 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from dask_batchinfer import secrets, trace
-from dask_batchinfer.cache import model_stats
+from dask_batchinfer import secrets
 from dask_batchinfer.io.commit import Committer, Marker
 from dask_batchinfer.io.retry import RetryStats
 from dask_batchinfer.job.planner import JobPlan
 from dask_batchinfer.model.spec import ModelSpec
-from dask_batchinfer.pipeline.stages import PartitionStats
+from dask_batchinfer.pipeline.stages import ModelLoad, PartitionStats
 from dask_batchinfer.report import JobResult
 from dask_batchinfer.version import __version__
 
@@ -30,7 +32,6 @@ __all__ = [
     "RunInfo",
     "build_result",
     "fail",
-    "gather_run_info",
     "manifest",
     "now",
     "save_report",
@@ -54,20 +55,17 @@ class RunInfo:
     startup: float = 0.0
     cluster_seconds: float = 0.0
     dashboard_link: str = ""
-    loads: dict[str, Any] = dataclasses.field(default_factory=dict)
-    timeline: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-def gather_run_info(client: Any, model: ModelSpec, run: RunInfo) -> None:
-    """Model loads and the stage timeline from the workers (best effort after a failure)."""
-    try:
-        run.loads = model_stats(client, model)
-        run.timeline = [
-            {k: r.get(k) for k in ("stage", "partition", "worker", "start", "end", "rows")}
-            for r in trace.collect(client, run.job)
-        ]
-    except Exception:  # noqa: BLE001 - a dead cluster must not hide the job's own error
-        logger.debug("could not gather model stats or the timeline", exc_info=True)
+def _model_loads(stats: list[PartitionStats]) -> dict[str, ModelLoad]:
+    """Each worker's model loads, as its last partition counted them (the most loads)."""
+    loads: dict[str, ModelLoad] = {}
+    for load in (s.model_load for s in stats):
+        if load is not None and load.worker is not None:
+            seen = loads.get(load.worker)
+            if seen is None or (load.loads, load.load_seconds) > (seen.loads, seen.load_seconds):
+                loads[load.worker] = load
+    return loads
 
 
 def _committed(plan: JobPlan, stats: list[PartitionStats]) -> list[Marker]:
@@ -80,7 +78,7 @@ def build_result(*, output: str, mode: str, model: ModelSpec, plan: JobPlan,
                  stats: list[PartitionStats], run: RunInfo) -> JobResult:  # fmt: skip
     """The result of a job from its plan, this run's partition statistics and measurements."""
     committed = _committed(plan, stats)
-    loads = {w: s for w, s in run.loads.items() if s}
+    loads = _model_loads(stats)
     result = JobResult(
         output=output, model=model.name or "", mode=mode,
         partitions=len(plan.partitions), partitions_run=len(stats),
@@ -92,11 +90,11 @@ def build_result(*, output: str, mode: str, model: ModelSpec, plan: JobPlan,
         files=[{"path": path, "rows": rows, "partition": m.slug}
                for m in committed for path, rows in m.files],
         wall_seconds=0.0,
-        model_load_seconds={w: s["load_seconds"] for w, s in loads.items()},
-        model_loads={w: s["loads"] for w, s in loads.items()},
+        model_load_seconds={w: s.load_seconds for w, s in loads.items()},
+        model_loads={w: s.loads for w, s in loads.items()},
         started=run.started, job=run.job, startup_seconds=run.startup,
         cluster_seconds=run.cluster_seconds, dashboard_link=run.dashboard_link,
-        timeline=run.timeline,
+        timeline=sorted((r for s in stats for r in s.timeline), key=lambda r: r["start"]),
         first_commit_seconds=min((s.finished for s in stats), default=run.wall_start)
         - run.wall_start,
         **_stage_sums(stats),

@@ -26,6 +26,7 @@ from dask_batchinfer.io.fs import is_local_url
 from dask_batchinfer.io.lease import Lease
 from dask_batchinfer.io.read import open_source
 from dask_batchinfer.io.retry import RetryStats
+from dask_batchinfer.job.demand import Demand
 from dask_batchinfer.job.executor import Executor, window_size
 from dask_batchinfer.job.planner import JobPlan, job_token, partitions_of, plan_job
 from dask_batchinfer.job.preflight import check_code, check_shared_storage, check_versions
@@ -33,7 +34,6 @@ from dask_batchinfer.job.result import (
     RunInfo,
     build_result,
     fail,
-    gather_run_info,
     manifest,
     now,
     save_report,
@@ -256,6 +256,8 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
         connect(options.client) as c,
         credentials(c, options.credentials, options.secret_options),
         committer.tidy_on_failure(),
+        # before waiting for a first worker: adapt(minimum=0) starts one for pending work
+        Demand(c, run.job, len(plan.todo), options.adaptive_lookahead) as demand,
     ):
         run.cluster_seconds = time.perf_counter() - connect_start
         run.dashboard_link = str(getattr(c, "dashboard_link", "") or "")
@@ -265,16 +267,16 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
             bar = make_progress(options.progress, total=len(plan.todo), job=run.job,
                                 dashboard_link=run.dashboard_link)  # fmt: skip
             try:
-                executor = Executor(c, ddf, pools, settings, window=window_size(pools, options),
-                                    bad_rows_allowed=options.bad_rows_allowed(
-                                        plan.quarantined_before()),
-                                    progress=bar, stats=stats, timeout=options.partition_timeout,
-                                    heartbeat=options.heartbeat_seconds,
-                                    no_workers=options.no_workers_timeout)  # fmt: skip
+                executor = Executor(
+                    c, ddf, pools, settings, window=functools.partial(window_size, options=options),
+                    bad_rows_allowed=options.bad_rows_allowed(plan.quarantined_before()),
+                    progress=bar, stats=stats, timeout=options.partition_timeout,
+                    heartbeat=options.heartbeat_seconds, no_workers=options.no_workers_timeout,
+                    demand=demand,
+                )  # fmt: skip
                 executor.run(plan.todo)
             finally:
                 bar.close()
-                gather_run_info(c, settings.model, run)
 
 
 @contextlib.contextmanager

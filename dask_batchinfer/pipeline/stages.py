@@ -7,6 +7,11 @@ only workers open: the scheduler never needs the user's modules). ``predict()``,
 ``run_job()`` and ``plan()`` all run partitions through these functions; the
 task functions at the bottom are what ``run_job`` submits (one task for both
 stages on a single-pool cluster, one per pool on a mixed cluster).
+
+The statistics travel back to the client with each task's result and carry
+all the report needs of the partition: its stage records (the timeline) and
+the model load facts of the worker that ran the model, so that a report is
+complete whatever became of the workers (an adaptive cluster retires them).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from dask_batchinfer import secrets, trace
+from dask_batchinfer import cache, secrets
 from dask_batchinfer.errors import ClusterError
 from dask_batchinfer.io.commit import Marker, Partition, write_marker
 from dask_batchinfer.io.fs import is_local, url_to_fs
@@ -35,6 +40,7 @@ from dask_batchinfer.pipeline.rows import Preprocess
 from dask_batchinfer.worker import worker_address
 
 __all__ = [
+    "ModelLoad",
     "PartitionStats",
     "StageSettings",
     "encode_stage",
@@ -54,10 +60,9 @@ __all__ = [
 class StageSettings:
     """What the stages of one job need; every task carries it (a few hundred bytes).
 
-    ``job`` names the job in the workers' stage records (``""``: record
-    nothing). ``output``, ``storage_options`` (credentials by reference, see
-    :mod:`dask_batchinfer.secrets`), ``partition_on`` and ``schema`` are for
-    the write stage.
+    ``job`` names the job in its task keys. ``output``, ``storage_options``
+    (credentials by reference, see :mod:`dask_batchinfer.secrets`),
+    ``partition_on`` and ``schema`` are for the write stage.
     """
 
     model: ModelSpec
@@ -71,9 +76,23 @@ class StageSettings:
     schema: pa.Schema | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelLoad:
+    """The model loads of one worker process, as its cache counted them when a partition ran."""
+
+    worker: str | None
+    loads: int
+    load_seconds: float
+
+
 @dataclasses.dataclass
 class PartitionStats:
-    """What the stages of one partition did: times (seconds), where, and its commit."""
+    """What the stages of one partition did: times (seconds), where, and its commit.
+
+    ``timeline`` holds one record per stage run (``stage``, ``partition``,
+    ``worker``, ``start``, ``end`` as ``time.time()``, ``rows``);
+    ``model_load`` the loads of the worker that ran the model.
+    """
 
     number: int
     slug: str
@@ -86,13 +105,19 @@ class PartitionStats:
     retries: int = 0
     batch: BatchStats = dataclasses.field(default_factory=BatchStats)
     marker: Marker | None = None
+    timeline: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    model_load: ModelLoad | None = None
     #: ``time.perf_counter()`` on the client when it learnt of the commit.
     finished: float = 0.0
 
 
-def _record(settings: StageSettings, stage: str, number: int, start: float, **extra: Any) -> None:
-    if settings.job:
-        trace.record(settings.job, stage, number, start, **extra)
+def _record(stats: PartitionStats, stage: str, start: float, end: float | None = None,
+            rows: int | None = None, worker: str | None = None) -> None:  # fmt: skip
+    """Note that ``stage`` ran from ``start`` (``time.time()``) until ``end`` (default: now)."""
+    stats.timeline.append({
+        "stage": stage, "partition": stats.number, "worker": worker or worker_address(),
+        "start": start, "end": time.time() if end is None else end, "rows": rows,
+    })  # fmt: skip
 
 
 def read_stage(
@@ -103,8 +128,7 @@ def read_stage(
     read = frame.attrs.get(READ_TIMES)
     if read:
         stats.read_seconds = read[1] - read[0]
-        where = {"worker": read[2]} if len(read) > 2 and read[2] else {}
-        _record(settings, "read", partition.number, read[0], end=read[1], rows=len(frame), **where)
+        _record(stats, "read", read[0], read[1], len(frame), read[2] if len(read) > 2 else None)
     return stats
 
 
@@ -115,7 +139,7 @@ def preprocess_stage(frame: pd.DataFrame, partition: Partition, settings: StageS
     prepared = preprocess_partition(frame, preprocess=settings.preprocess, keep=settings.keep,
                                     number=partition.number, source=partition.source,
                                     on_error=settings.on_error)  # fmt: skip
-    _record(settings, "preprocess", partition.number, start, rows=len(frame))
+    _record(stats, "preprocess", start, rows=len(frame))
     stats.preprocess_seconds = time.time() - start
     return prepared
 
@@ -130,7 +154,7 @@ def infer_stage(prepared: Prepared, partition: Partition, settings: StageSetting
                                  positions=prepared.positions)  # fmt: skip
     if len(prepared.bad):
         bad = pd.concat([prepared.bad, bad]) if len(bad) else prepared.bad
-    _record(settings, "infer", partition.number, start, rows=len(result))
+    _record(stats, "infer", start, rows=len(result))
     stats.infer_seconds = time.time() - start
     return result, bad
 
@@ -154,7 +178,7 @@ def write_stage(result: pd.DataFrame, bad: pd.DataFrame, partition: Partition,
     marker = Marker(partition.slug, partition.source, partition.fingerprint, tuple(files),
                     stats.rows_in, tuple(errors), stats.batch.truncated)  # fmt: skip
     write_marker(fs, root, marker, retries)
-    _record(settings, "write", partition.number, start, files=len(files))
+    _record(stats, "write", start)
     stats.write_seconds = time.time() - start
     stats.retries = retries.retries
     stats.marker = marker
@@ -191,6 +215,9 @@ def infer_write_task(staged: tuple[Prepared, PartitionStats], partition: Partiti
     prepared, stats = staged
     stats.worker = worker_address()
     result, bad = infer_stage(prepared, partition, settings, stats)
+    loads = cache.local_stats().get(settings.model.cache_key)
+    if loads:
+        stats.model_load = ModelLoad(stats.worker, loads["loads"], loads["load_seconds"])
     write_stage(result, bad, partition, settings, stats)
     return stats
 
