@@ -59,6 +59,8 @@ class JobOptions:
     no_workers_timeout: float | None = 180.0
     fingerprint: str = "metadata"
     upload: tuple[str, ...] = ()
+    columns: tuple[str, ...] | None = None
+    filters: Any = None
 
     @classmethod
     def build(
@@ -77,6 +79,8 @@ class JobOptions:
         partition_timeout: Any = None,
         fingerprint: str = "metadata",
         upload: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
+        columns: Sequence[str] | str | None = None,
+        filters: Any = None,
     ) -> JobOptions:
         """Check every option; raise :class:`InputError` naming the first bad one."""
         if mode not in MODES:
@@ -115,6 +119,8 @@ class JobOptions:
                                              _config.get("progress-heartbeat")) or 30.0),
             fingerprint=fingerprint,
             upload=_upload(upload),
+            columns=_names("columns", columns),
+            filters=_filters(filters),
             no_workers_timeout=_seconds("no-workers-timeout", None,
                                         _config.get("no-workers-timeout")),
         )  # fmt: skip
@@ -154,6 +160,24 @@ def _upload(upload: Any) -> tuple[str, ...]:
             )
         checked.append(full)
     return tuple(checked)
+
+
+def _filters(filters: Any) -> Any:
+    """DNF filters as plain lists of tuples (hashable into the job's fingerprint)."""
+    if not filters:
+        return None
+    if not isinstance(filters, (list, tuple)) or not all(isinstance(f, (list, tuple))
+                                                          for f in filters):  # fmt: skip
+        raise InputError(
+            f"filters={filters!r}: expected [(column, op, value), ...] (AND) or a list of such "
+            f"lists (OR of ANDs), as in dask.dataframe.read_parquet"
+        )
+    nested = isinstance(filters[0][0], (list, tuple))
+    clauses = [list(map(tuple, c)) for c in filters] if nested else [list(map(tuple, filters))]
+    for clause in (c for conjunction in clauses for c in conjunction):
+        if len(clause) != 3 or not isinstance(clause[0], str):
+            raise InputError(f"filters: {clause!r} is not (column, op, value)")
+    return clauses if nested else clauses[0]
 
 
 def _check_max_bad_rows(value: Any) -> None:

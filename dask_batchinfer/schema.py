@@ -17,6 +17,8 @@ from dask_batchinfer.io.parquet import output_schema
 from dask_batchinfer.model.spec import ModelSpec
 
 __all__ = [
+    "check_read",
+    "read_columns",
     "Columns",
     "check_inputs",
     "check_keep",
@@ -162,3 +164,32 @@ def job_columns(
     kept = kept + tuple(c for c in split if c in columns and c not in kept)
     check_inputs(model, meta, preprocess)
     return Columns(kept, split, output_schema(output_meta(meta, model, kept)))
+
+
+def read_columns(
+    model: ModelSpec,
+    *,
+    keep: Sequence[str] | None = None,
+    partition_on: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
+    preprocess: object = None,
+) -> list[str] | None:
+    """The input columns a job reads: the model's inputs (or, with ``preprocess``,
+    ``columns``), ``keep`` and ``partition_on``; None (all) for a ``preprocess``
+    without ``columns``. Names the input lacks are checked later, with its schema."""
+    if preprocess is not None and columns is None:
+        return None
+    wanted = list(columns or ()) if preprocess is not None else list(model.input_columns)
+    if preprocess is None and columns is not None:
+        wanted += list(columns)
+    return list(dict.fromkeys([*wanted, *(keep or ()), *(partition_on or ())]))
+
+
+def check_read(columns: Sequence[str] | None, meta: pd.DataFrame, where: str) -> None:
+    """Every name of ``columns=`` is a column of the input."""
+    missing = [c for c in columns or () if c not in meta.columns]
+    if missing:
+        raise InputError(
+            f"columns={list(columns or ())!r}: {where} has no column(s) {missing}; it has "
+            f"{list(meta.columns)}"
+        )

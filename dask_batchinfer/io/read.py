@@ -1,20 +1,19 @@
 """Read a job's input, and read a job's output through its manifest.
 
-Input Parquet paths are read as one partition per file: a partition's
-identity (its file, size and version) stays stable from run to run, which is
-what resume and incremental runs key on, and errors can name the file.
+Input Parquet paths are read in partitions planned by
+:mod:`~dask_batchinfer.io.pieces` (small files grouped, large files split at
+row groups): a partition's identity (its files, their size and version, the
+row groups) stays stable from run to run, which is what resume and
+incremental runs key on, and errors can name the file.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
 import json
 import os
 import posixpath
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fsspec
@@ -25,7 +24,16 @@ import pyarrow.parquet as pq
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.fs import absolute_url, url_to_fs
-from dask_batchinfer.io.layout import MANIFEST, is_visible
+from dask_batchinfer.io.inputs import (
+    FINGERPRINTS,
+    InputFile,
+    footer_digest,
+    group_files,
+    list_parquet_files,
+    reading,
+    with_content_versions,
+)
+from dask_batchinfer.io.layout import MANIFEST
 from dask_batchinfer.io.retry import retry
 from dask_batchinfer.worker import worker_address
 
@@ -46,95 +54,15 @@ __all__ = [
 READ_TIMES = "dask_batchinfer_read"
 
 
-@dataclasses.dataclass(frozen=True)
-class InputFile:
-    """An input file and what identifies its content."""
-
-    path: str
-    relpath: str
-    size: int
-    version: str  # ETag on S3, modification time on local disk
-
-
-def _version(info: Mapping[str, Any]) -> str:
-    for key in ("ETag", "etag", "version_id", "mtime", "LastModified", "last_modified", "created"):
-        if info.get(key) is not None:
-            return str(info[key])
-    return ""
-
-
-def list_parquet_files(fs: fsspec.AbstractFileSystem, root: str) -> list[InputFile]:
-    """Parquet files under ``root`` (or ``root`` itself), sorted; hidden ones skipped."""
-    root = root.rstrip("/")
-    fs.invalidate_cache(root)
-    if retry(lambda: fs.isfile(root), what=f"checking {root}"):
-        info = retry(lambda: fs.info(root), what=f"reading {root}")
-        return [InputFile(root, posixpath.basename(root), int(info.get("size", 0)), _version(info))]
-    if not retry(lambda: fs.isdir(root), what=f"checking {root}"):
-        raise InputError(f"input {root!r} does not exist")
-    found = retry(lambda: fs.find(root, detail=True), what=f"listing {root}")
-    files = []
-    for path, info in sorted(found.items()):
-        relpath = posixpath.relpath(path, root)
-        if path.endswith(".parquet") and is_visible(relpath):
-            files.append(InputFile(path, relpath, int(info.get("size", 0)), _version(info)))
-    if not files:
-        raise InputError(f"input {root!r} holds no .parquet files")
-    return files
-
-
-#: ``run_job(fingerprint=...)``: what identifies an input file's content.
-FINGERPRINTS = ("metadata", "content")
-
-
-def footer_digest(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """SHA-256 of a Parquet file's footer: schema, row groups, offsets and statistics.
-
-    Two small reads whatever the file's size; a rewrite with other values changes
-    the statistics and the offsets, so the digest, even when size and mtime stay.
-    """
-    import hashlib
-
-    def read() -> bytes:
-        with fs.open(path, "rb") as f:
-            f.seek(-8, 2)
-            tail = f.read(8)
-            if tail[4:] != b"PAR1":
-                return tail  # not Parquet: reading it fails later, naming it
-            length = int.from_bytes(tail[:4], "little")
-            f.seek(-(8 + length), 2)
-            return f.read(length)
-
-    with reading(path):
-        footer = retry(read, what=f"reading the footer of {path}")
-    return "sha256:" + hashlib.sha256(footer).hexdigest()
-
-
-def with_content_versions(fs: fsspec.AbstractFileSystem, files: list[InputFile]) -> list[InputFile]:
-    """``files`` identified by their footers' digests instead of modification times/ETags."""
-    return [dataclasses.replace(f, version=footer_digest(fs, f.path)) for f in files]
-
-
-def group_files(files: list[InputFile], target_bytes: int) -> list[list[InputFile]]:
-    """Consecutive files grouped up to ``target_bytes`` each: many tiny files, few partitions.
-
-    A file at least as large as the target is a partition of its own.
-    """
-    groups: list[list[InputFile]] = []
-    size = 0
-    for f in files:
-        if groups and size + f.size <= target_bytes:
-            groups[-1].append(f)
-            size += f.size
-        else:
-            groups.append([f])
-            size = f.size
-    return groups
+#: A piece of input as its read task gets it: (path, row groups, row range, hive keys).
+Piece = tuple[str, tuple[int, ...] | None, tuple[int, int] | None, tuple[tuple[str, Any], ...]]
 
 
 def _read_files(
-    paths: list[str], *, protocol: str, storage_options: Mapping[str, Any]
-) -> pd.DataFrame:
+    pieces: list[Piece], *, protocol: str, storage_options: Mapping[str, Any],
+    columns: list[str] | None = None, filters: Any = None,
+    key_types: Mapping[str, pa.DataType] | None = None,
+) -> pd.DataFrame:  # fmt: skip
     # Local files through Arrow's own filesystem (native, threaded reads); others through fsspec.
     started = time.time()
     fs = (
@@ -142,44 +70,57 @@ def _read_files(
         if protocol in ("file", "local")
         else fsspec.filesystem(protocol, **secrets.resolve(storage_options))
     )
-    tables = [_read_file(path, fs) for path in paths]
+    expression = pq.filters_to_expression(filters) if filters else None
+    wanted = None if columns is None else list(dict.fromkeys([*columns, *filter_columns(filters)]))
+    tables = []
+    for piece in pieces:
+        table = _read_piece(piece, fs, wanted, key_types or {})
+        if expression is not None:
+            with reading(piece[0]):
+                table = table.filter(expression)
+        complete = columns is not None and set(columns) <= set(table.column_names)
+        tables.append(table.select(columns) if complete else table)
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
     frame = table.to_pandas(types_mapper=arrow_types)
     frame.attrs[READ_TIMES] = (started, time.time(), worker_address())  # for the job's timeline
     return frame
 
 
-def _read_file(path: str, fs: fsspec.AbstractFileSystem | None) -> pa.Table:
+def _read_piece(piece: Piece, fs: fsspec.AbstractFileSystem | None, columns: list[str] | None,
+                key_types: Mapping[str, pa.DataType]) -> pa.Table:  # fmt: skip
+    """One file, or some of its row groups (or rows), with its hive keys as columns."""
+    path, row_groups, rows, keys = piece
+    names = {k for k, _ in keys}
+    stored = None if columns is None else [c for c in columns if c not in names]
+
+    def read() -> pa.Table:
+        with pq.ParquetFile(path, filesystem=fs) as parquet:
+            names = parquet.schema_arrow.names
+            # A file without a column the job reads: read all of its columns, so that the
+            # stage's error lists what the file has (schema drift), as without projection.
+            wanted = stored if stored is None or set(stored) <= set(names) else None
+            if row_groups is None:
+                return parquet.read(columns=wanted)
+            return parquet.read_row_groups(list(row_groups), columns=wanted)
+
     with reading(path):
-        return retry(functools.partial(pq.read_table, path, filesystem=fs), what=f"reading {path}")
+        table = retry(read, what=f"reading {path}")
+    if rows is not None:
+        table = table.slice(rows[0], rows[1] - rows[0])
+    for name, value in keys:
+        if columns is None or name in columns:
+            kind = key_types.get(name)
+            table = table.append_column(name, pa.array([value] * len(table), type=kind))
+    return table
 
 
-@contextlib.contextmanager
-def reading(path: str, what: str = "input file") -> Iterator[None]:
-    """Name ``path`` in the errors of reading it, and tell a bad file from an outage.
-
-    A file that is not valid Parquet raises :class:`InputError`; storage failures
-    (permissions, a missing file, retries spent) keep their own ``OSError`` type,
-    so that the CLI exits with "job failed", not "usage error".
-    """
-    try:
-        yield
-    except pa.ArrowException as err:
-        if isinstance(err, OSError):
-            raise _storage_error(err, path) from err
-        raise InputError(f"cannot read {what} {path!r}: {type(err).__name__}: {err}") from err
-    except OSError as err:
-        raise _storage_error(err, path) from err
-
-
-def _storage_error(err: OSError, path: str) -> OSError:
-    if path in str(err):
-        return err
-    message = f"reading {path!r}: {err}"
-    try:
-        return type(err)(err.errno, message) if err.errno is not None else type(err)(message)
-    except TypeError:  # an OSError subclass with another signature
-        return OSError(message)
+def filter_columns(filters: Any) -> list[str]:
+    """The columns DNF ``filters`` name, in order."""
+    if not filters:
+        return []
+    nested = isinstance(filters[0], (list, tuple)) and isinstance(filters[0][0], (list, tuple))
+    clauses = filters if nested else [filters]
+    return list(dict.fromkeys(str(clause[0]) for conjunction in clauses for clause in conjunction))
 
 
 def arrow_types(kind: pa.DataType) -> pd.ArrowDtype | None:
@@ -202,47 +143,61 @@ def read_parquet_files(
     *,
     task_options: Mapping[str, Any] | None = None,
     fingerprint: str = "metadata",
+    columns: Sequence[str] | None = None,
+    filters: Any = None,
 ):
-    """A Dask DataFrame with one partition per Parquet file under ``url``.
+    """A Dask DataFrame of the Parquet files under ``url``, in partitions of
+    ``batchinfer.partition-size`` (see :mod:`~dask_batchinfer.io.pieces`).
 
-    Consecutive files smaller than ``batchinfer.partition-size`` (16 MiB) are
-    read together as one partition, so a folder of many tiny files does not
-    become many tiny tasks.
+    Large files are split at row-group boundaries; consecutive small files are
+    read together, so a folder of many tiny files does not become many tiny
+    tasks. Hive folder keys (``date=2026-11-29/``) are columns.
 
-    ``fingerprint="content"`` identifies files by a digest of their Parquet
-    footer (:func:`footer_digest`) instead of their modification time or ETag.
-
-    ``task_options`` replace ``storage_options`` inside the read tasks (e.g.
-    with credentials swapped for a reference, see :mod:`dask_batchinfer.secrets`).
+    ``columns`` are the only columns read (None: all); ``filters`` (pyarrow's
+    DNF) prune hive folders and row groups and then drop the rows that do not
+    match. ``fingerprint="content"`` identifies files by a digest of their
+    Parquet footer (:func:`footer_digest`) instead of their modification time
+    or ETag. ``task_options`` replace ``storage_options`` inside the read tasks
+    (e.g. with credentials swapped for a reference, see :mod:`dask_batchinfer.secrets`).
 
     Returns
     -------
     (dask.dataframe.DataFrame, list of list of InputFile)
-        The frame and the files behind each partition.
+        The frame and the pieces of files behind each partition.
     """
     import dask.dataframe as dd
-    from dask.utils import parse_bytes
+
+    from dask_batchinfer.io.pieces import plan_parquet, read_target
 
     options = dict(storage_options or {})
     fs, root = fsspec.core.url_to_fs(url, **options)
     files = list_parquet_files(fs, root)
     if fingerprint == "content":
         files = with_content_versions(fs, files)
-    with reading(files[0].path, "the schema of"):
-        schema = retry(
-            lambda: pq.read_schema(files[0].path, filesystem=fs), what=f"reading {files[0].path}"
-        )
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    # Group only as far as keeps enough partitions for the cluster to share the work.
+    target = read_target(_config.get("partition-size"))
+    # Group small files only as far as keeps enough partitions for the cluster to share the work.
     spread = sum(f.size for f in files) // min(len(files), int(_config.get("min-partitions")))
-    groups = group_files(files, min(parse_bytes(_config.get("partition-size")), max(1, spread)))
+    with reading(files[0].path, "the schema of"):
+        schema, groups = plan_parquet(
+            fs, root.rstrip("/"), files, target, filters, columns,
+            group_bytes=min(target.nbytes or 1, max(1, spread)),
+        )  # fmt: skip
+    if not groups:
+        raise InputError(f"filters={filters!r} match no file or row group under {url!r}")
+    names = schema.names if columns is None else [c for c in columns if c in schema.names]
+    schema = pa.schema([schema.field(n) for n in names])
+    keys = {k: schema.field(k).type for g in groups for f in g for k, _ in f.keys if k in names}
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     ddf = dd.from_map(
         _read_files,
-        [[f.path for f in group] for group in groups],
+        [[(f.path, f.row_groups, f.rows, f.keys) for f in group] for group in groups],
         meta=schema.empty_table().to_pandas(types_mapper=arrow_types),
         label="read-parquet-file",
         protocol=protocol,
         storage_options=dict(task_options) if task_options is not None else options,
+        columns=None if columns is None else names,
+        filters=filters or None,
+        key_types=keys,
         enforce_metadata=False,
     )
     return ddf, groups
@@ -253,18 +208,29 @@ def open_source(
     storage_options: Mapping[str, Any],
     task_options: Mapping[str, Any],
     fingerprint: str = "metadata",
+    *,
+    columns: Sequence[str] | None = None,
+    filters: Any = None,
 ) -> tuple[Any, list[list[InputFile]] | None]:
     """The job's input as a Dask DataFrame, and the files behind each partition (or None).
 
-    ``source`` is a Dask DataFrame (used as it is) or a Parquet path.
+    ``source`` is a Dask DataFrame (used as it is) or a Parquet path, of
+    which only ``columns`` are read (None: all), and only the rows ``filters``
+    keep.
     """
     import dask.dataframe as dd
 
     if isinstance(source, dd.DataFrame):
+        if filters:
+            raise InputError(
+                "filters= applies to a Parquet path; filter a dask DataFrame before passing it "
+                "(or pass filters to dask.dataframe.read_parquet)"
+            )
         return source, None
     if isinstance(source, (str, os.PathLike)):
         return read_parquet_files(absolute_url(os.fspath(source)), storage_options,
-                                  task_options=task_options, fingerprint=fingerprint)  # fmt: skip
+                                  task_options=task_options, fingerprint=fingerprint,
+                                  columns=columns, filters=filters)  # fmt: skip
     raise InputError(
         f"source must be a dask DataFrame or a Parquet path (local or s3://), got "
         f"{type(source).__name__}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Hashable, Sequence
+from typing import Any
 
 from dask.base import tokenize
 
@@ -59,10 +60,12 @@ class JobPlan:
         return sum(m.rows_quarantined for m in self.done.values())
 
 
-def job_token(model: ModelSpec, preprocess: Preprocess | None, columns: Columns) -> str:
-    """What shapes every partition's output: model, preprocessing, columns, package version."""
+def job_token(model: ModelSpec, preprocess: Preprocess | None, columns: Columns,
+              read: Any = None) -> str:  # fmt: skip
+    """What shapes every partition's output: model, preprocessing, columns, package version,
+    and ``read``: how the input is read (the columns read, the filters)."""
     return tokenize(model.token, code_token(preprocess), columns.keep, columns.partition_on,
-                    columns.schema.to_string(), __version__)  # fmt: skip
+                    columns.schema.to_string(), __version__, read)  # fmt: skip
 
 
 def partitions_of(
@@ -83,10 +86,12 @@ def partitions_of(
     for i, group in enumerate(groups):
         first, last = group[0], group[-1]
         slug, source = partition_slug(first.relpath), first.path
+        if first.piece:  # part of a large file: its row groups (or rows) name it
+            slug, source = f"{slug}-{first.piece}", f"{first.path} ({first.piece})"
         if len(group) > 1:
             slug = f"{slug}--{partition_slug(last.relpath)}"
             source = f"{first.path} .. {last.path} ({len(group)} files)"
-        identity = [(f.relpath, f.size, f.version) for f in group]
+        identity = [(f.relpath, f.size, f.version, f.row_groups, f.rows) for f in group]
         partitions.append(Partition(i, slug, source, tokenize(identity, job_token), generation))
     return partitions
 

@@ -46,7 +46,7 @@ from dask_batchinfer.pipeline.stages import PartitionStats, StageSettings
 from dask_batchinfer.plugins import credentials, shipped_code, warm_up
 from dask_batchinfer.progress import make_progress
 from dask_batchinfer.report import JobResult
-from dask_batchinfer.schema import check_spec, job_columns
+from dask_batchinfer.schema import check_read, check_spec, job_columns, read_columns
 
 __all__ = ["run_job"]
 
@@ -70,6 +70,8 @@ def run_job(
     partition_timeout: float | str | None = None,
     fingerprint: str = "metadata",
     upload: Sequence[str] | str | None = None,
+    columns: Sequence[str] | None = None,
+    filters: Any = None,
 ) -> JobResult:
     """Run a batch inference job and write the results as partitioned Parquet, exactly once.
 
@@ -77,7 +79,9 @@ def run_job(
     ----------
     source : dask.dataframe.DataFrame or str
         The input: a Dask DataFrame, or a Parquet file or folder (local path or
-        ``s3://bucket/prefix``), read as one partition per file.
+        ``s3://bucket/prefix``, hive folders such as ``date=2026-11-29/`` are
+        columns), read in partitions of ``batchinfer.partition-size``: small
+        files grouped, large files split at row-group boundaries.
     model : ModelSpec
         The model recipe, loaded once per worker process.
     output : str
@@ -154,6 +158,16 @@ def run_job(
         of its Parquet footer (schema, row groups, statistics), for tools that
         rewrite files keeping their size and modification time. Two small
         reads per file on the client.
+    columns : list of str, optional
+        The input columns ``preprocess`` needs. Only the columns the job uses
+        are read: the model's ``input_columns`` (without ``preprocess``),
+        ``columns``, ``keep`` and ``partition_on``; with ``preprocess`` and no
+        ``columns``, every column.
+    filters : list, optional
+        Rows to read, in pyarrow's DNF form as ``dask.dataframe.read_parquet``
+        takes it: ``[("date", "==", "2026-11-29")]`` (AND), or a list of such
+        lists (OR). Hive folders and row groups that cannot match are not read.
+        Part of the job's fingerprint: another window is another job.
     upload : list of str, optional
         Local ``.py`` modules and package folders (your model's code) to ship
         to the workers for this job, for a cluster whose workers do not have
@@ -195,12 +209,16 @@ def run_job(
         output=output, mode=mode, on_error=on_error, max_bad_rows=max_bad_rows, keep=keep,
         partition_on=partition_on, pools=pools, client=client, progress=progress,
         storage_options=storage_options, partition_timeout=partition_timeout,
-        fingerprint=fingerprint, upload=upload,
+        fingerprint=fingerprint, upload=upload, columns=columns, filters=filters,
     )  # fmt: skip
     check_not_nested(source, options)
+    read = read_columns(model, keep=options.keep, partition_on=options.partition_on,
+                        columns=options.columns, preprocess=preprocess)  # fmt: skip
     ddf, groups = open_source(source, options.storage_options, options.task_options,
-                              options.fingerprint)  # fmt: skip
-    columns = job_columns(ddf._meta, model, keep=options.keep, partition_on=options.partition_on,
+                              options.fingerprint, columns=read,
+                              filters=options.filters)  # fmt: skip
+    check_read(options.columns, ddf._meta, f"the input {source!r}" if groups else "the input")
+    shape = job_columns(ddf._meta, model, keep=options.keep, partition_on=options.partition_on,
                           preprocess=preprocess)  # fmt: skip
     committer = Committer(options.output, options.storage_options)
     with committer.lease(run.job) as lease:  # one job per output; before reading its state
@@ -208,12 +226,14 @@ def run_job(
         ddf = ddf.optimize()
         generation = uuid.uuid4().hex if options.mode == "overwrite" else ""
         plan = plan_job(partitions_of(ddf.__dask_keys__(), groups,
-                                      job_token(model, preprocess, columns), generation),
+                                      job_token(model, preprocess, shape,
+                                                read=(read, options.filters)),
+                                      generation),
                         committer.state, options.mode, options.output)  # fmt: skip
         settings = StageSettings(
-            model=model, preprocess=preprocess, keep=columns.keep, on_error=options.on_error,
+            model=model, preprocess=preprocess, keep=shape.keep, on_error=options.on_error,
             job=run.job, output=options.output, storage_options=options.task_options,
-            partition_on=columns.partition_on, schema=columns.schema,
+            partition_on=shape.partition_on, schema=shape.schema,
         )  # fmt: skip
         local = isinstance(source, (str, os.PathLike)) and is_local_url(os.fspath(source))
         first = groups[0][0].path if groups and local else None  # the workers must see it too

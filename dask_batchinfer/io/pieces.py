@@ -1,0 +1,209 @@
+"""Plan a Parquet input into partitions sized by the tool, not by the file layout.
+
+A partition is a list of *pieces*: whole small files grouped together (as many
+as fit in ``batchinfer.partition-size``), or a run of consecutive row groups of
+a large file, or, for a file whose one row group is far larger than the
+target, a range of that row group's rows. A row group is Parquet's unit of
+decoding: a row range still decodes its whole row group (for the columns read),
+so such files cost more CPU per row; they are rare (writers cut row groups at
+64k-1M rows).
+
+The plan reads each large file's footer (two small reads) on the client, and
+every file's footer when ``filters`` are given (statistics prune row groups;
+hive folder keys prune whole files without reading them). Small files without
+filters are planned from their listing alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from dask_batchinfer.errors import InputError
+from dask_batchinfer.io.inputs import InputFile, group_files, reading
+from dask_batchinfer.io.retry import retry
+
+__all__ = ["Target", "check_filters", "plan_parquet", "read_target"]
+
+#: A row group is split by rows only into ranges of at least this many rows.
+MIN_SPLIT_ROWS = 65_536
+#: Files smaller than this on disk are never split (nor their footers read, without filters).
+MIN_SPLIT_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The size of a partition: ``nbytes`` of decoded data, or ``rows`` rows."""
+
+    nbytes: int | None = None
+    rows: int | None = None
+
+    def weight(self, rows: int, nbytes: int) -> int:
+        return rows if self.rows is not None else nbytes
+
+    @property
+    def limit(self) -> int:
+        return self.rows if self.rows is not None else (self.nbytes or 1)
+
+
+def read_target(value: Any) -> Target:
+    """``batchinfer.partition-size``: bytes (``"32MiB"``, an int) or rows (``"500000 rows"``)."""
+    from dask.utils import parse_bytes
+
+    text = str(value).strip().lower()
+    if text.endswith("rows"):
+        try:
+            return Target(rows=max(1, int(float(text[:-4].strip().replace("_", "")))))
+        except ValueError as err:
+            raise InputError(f"batchinfer.partition-size={value!r}: expected e.g. "
+                             f"'32MiB' or '500000 rows'") from err  # fmt: skip
+    try:
+        return Target(nbytes=max(1, int(parse_bytes(value))))
+    except (ValueError, TypeError) as err:
+        raise InputError(f"batchinfer.partition-size={value!r}: expected e.g. '32MiB' or "
+                         f"'500000 rows'") from err  # fmt: skip
+
+
+def check_filters(filters: Any, schema: pa.Schema, where: str) -> ds.Expression | None:
+    """``filters`` in pyarrow's DNF form as an expression; every column must exist."""
+    if not filters:
+        return None
+    try:
+        expression = pq.filters_to_expression(filters)
+    except (TypeError, ValueError) as err:
+        raise InputError(
+            f"filters={filters!r}: expected [(column, op, value), ...] or a list of such lists "
+            f"(as in pyarrow and dask.dataframe.read_parquet): {err}"
+        ) from err
+    clauses = filters if isinstance(filters[0], (list, tuple)) and isinstance(
+        filters[0][0], (list, tuple)) else [filters]  # fmt: skip
+    names = {clause[0] for conjunction in clauses for clause in conjunction}
+    missing = sorted(str(n) for n in names - set(schema.names))
+    if missing:
+        raise InputError(
+            f"filters name column(s) {missing} that {where} does not have; it has "
+            f"{schema.names} (hive folder keys such as date=... count as columns)"
+        )
+    return expression
+
+
+def _keys(fragment: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(ds.get_partition_keys(fragment.partition_expression).items()))
+
+
+def _decoded_sizes(metadata: pq.FileMetaData, ids: Sequence[int],
+                   columns: set[str] | None) -> list[int]:  # fmt: skip
+    """Uncompressed bytes of each row group in ``ids``, over ``columns`` (None: all)."""
+    sizes = []
+    for i in ids:
+        group = metadata.row_group(i)
+        if columns is None:
+            sizes.append(group.total_byte_size)
+            continue
+        sizes.append(sum(
+            group.column(j).total_uncompressed_size for j in range(group.num_columns)
+            if group.column(j).path_in_schema.split(".")[0] in columns
+        ))  # fmt: skip
+    return sizes
+
+
+def _split_file(file: InputFile, fragment: Any, ids: list[int], target: Target,
+                columns: set[str] | None) -> list[InputFile]:  # fmt: skip
+    """Consecutive row groups up to ``target`` each; a huge single row group by rows."""
+    metadata = fragment.metadata
+    sizes = _decoded_sizes(metadata, ids, columns)
+    rows = [metadata.row_group(i).num_rows for i in ids]
+    pieces: list[InputFile] = []
+    run: list[int] = []
+    weight = 0
+    for i, n, size in zip(ids, rows, sizes, strict=True):
+        w = target.weight(n, size)
+        if w >= 2 * target.limit and n >= 2 * MIN_SPLIT_ROWS:  # one row group, far too big
+            if run:
+                pieces.append(dataclasses.replace(file, row_groups=tuple(run)))
+                run, weight = [], 0
+            parts = min(math.ceil(w / target.limit), n // MIN_SPLIT_ROWS)
+            bounds = [round(k * n / parts) for k in range(parts + 1)]
+            pieces += [dataclasses.replace(file, row_groups=(i,), rows=(a, b))
+                       for a, b in zip(bounds, bounds[1:], strict=False)]  # fmt: skip
+            continue
+        if run and weight + w > target.limit:
+            pieces.append(dataclasses.replace(file, row_groups=tuple(run)))
+            run, weight = [], 0
+        run.append(i)
+        weight += w
+    if run:
+        pieces.append(dataclasses.replace(file, row_groups=tuple(run)))
+    if len(pieces) == 1 and pieces[0].rows is None and len(ids) == metadata.num_row_groups:
+        return [dataclasses.replace(file, row_groups=None)]  # the whole file after all
+    return pieces
+
+
+def plan_parquet(
+    fs: Any, root: str, files: list[InputFile], target: Target, filters: Any = None,
+    columns: Sequence[str] | None = None, group_bytes: int | None = None,
+) -> tuple[pa.Schema, list[list[InputFile]]]:  # fmt: skip
+    """The input's schema (hive keys included) and its partitions, each a list of pieces.
+
+    Parameters
+    ----------
+    files : list of InputFile
+        The listed files (sorted).
+    target : Target
+        The partition size.
+    filters : list, optional
+        DNF filters: prune files by hive keys and row groups by statistics.
+    columns : list of str, optional
+        The columns the job reads (sizes count only these); None: all.
+    group_bytes : int, optional
+        Small whole files are grouped up to this many bytes on disk (default
+        the target's bytes).
+    """
+    dataset = ds.dataset([f.path for f in files], filesystem=fs, format="parquet",
+                         partitioning="hive", partition_base_dir=root)  # fmt: skip
+    schema = dataset.schema
+    expression = check_filters(filters, schema, f"the input {root!r}")
+    read = None if columns is None else set(columns)
+    by_path = {f.path: f for f in files}
+    pieces: list[InputFile] = []
+    for fragment in dataset.get_fragments(filter=expression):  # hive keys prune, no reads
+        file = dataclasses.replace(by_path[fragment.path], keys=_keys(fragment))
+        small = target.rows is None and (file.size <= target.limit or file.size < MIN_SPLIT_BYTES)
+        if small and expression is None:
+            pieces.append(file)
+            continue
+        with reading(file.path):
+            chosen = (
+                fragment
+                if expression is None
+                else fragment.subset(filter=expression, schema=schema)
+            )
+            retry(chosen.ensure_complete_metadata, what=f"reading the footer of {file.path}")
+        ids = [g.id for g in chosen.row_groups]
+        if ids:
+            pieces += _split_file(file, chosen, ids, target, read)
+    whole = group_bytes if group_bytes is not None else target.limit
+    return schema, _group(pieces, whole)
+
+
+def _group(pieces: list[InputFile], group_bytes: int) -> list[list[InputFile]]:
+    """Whole small files grouped as before; every part of a split file is its own partition."""
+    groups: list[list[InputFile]] = []
+    run: list[InputFile] = []
+    for piece in pieces:
+        if piece.row_groups is None:
+            run.append(piece)
+            continue
+        if run:
+            groups += group_files(run, group_bytes)
+            run = []
+        groups.append([piece])
+    if run:
+        groups += group_files(run, group_bytes)
+    return groups
