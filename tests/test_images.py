@@ -135,7 +135,28 @@ def test_decode_images_checks_its_arguments():
         dbi.image_tensor(pd.DataFrame({"a": [1]}))
 
 
-def _frame_with_a_corrupt_file(image_folder) -> pd.DataFrame:
+def test_read_files_from_s3(s3):
+    fs, storage_options = s3
+    files = {f"s3://batchinfer-test/scans/{d}/{i}.png": png_bytes(np.full((4, 4, 3), i, np.uint8))
+             for d in ("a", "b") for i in range(3)}  # fmt: skip
+    for url, data in files.items():
+        fs.pipe_file(url, data)
+    fs.pipe_file("s3://batchinfer-test/scans/a/_hidden.png", b"skipped")
+    frame = dbi.read_files("s3://batchinfer-test/scans/**/*.png", storage_options)
+    frame = frame.compute(scheduler="sync")
+    assert frame["path"].tolist() == sorted(files)
+    assert frame["bytes"].tolist() == [files[p] for p in sorted(files)]
+    with dask.config.set({"batchinfer.partition-size": "1MiB", "batchinfer.min-partitions": 1}):
+        _, groups = read_files_source("s3://batchinfer-test/scans/", storage_options)
+        [group] = groups  # one partition: read with concurrent requests
+    assert [f.relpath for f in group] == [p.split("/scans/")[1] for p in sorted(files)]
+    assert all(f.version for f in group)  # ETags
+    paths = [f.path for f in group]
+    frame = read_binary_files(paths, protocol="s3", storage_options=storage_options)
+    assert frame["bytes"].tolist() == [files[p] for p in sorted(files)]
+
+
+def _frame_with_a_corrupt_file(image_folder) -> tuple[pd.DataFrame, str]:
     folder, files = image_folder
     broken = os.path.join(folder, "dogs", "005.png")
     with open(broken, "wb") as f:
