@@ -154,6 +154,12 @@ def test_read_files_from_s3(s3):
     paths = [f.path for f in group]
     frame = read_binary_files(paths, protocol="s3", storage_options=storage_options)
     assert frame["bytes"].tolist() == [files[p] for p in sorted(files)]
+    # A file that arrives later is listed (the filesystem's listings cache is not trusted).
+    elsewhere = type(fs)(skip_instance_cache=True, **storage_options)  # another writer
+    elsewhere.pipe_file("s3://batchinfer-test/scans/b/9.png", b"new")
+    for url in ("s3://batchinfer-test/scans/**/*.png", "s3://batchinfer-test/scans/"):
+        later = dbi.read_files(url, storage_options)["path"].compute(scheduler="sync")
+        assert later.tolist()[-1] == "s3://batchinfer-test/scans/b/9.png", url
 
 
 def _frame_with_a_corrupt_file(image_folder) -> tuple[pd.DataFrame, str]:

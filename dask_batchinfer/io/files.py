@@ -84,6 +84,9 @@ def list_files(fs: fsspec.AbstractFileSystem, pattern_or_folder: str) -> list[In
     target = pattern_or_folder.rstrip("/")
     if any(c in target for c in _GLOB_CHARACTERS):
         root = _glob_root(target)
+        # Globs list folder by folder through the filesystem's listings cache:
+        # forget it all, or files written elsewhere since the last listing are missed.
+        fs.invalidate_cache()
         found = retry(lambda: fs.glob(target, detail=True), what=f"listing {target}")
         what = f"no files match {pattern_or_folder!r}"
     else:
