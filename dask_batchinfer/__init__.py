@@ -26,6 +26,7 @@ from dask_batchinfer.errors import (
     PartitionTimeoutError,
     SchemaError,
 )
+from dask_batchinfer.io.files import read_files
 from dask_batchinfer.io.read import read_output
 from dask_batchinfer.job.run import run_job
 from dask_batchinfer.model import (
@@ -36,6 +37,7 @@ from dask_batchinfer.model import (
     from_torch_file,
     sentence_encoder,
 )
+from dask_batchinfer.pipeline.images import decode_images, image_tensor
 from dask_batchinfer.plan import Plan, plan
 from dask_batchinfer.predict import predict
 from dask_batchinfer.report import JobResult
@@ -56,15 +58,18 @@ __all__ = [
     "Plan",
     "SchemaError",
     "__version__",
+    "decode_images",
     "file_sha256",
     "from_callable",
     "from_torch",
     "from_torch_file",
+    "image_tensor",
     "local_cluster",
     "model_stats",
     "output_status",
     "plan",
     "predict",
+    "read_files",
     "read_output",
     "run_job",
     "sentence_encoder",

@@ -22,13 +22,17 @@ import pandas as pd
 import torch
 
 from dask_batchinfer.model import ModelSpec, from_torch
+from dask_batchinfer.model.torch_module import call_module
+from dask_batchinfer.pipeline.images import image_tensor
 
 __all__ = [
+    "TinyCNN",
     "TinyMLP",
     "factory_calls",
     "feature_columns",
     "make_features",
     "hog_model",
+    "make_cnn",
     "make_mlp",
     "oom_model",
     "parse_json_features",
@@ -38,6 +42,7 @@ __all__ = [
     "slow_loading_model",
     "slow_model",
     "threads_probe",
+    "tiny_cnn_model",
     "tiny_model",
     "uneven_partitions",
 ]
@@ -91,6 +96,44 @@ def tiny_model(
         outputs={"score": "float32"},
         batch_size=batch_size,
         name=f"tiny-mlp-{n_features}x{hidden}-seed{seed}",
+    )
+
+
+class TinyCNN(torch.nn.Module):
+    """One convolution, ReLU, global mean and a linear head over uint8 images
+    (rows, channels, height, width): one score per image, weights fixed by ``seed``."""
+
+    def __init__(self, channels: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.conv = torch.nn.Conv2d(channels, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 1)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.conv(x.float() / 255.0)).mean(dim=(2, 3))
+        return self.head(features)[:, 0]
+
+
+def make_cnn(channels: int = 3, seed: int = 0) -> TinyCNN:
+    """Build a :class:`TinyCNN` (a module-level factory, as specs need)."""
+    return TinyCNN(channels, seed)
+
+
+def tiny_cnn_model(channels: int = 3, seed: int = 0, batch_size: int = 16) -> ModelSpec:
+    """A spec of a :class:`TinyCNN` scoring the ``image`` column of
+    :func:`~dask_batchinfer.decode_images` (collated by :func:`~dask_batchinfer.image_tensor`)."""
+    return ModelSpec(
+        load=make_cnn,
+        load_kwargs={"channels": channels, "seed": seed},
+        predict=call_module,
+        collate=image_tensor,
+        input_columns=["image"],
+        outputs={"score": "float32"},
+        batch_size=batch_size,
+        name=f"tiny-cnn-{channels}ch-seed{seed}",
     )
 
 
