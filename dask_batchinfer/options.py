@@ -17,7 +17,7 @@ import fsspec
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.fs import absolute_url
-from dask_batchinfer.io.read import FINGERPRINTS
+from dask_batchinfer.io.read import FINGERPRINTS, FORMATS
 from dask_batchinfer.progress import resolve_mode
 
 __all__ = ["MODES", "ON_ERROR", "JobOptions", "check_not_nested"]
@@ -61,6 +61,7 @@ class JobOptions:
     upload: tuple[str, ...] = ()
     columns: tuple[str, ...] | None = None
     filters: Any = None
+    format: str | None = None
 
     @classmethod
     def build(
@@ -81,6 +82,7 @@ class JobOptions:
         upload: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
         columns: Sequence[str] | str | None = None,
         filters: Any = None,
+        format: str | None = None,
     ) -> JobOptions:
         """Check every option; raise :class:`InputError` naming the first bad one."""
         if mode not in MODES:
@@ -88,6 +90,8 @@ class JobOptions:
         if on_error not in ON_ERROR:
             raise InputError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
         _check_max_bad_rows(max_bad_rows)
+        if format is not None and format not in FORMATS:
+            raise InputError(f"format={format!r}: expected one of {FORMATS} (or None: by path)")
         if fingerprint not in FINGERPRINTS:
             raise InputError(f"fingerprint={fingerprint!r}: expected one of {FINGERPRINTS}")
         _check_pools(pools)
@@ -121,6 +125,7 @@ class JobOptions:
             upload=_upload(upload),
             columns=_names("columns", columns),
             filters=_filters(filters),
+            format=format,
             no_workers_timeout=_seconds("no-workers-timeout", None,
                                         _config.get("no-workers-timeout")),
         )  # fmt: skip

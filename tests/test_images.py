@@ -205,3 +205,21 @@ def test_predict_scores_image_files(client, image_folder):
     with torch.inference_mode():
         expected = model(torch.from_numpy(np.stack(by_hand))).numpy()
     np.testing.assert_allclose(scores["score"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_run_job_over_a_glob_of_images_resumes_after_new_files(client, image_folder, tmp_path):
+    folder, files = image_folder
+    run = dict(preprocess=dbi.decode_images(size=(16, 16)), keep=["path"], client=client,
+               output=str(tmp_path / "out"), progress=False)  # fmt: skip
+    with dask.config.set({"batchinfer.partition-size": "4KB"}):  # a few images a partition
+        first = dbi.run_job(f"{folder}/**/*.png", tiny_cnn_model(), **run)
+        again = dbi.run_job(f"{folder}/**/*.png", tiny_cnn_model(), **run)
+        new = os.path.join(folder, "dogs", "999.png")
+        with open(new, "wb") as f:
+            f.write(png_bytes(np.zeros((32, 32, 3), dtype=np.uint8)))
+        third = dbi.run_job(f"{folder}/**/*.png", tiny_cnn_model(), **run)
+    assert first.rows_out == len(files) and first.partitions > 1
+    assert again.partitions_run == 0 and again.partitions_skipped == first.partitions
+    assert third.partitions_run == 1 and third.rows_in == len(files) + 1
+    back = dbi.read_output(str(tmp_path / "out")).compute()
+    assert sorted(back["path"]) == sorted([*files, new])

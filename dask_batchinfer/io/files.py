@@ -26,8 +26,8 @@ import pyarrow as pa
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.fs import absolute_url, is_local
+from dask_batchinfer.io.inputs import READ_TIMES, InputFile, file_version, group_files, reading
 from dask_batchinfer.io.layout import is_visible
-from dask_batchinfer.io.read import READ_TIMES, InputFile, group_files, reading
 from dask_batchinfer.io.retry import retry
 from dask_batchinfer.worker import worker_address
 
@@ -46,14 +46,6 @@ __all__ = [
 BYTES = pd.ArrowDtype(pa.binary())
 
 _GLOB_CHARACTERS = ("*", "?", "[")
-
-
-def _version(info: Mapping[str, Any]) -> str:
-    # The same keys, in the same order, as the Parquet reader's file identity.
-    for key in ("ETag", "etag", "version_id", "mtime", "LastModified", "last_modified", "created"):
-        if info.get(key) is not None:
-            return str(info[key])
-    return ""
 
 
 def _glob_root(pattern: str) -> str:
@@ -94,7 +86,7 @@ def list_files(fs: fsspec.AbstractFileSystem, pattern_or_folder: str) -> list[In
         if retry(lambda: fs.isfile(target), what=f"checking {target}"):
             info = retry(lambda: fs.info(target), what=f"reading {target}")
             return [InputFile(target, posixpath.basename(target), int(info.get("size", 0)),
-                              _version(info))]  # fmt: skip
+                              file_version(info))]  # fmt: skip
         if not retry(lambda: fs.isdir(target), what=f"checking {target}"):
             raise InputError(f"input {pattern_or_folder!r} does not exist")
         root = target
@@ -104,7 +96,7 @@ def list_files(fs: fsspec.AbstractFileSystem, pattern_or_folder: str) -> list[In
     for path, info in sorted(found.items()):
         relpath = _relpath(path, root)
         if info.get("type", "file") == "file" and is_visible(relpath):
-            files.append(InputFile(path, relpath, int(info.get("size", 0)), _version(info)))
+            files.append(InputFile(path, relpath, int(info.get("size", 0)), file_version(info)))
     if not files:
         raise InputError(what + " (names starting with '_' or '.' are skipped)")
     return files

@@ -22,13 +22,20 @@ from dask_batchinfer.io.retry import retry
 
 __all__ = [
     "FINGERPRINTS",
+    "READ_TIMES",
     "InputFile",
+    "file_version",
     "footer_digest",
     "group_files",
     "list_parquet_files",
     "reading",
     "with_content_versions",
 ]
+
+
+#: ``DataFrame.attrs`` key of a read partition: (start, end, worker) of its read
+#: (epoch seconds, the worker's address or None).
+READ_TIMES = "dask_batchinfer_read"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +63,8 @@ class InputFile:
         return groups if self.rows is None else f"{groups}-rows{self.rows[0]}-{self.rows[1] - 1}"
 
 
-def _version(info: Mapping[str, Any]) -> str:
+def file_version(info: Mapping[str, Any]) -> str:
+    """What identifies a file's content in a listing: its ETag (S3) or modification time."""
     for key in ("ETag", "etag", "version_id", "mtime", "LastModified", "last_modified", "created"):
         if info.get(key) is not None:
             return str(info[key])
@@ -69,7 +77,8 @@ def list_parquet_files(fs: fsspec.AbstractFileSystem, root: str) -> list[InputFi
     fs.invalidate_cache(root)
     if retry(lambda: fs.isfile(root), what=f"checking {root}"):
         info = retry(lambda: fs.info(root), what=f"reading {root}")
-        return [InputFile(root, posixpath.basename(root), int(info.get("size", 0)), _version(info))]
+        size = int(info.get("size", 0))
+        return [InputFile(root, posixpath.basename(root), size, file_version(info))]
     if not retry(lambda: fs.isdir(root), what=f"checking {root}"):
         raise InputError(f"input {root!r} does not exist")
     found = retry(lambda: fs.find(root, detail=True), what=f"listing {root}")
@@ -77,7 +86,7 @@ def list_parquet_files(fs: fsspec.AbstractFileSystem, root: str) -> list[InputFi
     for path, info in sorted(found.items()):
         relpath = posixpath.relpath(path, root)
         if path.endswith(".parquet") and is_visible(relpath):
-            files.append(InputFile(path, relpath, int(info.get("size", 0)), _version(info)))
+            files.append(InputFile(path, relpath, int(info.get("size", 0)), file_version(info)))
     if not files:
         raise InputError(f"input {root!r} holds no .parquet files")
     return files

@@ -23,9 +23,11 @@ import pyarrow.parquet as pq
 
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.errors import InputError
+from dask_batchinfer.io.files import read_files_source
 from dask_batchinfer.io.fs import absolute_url, url_to_fs
 from dask_batchinfer.io.inputs import (
     FINGERPRINTS,
+    READ_TIMES,
     InputFile,
     footer_digest,
     group_files,
@@ -39,8 +41,10 @@ from dask_batchinfer.worker import worker_address
 
 __all__ = [
     "FINGERPRINTS",
+    "FORMATS",
     "READ_TIMES",
     "InputFile",
+    "input_format",
     "footer_digest",
     "group_files",
     "list_parquet_files",
@@ -48,10 +52,6 @@ __all__ = [
     "read_output",
     "read_parquet_files",
 ]
-
-#: ``DataFrame.attrs`` key of a read partition: (start, end, worker) of its read
-#: (epoch seconds, the worker's address or None).
-READ_TIMES = "dask_batchinfer_read"
 
 
 #: A piece of input as its read task gets it: (path, row groups, row range, hive keys).
@@ -211,12 +211,14 @@ def open_source(
     *,
     columns: Sequence[str] | None = None,
     filters: Any = None,
+    format: str | None = None,
 ) -> tuple[Any, list[list[InputFile]] | None]:
     """The job's input as a Dask DataFrame, and the files behind each partition (or None).
 
     ``source`` is a Dask DataFrame (used as it is) or a Parquet path, of
     which only ``columns`` are read (None: all), and only the rows ``filters``
-    keep.
+    keep, or files read as rows (``format="files"``, or a glob or file that
+    is not ``.parquet``: see :func:`input_format`).
     """
     import dask.dataframe as dd
 
@@ -228,13 +230,33 @@ def open_source(
             )
         return source, None
     if isinstance(source, (str, os.PathLike)):
-        return read_parquet_files(absolute_url(os.fspath(source)), storage_options,
-                                  task_options=task_options, fingerprint=fingerprint,
-                                  columns=columns, filters=filters)  # fmt: skip
+        url = absolute_url(os.fspath(source))
+        if (format or input_format(url)) == "files":
+            if filters:
+                raise InputError("filters= applies to Parquet inputs, not to files read as rows")
+            return read_files_source(url, storage_options, task_options=task_options,
+                                     fingerprint=fingerprint)  # fmt: skip
+        return read_parquet_files(url, storage_options, task_options=task_options,
+                                  fingerprint=fingerprint, columns=columns,
+                                  filters=filters)  # fmt: skip
     raise InputError(
         f"source must be a dask DataFrame or a Parquet path (local or s3://), got "
         f"{type(source).__name__}"
     )
+
+
+#: ``run_job(format=...)``.
+FORMATS = ("parquet", "files")
+
+
+def input_format(url: str) -> str:
+    """``"parquet"`` for a folder, a ``.parquet`` file or a glob of them; else ``"files"``
+    (a glob such as ``scans/**/*.png``, or one file of another kind)."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    if any(c in url for c in "*?["):
+        return "parquet" if name.endswith(".parquet") else "files"
+    has_extension = "." in name and not name.startswith(".")
+    return "files" if has_extension and not name.endswith(".parquet") else "parquet"
 
 
 def read_output(url: str, storage_options: Mapping[str, Any] | None = None):

@@ -72,6 +72,7 @@ def run_job(
     upload: Sequence[str] | str | None = None,
     columns: Sequence[str] | None = None,
     filters: Any = None,
+    format: str | None = None,
 ) -> JobResult:
     """Run a batch inference job and write the results as partitioned Parquet, exactly once.
 
@@ -168,6 +169,12 @@ def run_job(
         takes it: ``[("date", "==", "2026-11-29")]`` (AND), or a list of such
         lists (OR). Hive folders and row groups that cannot match are not read.
         Part of the job's fingerprint: another window is another job.
+    format : {"parquet", "files"}, optional
+        How to read a path ``source``: Parquet (a folder, a ``.parquet`` file or
+        a glob of them), or ``"files"``: each file a row of ``path``, ``size``
+        and ``bytes`` (images, documents; decode them in ``preprocess``, e.g.
+        :func:`decode_images`). Default: by the path, a glob or file that is
+        not ``.parquet`` is read as files.
     upload : list of str, optional
         Local ``.py`` modules and package folders (your model's code) to ship
         to the workers for this job, for a cluster whose workers do not have
@@ -209,14 +216,14 @@ def run_job(
         output=output, mode=mode, on_error=on_error, max_bad_rows=max_bad_rows, keep=keep,
         partition_on=partition_on, pools=pools, client=client, progress=progress,
         storage_options=storage_options, partition_timeout=partition_timeout,
-        fingerprint=fingerprint, upload=upload, columns=columns, filters=filters,
+        fingerprint=fingerprint, upload=upload, columns=columns, filters=filters, format=format,
     )  # fmt: skip
     check_not_nested(source, options)
     read = read_columns(model, keep=options.keep, partition_on=options.partition_on,
                         columns=options.columns, preprocess=preprocess)  # fmt: skip
     ddf, groups = open_source(source, options.storage_options, options.task_options,
-                              options.fingerprint, columns=read,
-                              filters=options.filters)  # fmt: skip
+                              options.fingerprint, columns=read, filters=options.filters,
+                              format=options.format)  # fmt: skip
     check_read(options.columns, ddf._meta, f"the input {source!r}" if groups else "the input")
     shape = job_columns(ddf._meta, model, keep=options.keep, partition_on=options.partition_on,
                           preprocess=preprocess)  # fmt: skip
