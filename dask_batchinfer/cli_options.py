@@ -12,7 +12,7 @@ from typing import Any
 
 from dask_batchinfer.cluster import KINDS as CLUSTER_KINDS
 from dask_batchinfer.io.read import FINGERPRINTS
-from dask_batchinfer.jobfile import json_object
+from dask_batchinfer.jobfile import json_list, json_object
 from dask_batchinfer.options import MODES, ON_ERROR
 from dask_batchinfer.progress import MODES as PROGRESS_MODES
 
@@ -59,7 +59,8 @@ def _io_arguments(group: Any) -> None:
     group.add_argument(
         "--input",
         metavar="PATH",
-        help="Parquet file or folder, local or s3://bucket/prefix (one partition per file)",
+        help="Parquet file or folder (hive folders such as date=2026-11-29/ are columns), or a "
+        "glob of files read as rows (path, size, bytes), local or s3://bucket/prefix",
     )
     group.add_argument(
         "--output",
@@ -96,6 +97,20 @@ def _io_arguments(group: Any) -> None:
         default=[],
         metavar="COLUMN",
         help="write hive folders by these columns, e.g. country=FR/",
+    )
+    group.add_argument(
+        "--columns",
+        nargs="+",
+        metavar="COLUMN",
+        help="input columns --preprocess needs (default: all with --preprocess); without "
+        "--preprocess only the model's input columns, --keep and --partition-on are read",
+    )
+    group.add_argument(
+        "--filters",
+        type=json_list,
+        metavar="JSON",
+        help='rows to read, as in dask.dataframe.read_parquet: \'[["date", "==", "2026-11-29"]]\' '
+        "(hive folders and row groups that cannot match are not read)",
     )
 
 

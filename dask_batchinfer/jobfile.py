@@ -12,7 +12,7 @@ from typing import Any
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.model.spec import ModelSpec
 
-__all__ = ["json_object", "load_job_file", "load_model", "load_object"]
+__all__ = ["json_list", "json_object", "load_job_file", "load_model", "load_object"]
 
 
 def load_object(reference: str, what: str) -> Any:
@@ -58,6 +58,17 @@ def json_object(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"anon\": false}'")
+    return value
+
+
+def json_list(text: str) -> list[Any]:
+    """An argparse type: a JSON list given on the command line (e.g. ``--filters``)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError('expected a JSON list, e.g. \'[["date", "==", "x"]]\'')
     return value
 
 

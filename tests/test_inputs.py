@@ -186,3 +186,22 @@ def test_a_read_error_naming_its_file_is_not_its_own_cause(tmp_path):
         assert id(error) not in seen, "a cycle in the exception's causes"
         seen.add(id(error))
         error = error.__cause__ or error.__context__
+
+
+def test_the_cli_runs_a_daily_window(cluster, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    frames = _write_days(tmp_path / "in", ["2026-11-28", "2026-11-29"])
+    done = subprocess.run(
+        [sys.executable, "-m", "dask_batchinfer", "run", "--input", str(tmp_path / "in"),
+         "--output", str(tmp_path / "out"), "--model", "dask_batchinfer.testing:tiny_model",
+         "--keep", "id", "date", "--filters", json.dumps([["date", "==", "2026-11-29"]]),
+         "--scheduler", cluster.scheduler_address, "--progress", "off", "--json"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows_out"] == len(frames["2026-11-29"])
+    back = dbi.read_output(str(tmp_path / "out")).compute()
+    assert set(back["date"].astype(str)) == {"2026-11-29"}
