@@ -85,15 +85,8 @@ class JobOptions:
         format: str | None = None,
     ) -> JobOptions:
         """Check every option; raise :class:`InputError` naming the first bad one."""
-        if mode not in MODES:
-            raise InputError(f"mode={mode!r}: expected one of {MODES}")
-        if on_error not in ON_ERROR:
-            raise InputError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
+        _check_choices(mode=mode, on_error=on_error, format=format, fingerprint=fingerprint)
         _check_max_bad_rows(max_bad_rows)
-        if format is not None and format not in FORMATS:
-            raise InputError(f"format={format!r}: expected one of {FORMATS} (or None: by path)")
-        if fingerprint not in FINGERPRINTS:
-            raise InputError(f"fingerprint={fingerprint!r}: expected one of {FINGERPRINTS}")
         _check_pools(pools)
         _check_client(client)
         full = dict(storage_options or {})
@@ -114,20 +107,14 @@ class JobOptions:
             task_options=public | ({secrets.REFERENCE: reference} if reference else {}),
             secret_options=secret,
             credentials=reference,
-            inflight_per_thread=int(_config.get("inflight-per-thread")),
-            prefetch_per_model_thread=int(_config.get("prefetch-per-model-thread")),
-            adaptive_lookahead=int(_config.get("adaptive-lookahead")),
             partition_timeout=_seconds("partition_timeout", partition_timeout,
                                        _config.get("partition-timeout")),
-            heartbeat_seconds=float(_seconds("progress-heartbeat", None,
-                                             _config.get("progress-heartbeat")) or 30.0),
             fingerprint=fingerprint,
             upload=_upload(upload),
             columns=_names("columns", columns),
             filters=_filters(filters),
             format=format,
-            no_workers_timeout=_seconds("no-workers-timeout", None,
-                                        _config.get("no-workers-timeout")),
+            **_configured(),
         )  # fmt: skip
 
     def bad_rows_allowed(self, already: int) -> int | None:
@@ -165,6 +152,28 @@ def _upload(upload: Any) -> tuple[str, ...]:
             )
         checked.append(full)
     return tuple(checked)
+
+
+def _check_choices(**given: Any) -> None:
+    choices = {"mode": MODES, "on_error": ON_ERROR, "fingerprint": FINGERPRINTS,
+               "format": (None, *FORMATS)}  # fmt: skip
+    for name, value in given.items():
+        if value not in choices[name]:
+            raise InputError(f"{name}={value!r}: expected one of {choices[name]}")
+
+
+def _configured() -> dict[str, Any]:
+    """The options that come from ``batchinfer.*`` settings only."""
+    return {
+        "inflight_per_thread": int(_config.get("inflight-per-thread")),
+        "prefetch_per_model_thread": int(_config.get("prefetch-per-model-thread")),
+        "adaptive_lookahead": int(_config.get("adaptive-lookahead")),
+        "heartbeat_seconds": float(
+            _seconds("progress-heartbeat", None, _config.get("progress-heartbeat")) or 30.0
+        ),
+        "no_workers_timeout": _seconds("no-workers-timeout", None,
+                                       _config.get("no-workers-timeout")),
+    }  # fmt: skip
 
 
 def _filters(filters: Any) -> Any:
