@@ -70,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
             partition_timeout=args.partition_timeout,
             fingerprint=args.fingerprint,
             upload=args.upload,
+            format=args.format,
         )
     _log_event(result.job, "finished", status=result.status, partitions_run=result.partitions_run,
                partitions_skipped=result.partitions_skipped, rows_in=result.rows_in,

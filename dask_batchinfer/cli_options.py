@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from dask_batchinfer.cluster import KINDS as CLUSTER_KINDS
-from dask_batchinfer.io.read import FINGERPRINTS
+from dask_batchinfer.io.read import FINGERPRINTS, FORMATS
 from dask_batchinfer.jobfile import json_object
 from dask_batchinfer.options import MODES, ON_ERROR
 from dask_batchinfer.progress import MODES as PROGRESS_MODES
@@ -59,7 +59,13 @@ def _io_arguments(group: Any) -> None:
     group.add_argument(
         "--input",
         metavar="PATH",
-        help="Parquet file or folder, local or s3://bucket/prefix (one partition per file)",
+        help="Parquet file or folder, local or s3://bucket/prefix (one partition per file); "
+        "CSV or JSON Lines files by their names (.csv, .jsonl, .csv.gz ...) or --format",
+    )
+    group.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="how to read --input (default: by its name; a folder is Parquet)",
     )
     group.add_argument(
         "--output",
