@@ -72,6 +72,7 @@ def _run(args: argparse.Namespace) -> int:
             upload=args.upload,
             columns=args.columns,
             filters=args.filters,
+            format=args.format,
         )
     _log_event(result.job, "finished", status=result.status, partitions_run=result.partitions_run,
                partitions_skipped=result.partitions_skipped, rows_in=result.rows_in,

@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from dask_batchinfer.cluster import KINDS as CLUSTER_KINDS
-from dask_batchinfer.io.read import FINGERPRINTS
+from dask_batchinfer.io.read import FINGERPRINTS, FORMATS
 from dask_batchinfer.jobfile import json_list, json_object
 from dask_batchinfer.options import MODES, ON_ERROR
 from dask_batchinfer.progress import MODES as PROGRESS_MODES
@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a batch inference job",
         description="Read Parquet input, run a model on every row, write partitioned Parquet.",
     )
-    _io_arguments(run.add_argument_group("input and output"))
+    io = run.add_argument_group("input and output")
+    _io_arguments(io)
+    _reading_arguments(io)
     job = run.add_argument_group("job")
     _job_arguments(job)
     _timeout_argument(job)
@@ -59,8 +61,9 @@ def _io_arguments(group: Any) -> None:
     group.add_argument(
         "--input",
         metavar="PATH",
-        help="Parquet file or folder (hive folders such as date=2026-11-29/ are columns), or a "
-        "glob of files read as rows (path, size, bytes), local or s3://bucket/prefix",
+        help="Parquet file or folder (hive folders such as date=2026-11-29/ are columns), CSV "
+        "or JSON Lines files (.csv, .jsonl, .csv.gz ...), or a glob of files read as rows "
+        "(path, size, bytes); local or s3://bucket/prefix",
     )
     group.add_argument(
         "--output",
@@ -97,6 +100,14 @@ def _io_arguments(group: Any) -> None:
         default=[],
         metavar="COLUMN",
         help="write hive folders by these columns, e.g. country=FR/",
+    )
+
+
+def _reading_arguments(group: Any) -> None:
+    group.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="how to read --input (default: by its name; a folder is Parquet)",
     )
     group.add_argument(
         "--columns",

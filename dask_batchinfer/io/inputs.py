@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import fsspec
+import pandas as pd
 import pyarrow as pa
 
 from dask_batchinfer.errors import InputError
@@ -21,14 +22,20 @@ from dask_batchinfer.io.layout import is_visible
 from dask_batchinfer.io.retry import retry
 
 __all__ = [
+    "COMPRESSIONS",
     "FINGERPRINTS",
     "READ_TIMES",
+    "TEXT_EXTENSIONS",
+    "TEXT_FORMATS",
     "InputFile",
+    "arrow_types",
     "file_version",
     "footer_digest",
     "group_files",
     "list_parquet_files",
     "reading",
+    "split_compression",
+    "text_format",
     "with_content_versions",
 ]
 
@@ -63,6 +70,20 @@ class InputFile:
         return groups if self.rows is None else f"{groups}-rows{self.rows[0]}-{self.rows[1] - 1}"
 
 
+def arrow_types(kind: pa.DataType) -> pd.ArrowDtype | None:
+    """Keep binary and nested columns as Arrow-backed pandas columns.
+
+    As plain ``object`` columns, Dask would try to turn them into strings
+    (``dataframe.convert-string``) and fail on bytes that are not UTF-8.
+    """
+    nested = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_struct(kind)
+    binary = (
+        pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+        or pa.types.is_fixed_size_binary(kind)
+    )  # fmt: skip
+    return pd.ArrowDtype(kind) if nested or binary or pa.types.is_fixed_size_list(kind) else None
+
+
 def file_version(info: Mapping[str, Any]) -> str:
     """What identifies a file's content in a listing: its ETag (S3) or modification time."""
     for key in ("ETag", "etag", "version_id", "mtime", "LastModified", "last_modified", "created"):
@@ -88,8 +109,39 @@ def list_parquet_files(fs: fsspec.AbstractFileSystem, root: str) -> list[InputFi
         if path.endswith(".parquet") and is_visible(relpath):
             files.append(InputFile(path, relpath, int(info.get("size", 0)), file_version(info)))
     if not files:
-        raise InputError(f"input {root!r} holds no .parquet files")
+        raise InputError(f"input {root!r} holds no .parquet files{_format_hint(found)}")
     return files
+
+
+def _format_hint(paths: Any) -> str:
+    """What to pass for a folder of CSV or JSON Lines files: ``" (... pass format='csv')"``."""
+    found = sorted({kind for p in paths if (kind := text_format(posixpath.basename(p)))})
+    return f" (it holds {', '.join(found)} files: pass format={found[0]!r})" if found else ""
+
+
+#: ``run_job(format=...)`` values read as text (:mod:`~dask_batchinfer.io.text`).
+TEXT_FORMATS = ("csv", "tsv", "jsonl")
+
+#: File name endings read as each text format (before any compression ending).
+TEXT_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+#: Compression by file name ending, as Arrow names the codec.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+
+
+def split_compression(name: str) -> tuple[str, str | None]:
+    """``name`` without its compression ending, and Arrow's name of the codec (or None)."""
+    for ending, codec in COMPRESSIONS.items():
+        if name.endswith(ending):
+            return name[: -len(ending)], codec
+    return name, None
+
+
+def text_format(name: str) -> str | None:
+    """``"csv"``, ``"tsv"`` or ``"jsonl"`` for a file name (or glob) ending so, optionally
+    compressed (``events.jsonl.gz``); else None."""
+    stem, _ = split_compression(name.lower())
+    return next((kind for ext, kind in TEXT_EXTENSIONS.items() if stem.endswith(ext)), None)
 
 
 #: ``run_job(fingerprint=...)``: what identifies an input file's content.

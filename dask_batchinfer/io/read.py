@@ -10,6 +10,7 @@ incremental runs key on, and errors can name the file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import time
@@ -28,15 +29,19 @@ from dask_batchinfer.io.fs import absolute_url, url_to_fs
 from dask_batchinfer.io.inputs import (
     FINGERPRINTS,
     READ_TIMES,
+    TEXT_FORMATS,
     InputFile,
+    arrow_types,
     footer_digest,
     group_files,
     list_parquet_files,
     reading,
+    text_format,
     with_content_versions,
 )
 from dask_batchinfer.io.layout import MANIFEST
 from dask_batchinfer.io.retry import retry
+from dask_batchinfer.io.text import read_text_source
 from dask_batchinfer.worker import worker_address
 
 __all__ = [
@@ -53,6 +58,8 @@ __all__ = [
     "read_parquet_files",
 ]
 
+
+logger = logging.getLogger(__name__)
 
 #: A piece of input as its read task gets it: (path, row groups, row range, hive keys).
 Piece = tuple[str, tuple[int, ...] | None, tuple[int, int] | None, tuple[tuple[str, Any], ...]]
@@ -121,20 +128,6 @@ def filter_columns(filters: Any) -> list[str]:
     nested = isinstance(filters[0], (list, tuple)) and isinstance(filters[0][0], (list, tuple))
     clauses = filters if nested else [filters]
     return list(dict.fromkeys(str(clause[0]) for conjunction in clauses for clause in conjunction))
-
-
-def arrow_types(kind: pa.DataType) -> pd.ArrowDtype | None:
-    """Keep binary and nested columns as Arrow-backed pandas columns.
-
-    As plain ``object`` columns, Dask would try to turn them into strings
-    (``dataframe.convert-string``) and fail on bytes that are not UTF-8.
-    """
-    nested = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_struct(kind)
-    binary = (
-        pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
-        or pa.types.is_fixed_size_binary(kind)
-    )  # fmt: skip
-    return pd.ArrowDtype(kind) if nested or binary or pa.types.is_fixed_size_list(kind) else None
 
 
 def read_parquet_files(
@@ -217,8 +210,10 @@ def open_source(
 
     ``source`` is a Dask DataFrame (used as it is) or a Parquet path, of
     which only ``columns`` are read (None: all), and only the rows ``filters``
-    keep, or files read as rows (``format="files"``, or a glob or file that
-    is not ``.parquet``: see :func:`input_format`).
+    keep; or CSV, TSV or JSON Lines files (``format="csv"``, ``"tsv"``,
+    ``"jsonl"``, or by their names: see :mod:`~dask_batchinfer.io.text`), of
+    which only ``columns`` are read; or files read as rows (``format="files"``,
+    or a glob or file of another kind: see :func:`input_format`).
     """
     import dask.dataframe as dd
 
@@ -228,14 +223,21 @@ def open_source(
                 "filters= applies to a Parquet path; filter a dask DataFrame before passing it "
                 "(or pass filters to dask.dataframe.read_parquet)"
             )
+        _check_names(source)
         return source, None
     if isinstance(source, (str, os.PathLike)):
         url = absolute_url(os.fspath(source))
-        if (format or input_format(url)) == "files":
-            if filters:
-                raise InputError("filters= applies to Parquet inputs, not to files read as rows")
+        kind = format or input_format(url)
+        if filters and kind != "parquet":
+            raise InputError(f"filters= applies to Parquet inputs, not to {kind} input {url!r}; "
+                             f"filter in preprocess instead")  # fmt: skip
+        if kind == "files":
             return read_files_source(url, storage_options, task_options=task_options,
                                      fingerprint=fingerprint)  # fmt: skip
+        if kind in TEXT_FORMATS:
+            return read_text_source(url, storage_options, task_options=task_options,
+                                    fingerprint=fingerprint, format=kind,
+                                    columns=columns)  # fmt: skip
         return read_parquet_files(url, storage_options, task_options=task_options,
                                   fingerprint=fingerprint, columns=columns,
                                   filters=filters)  # fmt: skip
@@ -245,14 +247,31 @@ def open_source(
     )
 
 
+def _check_names(ddf: Any) -> None:
+    """Say once that a ``dd.read_parquet`` frame cannot resume: resume keys a dask
+    DataFrame's partitions by their names, and read_parquet draws new ones in every
+    process (dask 2026.8; ``dd.read_csv``'s are stable and change with the files)."""
+    if any("ReadParquet" in type(e).__name__ for e in ddf.expr.walk()):
+        logger.warning(
+            "a dask DataFrame source from dask.dataframe.read_parquet: resume needs stable "
+            "partition names and read_parquet makes new ones in every process, so a new run "
+            "recomputes every partition; pass the path instead (run_job('s3://.../', ...))"
+        )
+
+
 #: ``run_job(format=...)``.
-FORMATS = ("parquet", "files")
+FORMATS = ("parquet", "files", *TEXT_FORMATS)
 
 
 def input_format(url: str) -> str:
-    """``"parquet"`` for a folder, a ``.parquet`` file or a glob of them; else ``"files"``
-    (a glob such as ``scans/**/*.png``, or one file of another kind)."""
+    """``"parquet"`` for a folder, a ``.parquet`` file or a glob of them; ``"csv"``,
+    ``"tsv"`` or ``"jsonl"`` for a file or glob named so (``.csv``, ``.tsv``,
+    ``.jsonl``, ``.ndjson``, each optionally ``.gz``, ``.bz2``, ``.zst``); else
+    ``"files"`` (a glob such as ``scans/**/*.png``, or one file of another kind)."""
     name = url.rstrip("/").rsplit("/", 1)[-1]
+    text = text_format(name)
+    if text is not None:
+        return text
     if any(c in url for c in "*?["):
         return "parquet" if name.endswith(".parquet") else "files"
     has_extension = "." in name and not name.startswith(".")

@@ -83,6 +83,9 @@ def run_job(
         ``s3://bucket/prefix``, hive folders such as ``date=2026-11-29/`` are
         columns), read in partitions of ``batchinfer.partition-size``: small
         files grouped, large files split at row-group boundaries.
+        CSV and JSON Lines paths too (see ``format``). A Dask DataFrame from
+        ``dd.read_parquet`` cannot resume: its partition names change from
+        process to process (a warning says so); pass the path.
     model : ModelSpec
         The model recipe, loaded once per worker process.
     output : str
@@ -169,12 +172,15 @@ def run_job(
         takes it: ``[("date", "==", "2026-11-29")]`` (AND), or a list of such
         lists (OR). Hive folders and row groups that cannot match are not read.
         Part of the job's fingerprint: another window is another job.
-    format : {"parquet", "files"}, optional
+    format : {"parquet", "files", "csv", "tsv", "jsonl"}, optional
         How to read a path ``source``: Parquet (a folder, a ``.parquet`` file or
-        a glob of them), or ``"files"``: each file a row of ``path``, ``size``
+        a glob of them); ``"csv"``, ``"tsv"`` or ``"jsonl"`` (JSON Lines), each
+        file (``.gz``, ``.bz2``, ``.zst`` too) a partition, types inferred from
+        the first file; or ``"files"``: each file a row of ``path``, ``size``
         and ``bytes`` (images, documents; decode them in ``preprocess``, e.g.
-        :func:`decode_images`). Default: by the path, a glob or file that is
-        not ``.parquet`` is read as files.
+        :func:`decode_images`). Default: by the path, a glob or file named
+        ``.csv``, ``.tsv``, ``.jsonl``, ``.ndjson`` (optionally compressed) is
+        read as such, another that is not ``.parquet`` as files, a folder as Parquet.
     upload : list of str, optional
         Local ``.py`` modules and package folders (your model's code) to ship
         to the workers for this job, for a cluster whose workers do not have
