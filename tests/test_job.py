@@ -171,9 +171,17 @@ def test_small_files_are_grouped(client, tmp_path, write_inputs):
 
     from dask_batchinfer.io.read import InputFile, group_files
 
-    files = [InputFile(f"f{i}", f"f{i}", size, "") for i, size in enumerate([5, 5, 5, 20, 1, 1])]
-    assert [[f.path for f in g] for g in group_files(files, 12)] == [
-        ["f0", "f1"], ["f2"], ["f3"], ["f4", "f5"]]  # fmt: skip
+    sizes = [5, 5, 5, 20, 1, 1] + [3] * 300
+    files = [InputFile(f"f{i:03d}", f"f{i:03d}", size, "") for i, size in enumerate(sizes)]
+    groups = group_files(files, 12)
+    assert [f for g in groups for f in g] == files  # every file once, in order
+    assert ["f003"] in [[f.path for f in g] for g in groups]  # as large as the target: alone
+    assert all(sum(f.size for f in g) <= 24 for g in groups)  # at most twice the target
+    assert 50 < len(groups) < 150  # about 12 bytes a group
+    # a file added in the middle changes its own group and at most a neighbour
+    grown = files[:150] + [InputFile("f149b", "f149b", 3, "")] + files[150:]
+    changed = {tuple(g) for g in group_files(grown, 12)} - {tuple(g) for g in groups}
+    assert 1 <= len(changed) <= 2
 
     frame = make_features(5000, seed=14)
     write_inputs(tmp_path / "in", frame, 50)
@@ -182,14 +190,14 @@ def test_small_files_are_grouped(client, tmp_path, write_inputs):
                              output=str(tmp_path / "out"), keep=["id"])  # fmt: skip
         again = dbi.run_job(str(tmp_path / "in"), tiny_model(seed=15),
                             output=str(tmp_path / "out"), keep=["id"])  # fmt: skip
-    assert result.partitions == 1 and result.rows_out == 5000
-    assert [f["partition"] for f in result.files] == ["in-000--in-049"]
+    assert result.partitions <= 2 and result.rows_out == 5000  # 50 files, about 200 kB
+    assert result.files[0]["partition"].startswith("in-000--in-")
     assert again.partitions_run == 0
     assert sorted(pd.read_parquet(tmp_path / "out")["id"]) == list(range(5000))
     with dask.config.set({"batchinfer.partition-size": "16MiB"}):  # default min-partitions: 32
         spread = dbi.run_job(str(tmp_path / "in"), tiny_model(seed=15),
                              output=str(tmp_path / "out2"), keep=["id"])  # fmt: skip
-    assert spread.partitions == 50  # 50 files of 100 rows: not fewer than 32 partitions
+    assert spread.partitions >= 32  # 50 files of 100 rows: not fewer than 32 partitions
 
 
 def _byte_sums(batch: pd.DataFrame) -> np.ndarray:

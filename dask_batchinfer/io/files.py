@@ -26,7 +26,14 @@ import pyarrow as pa
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.fs import absolute_url, is_local
-from dask_batchinfer.io.inputs import READ_TIMES, InputFile, file_version, group_files, reading
+from dask_batchinfer.io.inputs import (
+    READ_TIMES,
+    InputFile,
+    file_version,
+    group_files,
+    grouping_bytes,
+    reading,
+)
 from dask_batchinfer.io.layout import is_visible
 from dask_batchinfer.io.retry import retry
 from dask_batchinfer.worker import worker_address
@@ -214,8 +221,9 @@ def read_files_source(
     if fingerprint == "content":
         files = content_versions(fs, files)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    spread = sum(f.size for f in files) // min(len(files), int(_config.get("min-partitions")))
-    groups = group_files(files, min(parse_bytes(_config.get("partition-size")), max(1, spread)))
+    target = grouping_bytes(files, parse_bytes(_config.get("partition-size")),
+                            int(_config.get("min-partitions")))  # fmt: skip
+    groups = group_files(files, target)
     ddf = dd.from_map(
         read_binary_files,
         [[f.path for f in group] for group in groups],

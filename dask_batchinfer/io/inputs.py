@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import posixpath
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "file_version",
     "footer_digest",
     "group_files",
+    "grouping_bytes",
     "list_parquet_files",
     "reading",
     "split_compression",
@@ -177,20 +179,46 @@ def with_content_versions(fs: fsspec.AbstractFileSystem, files: list[InputFile])
 
 
 def group_files(files: list[InputFile], target_bytes: int) -> list[list[InputFile]]:
-    """Consecutive files grouped up to ``target_bytes`` each: many tiny files, few partitions.
+    """Consecutive files grouped to about ``target_bytes`` each: many tiny files, few partitions.
 
-    A file at least as large as the target is a partition of its own.
+    Where a group ends depends only on each file's own name and size (a file
+    ends its group with probability ``size / target``, decided by a hash of its
+    path), not on the files before it: adding, removing or rewriting a file
+    changes its own group and at most a neighbour, so an incremental run over a
+    folder that grew recomputes only the new files' partitions. A file at
+    least as large as the target is a partition of its own; no group exceeds
+    twice the target.
     """
     groups: list[list[InputFile]] = []
+    run: list[InputFile] = []
     size = 0
     for f in files:
-        if groups and size + f.size <= target_bytes:
-            groups[-1].append(f)
-            size += f.size
-        else:
-            groups.append([f])
-            size = f.size
+        if run and (f.size >= target_bytes or size + f.size > 2 * target_bytes):
+            groups.append(run)
+            run, size = [], 0
+        run.append(f)
+        size += f.size
+        if f.size >= target_bytes or _ends_group(f, target_bytes):
+            groups.append(run)
+            run, size = [], 0
+    if run:
+        groups.append(run)
     return groups
+
+
+def _ends_group(f: InputFile, target_bytes: int) -> bool:
+    digest = hashlib.sha1(f.relpath.encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < f.size / max(1, target_bytes)
+
+
+def grouping_bytes(files: list[InputFile], target_bytes: int, min_partitions: int) -> int:
+    """The size small files are grouped to: ``target_bytes``, lowered (to a power of two,
+    so that a few more files do not move every group) until the input makes at least
+    ``min_partitions`` partitions, or one per file when there are fewer files."""
+    spread = sum(f.size for f in files) // max(1, min(len(files), min_partitions))
+    if spread >= target_bytes:
+        return target_bytes
+    return 1 << max(0, int(spread).bit_length() - 1)
 
 
 @contextlib.contextmanager

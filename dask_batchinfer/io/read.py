@@ -34,6 +34,7 @@ from dask_batchinfer.io.inputs import (
     arrow_types,
     footer_digest,
     group_files,
+    grouping_bytes,
     list_parquet_files,
     reading,
     text_format,
@@ -169,11 +170,11 @@ def read_parquet_files(
         files = with_content_versions(fs, files)
     target = read_target(_config.get("partition-size"))
     # Group small files only as far as keeps enough partitions for the cluster to share the work.
-    spread = sum(f.size for f in files) // min(len(files), int(_config.get("min-partitions")))
     with reading(files[0].path, "the schema of"):
         schema, groups = plan_parquet(
             fs, root.rstrip("/"), files, target, filters, columns,
-            group_bytes=min(target.nbytes or 1, max(1, spread)),
+            group_bytes=grouping_bytes(files, target.nbytes or 1,
+                                       int(_config.get("min-partitions"))),
         )  # fmt: skip
     if not groups:
         raise InputError(f"filters={filters!r} match no file or row group under {url!r}")

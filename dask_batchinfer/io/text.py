@@ -40,6 +40,7 @@ from dask_batchinfer.io.inputs import (
     TEXT_FORMATS,
     arrow_types,
     group_files,
+    grouping_bytes,
     reading,
     split_compression,
 )
@@ -216,8 +217,9 @@ def read_text_source(
     names = schema.names if columns is None else [c for c in columns if c in schema.names]
     schema = pa.schema([schema.field(n) for n in names])
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    spread = sum(f.size for f in files) // min(len(files), int(_config.get("min-partitions")))
-    groups = group_files(files, min(parse_bytes(_config.get("partition-size")), max(1, spread)))
+    target = grouping_bytes(files, parse_bytes(_config.get("partition-size")),
+                            int(_config.get("min-partitions")))  # fmt: skip
+    groups = group_files(files, target)
     ddf = dd.from_map(
         read_text_files,
         [[f.path for f in group] for group in groups],
