@@ -115,8 +115,9 @@ def inputs_markdown(report: dict) -> str:
     )
     lines = [
         f"Inputs benchmark ({report['mode']} sizes, {report['reps']} interleaved repetitions, "
-        f"medians; {report['cpus']} CPUs; {report['date']}; dask-batchinfer at commit "
-        f"{report.get('commit')}; load average at start / end {load}). Versions: "
+        f"medians; {report['cpus']} CPUs; {report['date']}; checkout {report.get('commit')}, "
+        f"dask_batchinfer/ last changed in {report.get('package_commit')}; "
+        f"load average at start / end {load}). Versions: "
         + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items())
         + ".",
         "",

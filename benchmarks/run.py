@@ -362,10 +362,11 @@ def column_projection(mode: str, reps: int, runner: Runner) -> dict:
     }  # fmt: skip
 
 
-def _git_commit() -> str | None:
+def _git_commit(*paths: str) -> str | None:
+    """The checkout's commit, or the last one that changed ``paths``."""
     try:
-        out = subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h"], check=True,
-                             capture_output=True, text=True)  # fmt: skip
+        out = subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h", "--", *paths],
+                             check=True, capture_output=True, text=True)  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return None
     return out.stdout.strip()
@@ -380,7 +381,8 @@ def inputs_suite(mode: str, reps: int, args: argparse.Namespace, runner: Runner)
     report = {
         "suite": "inputs", "mode": mode, "reps": reps, "jobs": args.jobs, "cpus": os.cpu_count(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(), "variants": variants,
+        "commit": _git_commit(), "package_commit": _git_commit("dask_batchinfer"),
+        "variants": variants,
         "load_average_at_start": os.getloadavg(),
         "versions": _versions(variants),
     }  # fmt: skip
@@ -388,11 +390,15 @@ def inputs_suite(mode: str, reps: int, args: argparse.Namespace, runner: Runner)
     try:
         print("input layouts ...", flush=True)
         report["layouts"] = input_layouts(mode, reps, variants, runner)
+        with open(os.path.join(args.results, f"inputs-{mode}.partial.json"), "w") as f:
+            json.dump(report, f, indent=1, default=str)  # survives an interrupted run
         print("column projection ...", flush=True)
         report["projection"] = column_projection(mode, reps, runner)
     finally:
         runner.pool.shutdown(cancel_futures=True)
     report["load_average_at_end"] = os.getloadavg()
+    if args.note:
+        report["note"] = args.note
     from benchmarks.report import write_inputs_report
 
     write_inputs_report(report, args.results)
@@ -434,6 +440,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip", nargs="+", default=[], choices=("ray", "daft"),
                         help="peers to leave out of the inputs suite")  # fmt: skip
     parser.add_argument("--results", default=RESULTS)
+    parser.add_argument("--note", help="a note for the inputs suite's report")
     parser.add_argument(
         "--jobs",
         type=int,
