@@ -162,9 +162,14 @@ def inputs_markdown(report: dict) -> str:
     if diffs:
         same = all(v["same_ids"] for v in lay["correctness"].values())
         worst = max((d for d in diffs if d is not None), default=float("nan"))
+        off = [
+            k
+            for k, v in lay["correctness"].items()
+            if not v["same_ids"] or v["max_abs_diff"] > 1e-5
+        ]
         lines.append(
             f"- outputs at {int(hi):,} rows against the hand loop: same ids {same}, "
-            f"max abs diff {worst:.2g}"
+            f"max abs diff {worst:.2g}" + (f" (off: {', '.join(off)})" if off else "")
         )
     lines += [
         "",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -48,8 +49,14 @@ class MLP(torch.nn.Module):
         return self.net(x)[:, 0]
 
 
+#: The factories seed torch's global RNG: threads building models at once (Daft
+#: builds its class instances in threads) would otherwise get different weights.
+_SEEDED = threading.Lock()
+
+
 def make_mlp(hidden: int, seed: int = 0) -> MLP:
-    return MLP(hidden, seed).eval()
+    with _SEEDED:
+        return MLP(hidden, seed).eval()
 
 
 class SmallCNN(torch.nn.Module):
@@ -70,7 +77,8 @@ class SmallCNN(torch.nn.Module):
 
 
 def make_cnn(seed: int = 0) -> SmallCNN:
-    return SmallCNN(seed).eval()
+    with _SEEDED:
+        return SmallCNN(seed).eval()
 
 
 def images_tensor(frame: pd.DataFrame) -> torch.Tensor:
