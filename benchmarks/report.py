@@ -98,3 +98,102 @@ def write_report(report: dict, folder: str) -> None:
         f.write(markdown(report))
     chart(report, os.path.join(folder, f"{mode}.png"))
     print(markdown(report))
+
+
+_NAMES = {"ours": "dask-batchinfer", "l1rg": "hand loop (row groups)", "ray": "Ray Data",
+          "daft": "Daft"}  # fmt: skip
+
+
+def inputs_markdown(report: dict) -> str:
+    """The inputs suite (input layout and column projection) as Markdown."""
+    lay, proj = report["layouts"], report["projection"]
+    lo, hi = (str(n) for n in (lay["sizes"][0], lay["sizes"][-1]))
+    load = " / ".join(
+        f"{report[k][0]:.1f}"
+        for k in ("load_average_at_start", "load_average_at_end")
+        if k in report
+    )
+    lines = [
+        f"Inputs benchmark ({report['mode']} sizes, {report['reps']} interleaved repetitions, "
+        f"medians; {report['cpus']} CPUs; {report['date']}; checkout {report.get('commit')}, "
+        f"dask_batchinfer/ last changed in {report.get('package_commit')}; "
+        f"load average at start / end {load}). Versions: "
+        + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items())
+        + ".",
+        "",
+        f"W1-h256 (64 float32 columns + id, MLP hidden 256, batch 8192) on the same rows as "
+        f"{lay['files']} files (one row group each) or as one file of "
+        f"{lay['row_group_rows']:,}-row row groups. Cold seconds (process start to exit) and "
+        "peak PSS of the process tree (MB).",
+        "",
+        "| system | rows | many files s | one file s | one/many time | many files MB "
+        "| one file MB | one/many memory |",
+        "|" + "---|" * 8,
+    ]
+    for variant, by in lay["variants"].items():
+        for n in (lo, hi):
+            many, one = by["many_files"][n], by["one_file"][n]
+            lines.append(
+                f"| {_NAMES.get(variant, variant)} | {int(n):,} | {_f(many['cold_seconds'], 1)} "
+                f"| {_f(one['cold_seconds'], 1)} "
+                f"| {_f(one['cold_seconds'] / many['cold_seconds'], 2)} "
+                f"| {_f(many['peak_pss_mb'])} | {_f(one['peak_pss_mb'])} "
+                f"| {_f(one['peak_pss_mb'] / many['peak_pss_mb'], 2)} |"
+            )
+    r = lay["ratios"]
+    lines += ["", "dask-batchinfer against each peer on the one-file layout "
+              "(ours / peer: above 1, ours takes longer or uses more memory):", ""]  # fmt: skip
+    for peer in ("daft", "ray", "l1rg"):
+        key = f"ours_vs_{peer}_one_file"
+        if key in r:
+            lines.append(
+                f"- vs {_NAMES[peer]}: time "
+                + ", ".join(f"{_f(r[key][n]['time'], 2)}x at {int(n):,} rows" for n in (lo, hi))
+                + "; memory "
+                + ", ".join(f"{_f(r[key][n]['memory'], 2)}x at {int(n):,}" for n in (lo, hi))
+            )
+    if "ours_memory_hi_vs_lo" in r:
+        m = r["ours_memory_hi_vs_lo"]
+        lines.append(
+            f"- dask-batchinfer peak memory at {int(hi):,} / {int(lo):,} rows: "
+            f"{_f(m['many_files'], 2)}x on many files, {_f(m['one_file'], 2)}x on one file"
+        )
+    diffs = [v["max_abs_diff"] for v in lay.get("correctness", {}).values()]
+    if diffs:
+        same = all(v["same_ids"] for v in lay["correctness"].values())
+        worst = max((d for d in diffs if d is not None), default=float("nan"))
+        off = [
+            k
+            for k, v in lay["correctness"].items()
+            if not v["same_ids"] or v["max_abs_diff"] > 1e-5
+        ]
+        lines.append(
+            f"- outputs at {int(hi):,} rows against the hand loop: same ids {same}, "
+            f"max abs diff {worst:.2g}" + (f" (off: {', '.join(off)})" if off else "")
+        )
+    lines += [
+        "",
+        f"Column projection: dask-batchinfer on {proj['rows']:,} rows in {proj['files']} files, "
+        f"the model reading {proj['read_columns']} columns of a table of "
+        f"{proj['columns']['wide']} float32 columns versus one of {proj['columns']['narrow']}: "
+        f"{_f(proj['wide']['cold_seconds'], 1)} s versus "
+        f"{_f(proj['narrow']['cold_seconds'], 1)} s, "
+        f"time ratio {_f(proj['time_ratio'], 2)}x (target <= 1.2x); peak PSS "
+        f"{_f(proj['wide']['peak_pss_mb'])} MB versus {_f(proj['narrow']['peak_pss_mb'])} MB "
+        f"({_f(proj['memory_ratio'], 2)}x).",
+    ]
+    if report.get("jobs", 1) > 1:
+        lines += ["", f"{report['jobs']} variant processes at a time: not timings, a code check."]
+    if report.get("note"):
+        lines += ["", f"Note: {report['note']}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_inputs_report(report: dict, folder: str) -> None:
+    """``inputs.json`` and ``inputs.md`` (``inputs-smoke.*`` for smoke sizes) in ``folder``."""
+    name = "inputs" if report["mode"] == "default" else f"inputs-{report['mode']}"
+    with open(os.path.join(folder, f"{name}.json"), "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    with open(os.path.join(folder, f"{name}.md"), "w") as f:
+        f.write(inputs_markdown(report))
+    print(inputs_markdown(report))

@@ -4,6 +4,7 @@
     python -m benchmarks.run --smoke    # tiny sizes, one repetition: checks the code runs
     python -m benchmarks.run --full     # the sizes of the issue (hours on 2 cores)
     python -m benchmarks.run --smoke --jobs 2   # 2 variant processes at a time (code check only)
+    python -m benchmarks.run --suite inputs [--smoke]   # input layout and column projection
 
 Each variant runs in its own process (``benchmarks/variant.py``), timed from
 process start to committed output, with the process tree's PSS sampled every
@@ -227,6 +228,196 @@ def small_files(mode: str, reps: int, runner: Runner | None = None) -> dict:
             "slowdown": many_s / few_s}  # fmt: skip
 
 
+INPUT_SIZES = {"smoke": (4_000, 16_000), "default": (1_000_000, 4_000_000)}
+ROW_GROUP_ROWS = {"smoke": 1_000, "default": 65_536}
+INPUT_FILES = 16
+WIDE_FEATURES = 512
+PROJECTION_ROWS = {"smoke": 4_000, "default": 1_000_000}
+
+
+def prepare_layout(rows: int, *, files: int = 1, row_group_rows: int | None = None,
+                   n_features: int = 64) -> str:  # fmt: skip
+    from benchmarks.workloads import write_tabular_layout
+
+    name = f"layout-{rows}-{files}files-rg{row_group_rows or 0}-{n_features}cols"
+    folder = os.path.join(DATA, name)
+    if not os.path.exists(os.path.join(folder, "_READY")):
+        shutil.rmtree(folder, ignore_errors=True)
+        write_tabular_layout(folder, rows, files=files, row_group_rows=row_group_rows,
+                             n_features=n_features)  # fmt: skip
+        open(os.path.join(folder, "_READY"), "w").close()
+    return folder
+
+
+def _outputs(folder: str):
+    """A variant's output as a Series of model outputs indexed by id."""
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(folder, format="parquet").to_table()
+    frame = table.to_pandas()
+    value = [c for c in frame.columns if c != "id"][0]
+    return frame.set_index("id")[value].sort_index()
+
+
+def _medians(runs: list[dict]) -> dict:
+    return {
+        "cold_seconds": statistics.median(r["cold_seconds"] for r in runs),
+        "peak_pss_mb": statistics.median(r["peak_pss"] for r in runs) / 2**20,
+        "runs": [{"cold_seconds": r["cold_seconds"], "peak_pss_mb": r["peak_pss"] / 2**20,
+                  "rows": r["rows"]} for r in runs],
+    }  # fmt: skip
+
+
+def input_layouts(mode: str, reps: int, variants: list[str], runner: Runner) -> dict:
+    """W1-h256 on the same rows as 16 files and as one file of many row groups."""
+    sizes = INPUT_SIZES[mode]
+    row_group = ROW_GROUP_ROWS[mode]
+    layouts = {
+        (layout, n): prepare_layout(n, **({"files": INPUT_FILES} if layout == "many_files"
+                                          else {"row_group_rows": row_group}))
+        for n in sizes for layout in ("many_files", "one_file")
+    }  # fmt: skip
+    scratch = os.path.join(DATA, "out")
+    started: dict[tuple[str, str, int], list[Future]] = {}
+    for rep in range(reps):  # A B C D, then D C B A: every variant sees both halves of the run
+        order = variants if rep % 2 == 0 else variants[::-1]
+        for variant in order:
+            for (layout, n), folder in layouts.items():
+                label = f"inputs: W1-h256 {variant} {layout} rows={n} rep={rep + 1}"
+                out = os.path.join(scratch, f"inputs-{variant}-{layout}-{n}")
+                future = runner.start(label, variant, "W1-h256", folder, out)
+                started.setdefault((variant, layout, n), []).append(future)
+    runs = {key: [f.result() for f in fs] for key, fs in started.items()}
+    result: dict = {"workload": "W1-h256", "sizes": list(sizes), "files": INPUT_FILES,
+                    "row_group_rows": row_group, "variants": {}}  # fmt: skip
+    for (variant, layout, n), rs in runs.items():
+        if any(r["rows"] != n for r in rs):
+            raise RuntimeError(
+                f"{variant} on {layout} wrote {[r['rows'] for r in rs]} rows, not {n}"
+            )
+        by = result["variants"].setdefault(variant, {}).setdefault(layout, {})
+        by[str(n)] = _medians(rs)
+    # outputs of the last run at the largest size, against the row-group hand loop
+    hi = str(sizes[-1])
+    correct = {}
+    for layout in ("many_files", "one_file"):
+        reference = _outputs(os.path.join(scratch, f"inputs-l1rg-{layout}-{hi}"))
+        for variant in variants:
+            got = _outputs(os.path.join(scratch, f"inputs-{variant}-{layout}-{hi}"))
+            same = bool(got.index.equals(reference.index))
+            diff = float(np.max(np.abs(got.to_numpy() - reference.to_numpy()))) if same else None
+            correct[f"{variant}/{layout}"] = {"same_ids": same, "max_abs_diff": diff}
+    result["correctness"] = correct
+    result["ratios"] = _layout_ratios(result, sizes)
+    return result
+
+
+def _layout_ratios(result: dict, sizes: tuple[int, ...]) -> dict:
+    v = result["variants"]
+    lo, hi = str(sizes[0]), str(sizes[-1])
+    ratios: dict = {"one_vs_many_files": {}}
+    for variant, by in v.items():
+        ratios["one_vs_many_files"][variant] = {
+            n: {"time": by["one_file"][n]["cold_seconds"] / by["many_files"][n]["cold_seconds"],
+                "memory": by["one_file"][n]["peak_pss_mb"] / by["many_files"][n]["peak_pss_mb"]}
+            for n in (lo, hi)
+        }  # fmt: skip
+    if "ours" in v:
+        ours = v["ours"]["one_file"]
+        for peer in ("daft", "ray", "l1rg"):
+            if peer in v:  # above 1: ours takes longer (uses more memory) than the peer
+                ratios[f"ours_vs_{peer}_one_file"] = {
+                    n: {"time": ours[n]["cold_seconds"] / v[peer]["one_file"][n]["cold_seconds"],
+                        "memory": ours[n]["peak_pss_mb"] / v[peer]["one_file"][n]["peak_pss_mb"]}
+                    for n in (lo, hi)
+                }  # fmt: skip
+        ratios["ours_memory_hi_vs_lo"] = {
+            layout: v["ours"][layout][hi]["peak_pss_mb"] / v["ours"][layout][lo]["peak_pss_mb"]
+            for layout in ("many_files", "one_file")
+        }
+    return ratios
+
+
+def column_projection(mode: str, reps: int, runner: Runner) -> dict:
+    """dask-batchinfer on a 512-column table whose model reads 64 columns, versus 64 columns."""
+    rows = PROJECTION_ROWS[mode]
+    tables = {
+        "narrow": prepare_layout(rows, files=INPUT_FILES),
+        "wide": prepare_layout(rows, files=INPUT_FILES, n_features=WIDE_FEATURES),
+    }
+    scratch = os.path.join(DATA, "out")
+    started: dict[str, list[Future]] = {"narrow": [], "wide": []}
+    for rep in range(reps):
+        order = ("narrow", "wide") if rep % 2 == 0 else ("wide", "narrow")
+        for name in order:
+            label = f"projection: W1-h256 ours {name} rows={rows} rep={rep + 1}"
+            out = os.path.join(scratch, f"projection-{name}")
+            started[name].append(runner.start(label, "ours", "W1-h256", tables[name], out))
+    runs = {name: _medians([f.result() for f in fs]) for name, fs in started.items()}
+    return {
+        "rows": rows, "files": INPUT_FILES, "columns": {"narrow": 64, "wide": WIDE_FEATURES},
+        "read_columns": 64, **runs,
+        "time_ratio": runs["wide"]["cold_seconds"] / runs["narrow"]["cold_seconds"],
+        "memory_ratio": runs["wide"]["peak_pss_mb"] / runs["narrow"]["peak_pss_mb"],
+    }  # fmt: skip
+
+
+def _git_commit(*paths: str) -> str | None:
+    """The checkout's commit, or the last one that changed ``paths``."""
+    try:
+        out = subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h", "--", *paths],
+                             check=True, capture_output=True, text=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def inputs_suite(mode: str, reps: int, args: argparse.Namespace, runner: Runner) -> dict:
+    variants = ["ours", "l1rg"]
+    for peer in ("ray", "daft"):
+        skipped = peer in args.skip or (peer == "ray" and args.no_ray)
+        if importlib.util.find_spec(peer) is not None and not skipped:
+            variants.append(peer)
+    report = {
+        "suite": "inputs", "mode": mode, "reps": reps, "jobs": args.jobs, "cpus": os.cpu_count(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": _git_commit(), "package_commit": _git_commit("dask_batchinfer"),
+        "variants": variants,
+        "load_average_at_start": os.getloadavg(),
+        "versions": _versions(variants),
+    }  # fmt: skip
+    os.makedirs(args.results, exist_ok=True)
+    try:
+        print("input layouts ...", flush=True)
+        report["layouts"] = input_layouts(mode, reps, variants, runner)
+        with open(os.path.join(args.results, f"inputs-{mode}.partial.json"), "w") as f:
+            json.dump(report, f, indent=1, default=str)  # survives an interrupted run
+        print("column projection ...", flush=True)
+        report["projection"] = column_projection(mode, reps, runner)
+    finally:
+        runner.pool.shutdown(cancel_futures=True)
+    report["load_average_at_end"] = os.getloadavg()
+    if args.note:
+        report["note"] = args.note
+    from benchmarks.report import write_inputs_report
+
+    write_inputs_report(report, args.results)
+    return report
+
+
+def _versions(variants: list[str]) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = {"ours": "dask", "l1rg": "torch", "ray": "ray", "daft": "daft"}
+    found = {}
+    for name in ["pyarrow", *(names[v] for v in variants)]:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def torch_import_seconds() -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import torch"], check=True)
@@ -240,7 +431,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reps", type=int)
     parser.add_argument("--workloads", nargs="+", default=list(SIZES["default"]))
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument(
+        "--suite",
+        choices=("default", "inputs"),
+        default="default",
+        help="inputs: input layout (many files / one file) and column projection",
+    )
+    parser.add_argument("--skip", nargs="+", default=[], choices=("ray", "daft"),
+                        help="peers to leave out of the inputs suite")  # fmt: skip
     parser.add_argument("--results", default=RESULTS)
+    parser.add_argument("--note", help="a note for the inputs suite's report")
     parser.add_argument(
         "--jobs",
         type=int,
@@ -253,6 +453,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.jobs < 1 or (args.jobs > 1 and reps != 1):
         parser.error("--jobs: 1, or more with one repetition (--smoke or --reps 1)")
     runner = Runner(args.jobs)
+    if args.suite == "inputs":
+        return inputs_suite(mode, reps, args, runner)
     variants = ["ours", "l1"]
     has_ray = importlib.util.find_spec("ray") is not None
     if has_ray and not args.no_ray:

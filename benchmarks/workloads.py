@@ -5,6 +5,10 @@
 - W2 text: documents with log-normal lengths, embedded with all-MiniLM-L6-v2.
 - W3 images: 3x64x64 uint8 images stored in Parquet, a small CNN.
 
+The input-layout suite (``python -m benchmarks.run --suite inputs``) writes W1
+rows with :func:`write_tabular_layout`: the same rows as many files or as one
+file of many row groups, and with 64 or 512 feature columns.
+
 Every model is built by a module-level factory from a seed, so a worker, a
 baseline and the limit all build the same weights.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -44,8 +49,14 @@ class MLP(torch.nn.Module):
         return self.net(x)[:, 0]
 
 
+#: The factories seed torch's global RNG: threads building models at once (Daft
+#: builds its class instances in threads) would otherwise get different weights.
+_SEEDED = threading.Lock()
+
+
 def make_mlp(hidden: int, seed: int = 0) -> MLP:
-    return MLP(hidden, seed).eval()
+    with _SEEDED:
+        return MLP(hidden, seed).eval()
 
 
 class SmallCNN(torch.nn.Module):
@@ -66,7 +77,8 @@ class SmallCNN(torch.nn.Module):
 
 
 def make_cnn(seed: int = 0) -> SmallCNN:
-    return SmallCNN(seed).eval()
+    with _SEEDED:
+        return SmallCNN(seed).eval()
 
 
 def images_tensor(frame: pd.DataFrame) -> torch.Tensor:
@@ -110,6 +122,50 @@ def write_tabular(folder: str, rows: int, rows_per_file: int) -> None:
         columns = {"id": pa.array(np.arange(start, start + n, dtype=np.int64))}
         columns.update({name: pa.array(data[:, j]) for j, name in enumerate(FEATURES)})
         pq.write_table(pa.table(columns), os.path.join(folder, f"part-{i:05d}.parquet"))
+
+
+#: Rows per generated block of the layout benchmarks: row ``r`` always holds the
+#: same values, however the rows are split into files and row groups.
+BLOCK_ROWS = 65_536
+
+
+def _tabular_rows(start: int, n: int, n_features: int) -> pa.Table:
+    """Rows ``start .. start + n`` of the layout benchmarks' table (id + ``n_features``)."""
+    first, last = start // BLOCK_ROWS, (start + n - 1) // BLOCK_ROWS
+    blocks = [np.random.default_rng(5000 + b).standard_normal((BLOCK_ROWS, n_features),
+                                                              dtype=np.float32)
+              for b in range(first, last + 1)]  # fmt: skip
+    offset = start - first * BLOCK_ROWS
+    data = np.concatenate(blocks)[offset : offset + n]
+    columns = {"id": pa.array(np.arange(start, start + n, dtype=np.int64))}
+    columns.update({f"f{j}": pa.array(data[:, j]) for j in range(n_features)})
+    return pa.table(columns)
+
+
+def write_tabular_layout(folder: str, rows: int, *, files: int = 1,
+                         row_group_rows: int | None = None,
+                         n_features: int = N_FEATURES) -> None:  # fmt: skip
+    """The same rows as ``files`` files, or as one file of ``row_group_rows``-row row groups.
+
+    Every file of several holds one row group (pyarrow's default row group is
+    larger than a file here); one file is written a row group at a time, so a
+    4M-row file never sits whole in memory.
+    """
+    os.makedirs(folder, exist_ok=True)
+    if files == 1:
+        step = row_group_rows or rows
+        path = os.path.join(folder, "part-00000.parquet")
+        schema = _tabular_rows(0, 1, n_features).schema
+        with pq.ParquetWriter(path, schema) as writer:
+            for start in range(0, rows, step):
+                writer.write_table(_tabular_rows(start, min(step, rows - start), n_features),
+                                   row_group_size=step)  # fmt: skip
+        return
+    bounds = np.linspace(0, rows, files + 1).astype(int)
+    for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        table = _tabular_rows(int(start), int(end - start), n_features)
+        pq.write_table(table, os.path.join(folder, f"part-{i:05d}.parquet"),
+                       row_group_size=max(len(table), 1))  # fmt: skip
 
 
 _WORDS = (
