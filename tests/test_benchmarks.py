@@ -19,16 +19,17 @@ def test_benchmark_smoke(tmp_path, monkeypatch):
 
     monkeypatch.setattr(run, "DATA", str(tmp_path / "data"))
     # 2 variant processes at a time: half of each run's time is waiting (start-up)
-    report = run.main(["--smoke", "--no-ray", "--jobs", "2", "--workloads", "W1-h256", "W3-cnn",
+    # one workload keeps the suite's code working; `make bench-smoke` runs them all
+    report = run.main(["--smoke", "--no-ray", "--jobs", "2", "--workloads", "W1-h256",
                        "--results", str(tmp_path / "results")])  # fmt: skip
-    for name in ("W1-h256", "W3-cnn"):
+    for name in ("W1-h256",):
         w = report["workloads"][name]
         assert w["ours"]["model_loads"] >= 1
         assert w["correctness"]["same_ids"] and w["correctness"]["max_abs_diff"] <= 1e-5
         assert {"ours_vs_l0", "ours_vs_l1_steady", "memory_growth"} <= set(w["ratios"])
     assert report["small_files"]["files"] == 100
     saved = json.loads((tmp_path / "results" / "smoke.json").read_text())
-    assert set(saved["workloads"]) == {"W1-h256", "W3-cnn"}
+    assert set(saved["workloads"]) == {"W1-h256"}
     assert "| W1-h256 |" in (tmp_path / "results" / "smoke.md").read_text()
     assert (tmp_path / "results" / "smoke.png").stat().st_size > 1000
     assert sys.modules["benchmarks.workloads"]

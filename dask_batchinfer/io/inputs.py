@@ -193,7 +193,8 @@ def group_files(files: list[InputFile], target_bytes: int) -> list[list[InputFil
     run: list[InputFile] = []
     size = 0
     for f in files:
-        if run and (f.size >= target_bytes or size + f.size > 2 * target_bytes):
+        new_folder = run and posixpath.dirname(f.relpath) != posixpath.dirname(run[-1].relpath)
+        if run and (new_folder or f.size >= target_bytes or size + f.size > 2 * target_bytes):
             groups.append(run)
             run, size = [], 0
         run.append(f)
