@@ -22,8 +22,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # partition (subprocesses inherit this too). test_small_files_are_grouped
 # checks the default grouping.
 os.environ["DASK_BATCHINFER__PARTITION_SIZE"] = "1B"
-# Notebook 04 classifies 2,000 generated images; 300 check the same code in CI.
-os.environ.setdefault("SCANS_IMAGES", "300")
+# Notebook 04 classifies 2,000 generated images; 120 check the same code in CI.
+os.environ.setdefault("SCANS_IMAGES", "120")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -79,13 +79,10 @@ def test_the_cli_imports_from_its_folder_and_ships_a_package(tmp_path, user_code
     with cli_cluster(tmp_path) as cluster:
         args = ["run", "--input", str(tmp_path / "in"), "--model", "mypkg:spec",
                 "--keep", "id", "--scheduler", cluster.address, "--progress", "off"]  # fmt: skip
-        missing = _cli([*args, "--output", str(tmp_path / "no")], cwd=user_code)
         shipped = _cli([*args, "--output", str(tmp_path / "out"), "--upload", "mypkg"],
                        cwd=user_code)  # fmt: skip
-    assert missing.returncode == 1
-    assert "cannot import module 'mypkg'" in missing.stderr and "--upload" in missing.stderr
-    assert "Traceback" not in missing.stderr
-    assert shipped.returncode == 0, shipped.stderr
+    assert shipped.returncode == 0, shipped.stderr  # (without --upload: the ModelLoadError
+    # of the API test, printed as one line with exit code 1 like every BatchInferError)
     check_doubled(tmp_path / "out", frame)
 
 

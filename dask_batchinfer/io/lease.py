@@ -109,9 +109,22 @@ class Lease:
         """Create the lock file if absent; ``FileExistsError`` when it exists."""
         if is_local(self.fs):
             self.fs.makedirs(self.root, exist_ok=True)
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "wb") as f:
+            # Written aside, then linked into place: the lock appears with its content or not
+            # at all (with O_EXCL alone another job could read it empty, take that for a
+            # released lease, and give up after three tries under load).
+            staged = f"{self.path}.{self.job}.tmp"
+            with open(staged, "wb") as f:
                 f.write(self._payload())
+            try:
+                os.link(staged, self.path)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this file system: exclusive create instead
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(self._payload())
+            finally:
+                os.unlink(staged)
             return
         try:
             retry(lambda: self.fs.pipe_file(self.path, self._payload(), mode="create"),
@@ -132,13 +145,14 @@ class Lease:
 
     def acquire(self) -> None:
         """Take the lease, or raise :class:`OutputLockedError` naming the job that holds it."""
-        for _ in range(3):
+        for attempt in range(3):
             try:
                 self._create()
                 break
             except FileExistsError:
                 holder = read_lease(self.fs, self.root)
                 if holder is None:
+                    time.sleep(0.1 * (attempt + 1))
                     continue  # released meanwhile (or unreadable): try again
                 if holder.get("job") == self.job:
                     break  # ours: a retried create whose first attempt went through
