@@ -228,14 +228,21 @@ def shipped_code(client: Any, paths: list[str], job: str = "") -> Iterator[None]
     plugin = UploadCode(paths)
     responses = client.register_plugin(plugin) or {}
     with unregister(client, plugin.name):
-        failed = {w: r for w, r in responses.items() if r.get("status") != "OK"}
+        failed = _failures(responses)
         if failed:
-            worker, response = next(iter(failed.items()))
-            raise ModelLoadError(
-                f"could not ship {paths} to {len(failed)} worker(s), e.g. {worker}: "
-                f"{response.get('exception') or response}"
-            )
+            count, worker, error = failed
+            raise ModelLoadError(f"could not ship {paths} to {count} worker(s), e.g. {worker}: "
+                                 f"{error}")  # fmt: skip
         yield
+
+
+def _failures(responses: Mapping[str, Any]) -> tuple[int, str, str] | None:
+    """(how many workers failed, the first of them, its error) from ``register_plugin``."""
+    failed = {w: r for w, r in responses.items() if r.get("status") != "OK"}
+    if not failed:
+        return None
+    worker, response = next(iter(failed.items()))
+    return len(failed), worker, str(response.get("exception") or response)
 
 
 def _xor(data: bytes, pad: bytes) -> bytes:
@@ -287,11 +294,11 @@ def credentials(client: Any, name: str | None, secret: Mapping[str, Any]) -> Ite
         return
     responses = client.register_plugin(CredentialsPlugin(name, secret), name=name) or {}
     with unregister(client, name):
-        failed = {w: r for w, r in responses.items() if r.get("status") != "OK"}
+        failed = _failures(responses)
         if failed:
-            worker, response = next(iter(failed.items()))
+            count, worker, error = failed
             raise RuntimeError(
-                f"could not send the storage credentials to {len(failed)} worker(s), e.g. "
-                f"{worker}: {secrets.redact(str(response.get('exception') or response))}"
+                f"could not send the storage credentials to {count} worker(s), e.g. "
+                f"{worker}: {secrets.redact(error)}"
             )
         yield

@@ -23,15 +23,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dask_batchinfer import _config, secrets
+from dask_batchinfer import secrets
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.fs import absolute_url, is_local
 from dask_batchinfer.io.inputs import (
     READ_TIMES,
     InputFile,
     file_version,
-    group_files,
-    grouping_bytes,
+    group_by_config,
     reading,
 )
 from dask_batchinfer.io.layout import is_visible
@@ -213,7 +212,6 @@ def read_files_source(
         each partition.
     """
     import dask.dataframe as dd
-    from dask.utils import parse_bytes
 
     options = dict(storage_options or {})
     fs, target = fsspec.core.url_to_fs(url, **options)
@@ -221,9 +219,7 @@ def read_files_source(
     if fingerprint == "content":
         files = content_versions(fs, files)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    target = grouping_bytes(files, parse_bytes(_config.get("partition-size")),
-                            int(_config.get("min-partitions")))  # fmt: skip
-    groups = group_files(files, target)
+    groups = group_by_config(files)
     ddf = dd.from_map(
         read_binary_files,
         [[f.path for f in group] for group in groups],

@@ -18,6 +18,7 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
+from dask_batchinfer import _config
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.layout import is_visible
 from dask_batchinfer.io.retry import retry
@@ -32,6 +33,7 @@ __all__ = [
     "arrow_types",
     "file_version",
     "footer_digest",
+    "group_by_config",
     "group_files",
     "grouping_bytes",
     "list_parquet_files",
@@ -210,6 +212,16 @@ def group_files(files: list[InputFile], target_bytes: int) -> list[list[InputFil
 def _ends_group(f: InputFile, target_bytes: int) -> bool:
     digest = hashlib.sha1(f.relpath.encode(), usedforsecurity=False).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < f.size / max(1, target_bytes)
+
+
+def group_by_config(files: list[InputFile]) -> list[list[InputFile]]:
+    """``files`` grouped to ``batchinfer.partition-size`` (file bytes), keeping about
+    ``batchinfer.min-partitions`` partitions: what every whole-file reader does."""
+    from dask.utils import parse_bytes
+
+    target = grouping_bytes(files, parse_bytes(_config.get("partition-size")),
+                            int(_config.get("min-partitions")))  # fmt: skip
+    return group_files(files, target)
 
 
 def grouping_bytes(files: list[InputFile], target_bytes: int, min_partitions: int) -> int:

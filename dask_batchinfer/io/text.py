@@ -32,15 +32,14 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
-from dask_batchinfer import _config, secrets
+from dask_batchinfer import secrets
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.files import content_versions, list_files
 from dask_batchinfer.io.inputs import (
     READ_TIMES,
     TEXT_FORMATS,
     arrow_types,
-    group_files,
-    grouping_bytes,
+    group_by_config,
     reading,
     split_compression,
 )
@@ -204,7 +203,6 @@ def read_text_source(
         ``url``, or the first file cannot be parsed.
     """
     import dask.dataframe as dd
-    from dask.utils import parse_bytes
 
     if format not in TEXT_FORMATS:
         raise InputError(f"format={format!r}: expected one of {TEXT_FORMATS}")
@@ -217,9 +215,7 @@ def read_text_source(
     names = schema.names if columns is None else [c for c in columns if c in schema.names]
     schema = pa.schema([schema.field(n) for n in names])
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    target = grouping_bytes(files, parse_bytes(_config.get("partition-size")),
-                            int(_config.get("min-partitions")))  # fmt: skip
-    groups = group_files(files, target)
+    groups = group_by_config(files)
     ddf = dd.from_map(
         read_text_files,
         [[f.path for f in group] for group in groups],
