@@ -90,6 +90,27 @@ def test_a_bad_csv_line_is_named_by_file_and_line(client, tmp_path):
                     format="csv", on_error="raise", client=client, **RUN)  # fmt: skip
 
 
+def test_quarantine_sets_bad_csv_lines_aside_and_counts_them(client, tmp_path, expected_scores):
+    frame = _write(tmp_path / "in", files=2)
+    path = tmp_path / "in" / "in-001.csv"
+    lines = path.read_text().splitlines()
+    lines.insert(11, "bad,row")  # line 12 of the file: too few fields
+    lines.append("100,1,2,3,4,5,6,7,8,9")  # line 53: one too many
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    result = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), format="csv",
+                         on_error="quarantine", client=client, **RUN)  # fmt: skip
+    assert (result.rows_in, result.rows_out, result.rows_quarantined) == (102, 100, 2)
+    _check_scores(out, frame, expected_scores)  # every good row, once
+    bad = pd.read_parquet(out / "_errors").sort_values("error")
+    assert bad["row"].tolist() == [-1, -1] and set(bad["error_type"]) == {"UnparsedLine"}
+    assert bad["error"].str.contains("in-001.csv' line 12: expected 9 fields, got 2").any()
+    assert bad["error"].str.contains("in-001.csv' line 53: expected 9 fields, got 10").any()
+    again = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), format="csv",
+                        on_error="quarantine", client=client, **RUN)  # fmt: skip
+    assert again.partitions_run == 0 and again.rows_quarantined == 2
+
+
 def test_a_value_that_does_not_fit_names_file_and_column(tmp_path):
     _write(tmp_path / "in", files=2)
     text = (tmp_path / "in" / "in-001.csv").read_text().splitlines()

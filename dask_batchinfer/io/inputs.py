@@ -26,6 +26,7 @@ from dask_batchinfer.io.retry import retry
 __all__ = [
     "COMPRESSIONS",
     "FINGERPRINTS",
+    "BAD_LINES",
     "READ_TIMES",
     "TEXT_EXTENSIONS",
     "TEXT_FORMATS",
@@ -47,6 +48,10 @@ __all__ = [
 #: ``DataFrame.attrs`` key of a read partition: (start, end, worker) of its read
 #: (epoch seconds, the worker's address or None).
 READ_TIMES = "dask_batchinfer_read"
+
+#: ``DataFrame.attrs`` key of a read partition: the input lines the reader set
+#: aside (``on_error="quarantine"``), each ``(file, line, message)``.
+BAD_LINES = "dask_batchinfer_bad_lines"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -206,6 +206,7 @@ def open_source(
     columns: Sequence[str] | None = None,
     filters: Any = None,
     format: str | None = None,
+    on_error: str = "raise",
 ) -> tuple[Any, list[list[InputFile]] | None]:
     """The job's input as a Dask DataFrame, and the files behind each partition (or None).
 
@@ -215,6 +216,8 @@ def open_source(
     ``"jsonl"``, or by their names: see :mod:`~dask_batchinfer.io.text`), of
     which only ``columns`` are read; or files read as rows (``format="files"``,
     or a glob or file of another kind: see :func:`input_format`).
+    ``on_error="quarantine"`` sets aside CSV lines that do not parse (see
+    :func:`~dask_batchinfer.io.text.read_text_files`).
     """
     import dask.dataframe as dd
 
@@ -238,7 +241,7 @@ def open_source(
         if kind in TEXT_FORMATS:
             return read_text_source(url, storage_options, task_options=task_options,
                                     fingerprint=fingerprint, format=kind,
-                                    columns=columns)  # fmt: skip
+                                    columns=columns, on_error=on_error)  # fmt: skip
         return read_parquet_files(url, storage_options, task_options=task_options,
                                   fingerprint=fingerprint, columns=columns,
                                   filters=filters)  # fmt: skip

@@ -36,6 +36,7 @@ from dask_batchinfer import secrets
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.files import content_versions, list_files
 from dask_batchinfer.io.inputs import (
+    BAD_LINES,
     READ_TIMES,
     TEXT_FORMATS,
     arrow_types,
@@ -57,8 +58,12 @@ def _open(fs: fsspec.AbstractFileSystem, path: str) -> pa.NativeFile:
 
 
 def _read_table(stream: pa.NativeFile, format: str, schema: pa.Schema | None,
-                columns: list[str] | None, bad_rows: list[Any]) -> pa.Table:  # fmt: skip
-    """One file's table, its columns typed (and chosen) by ``schema`` when given."""
+                columns: list[str] | None, bad_rows: list[Any],
+                skip_bad: bool = False) -> pa.Table:  # fmt: skip
+    """One file's table, its columns typed (and chosen) by ``schema`` when given.
+
+    A CSV row with the wrong number of fields is appended to ``bad_rows``, and
+    skipped when ``skip_bad`` (else it fails the read)."""
     if format == "jsonl":
         parse = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
         table = pjson.read_json(stream, parse_options=parse)
@@ -66,7 +71,7 @@ def _read_table(stream: pa.NativeFile, format: str, schema: pa.Schema | None,
 
     def invalid(row: Any) -> str:
         bad_rows.append(row)
-        return "error"
+        return "skip" if skip_bad else "error"
 
     convert = pcsv.ConvertOptions(
         column_types=None if schema is None else {f.name: f.type for f in schema},
@@ -82,17 +87,26 @@ def _read_table(stream: pa.NativeFile, format: str, schema: pa.Schema | None,
     )
 
 
+BadLines = list[tuple[str, int | None, str]]  # (file, line, message) of lines set aside
+
+
 def _read_file(fs: fsspec.AbstractFileSystem, path: str, format: str, schema: pa.Schema | None,
-               columns: list[str] | None) -> pa.Table:  # fmt: skip
+               columns: list[str] | None,
+               bad_lines: BadLines | None = None) -> pa.Table:  # fmt: skip
+    """One file's table; with ``bad_lines``, CSV rows that do not parse are skipped
+    and appended to it as ``(path, line, message)``."""
     bad_rows: list[Any] = []
 
     def read() -> pa.Table:
         bad_rows.clear()
         with _open(fs, path) as stream:
-            return _read_table(stream, format, schema, columns, bad_rows)
+            return _read_table(stream, format, schema, columns, bad_rows, bad_lines is not None)
 
     try:
-        return retry(read, what=f"reading {path}")
+        table = retry(read, what=f"reading {path}")
+        if bad_lines is not None:
+            bad_lines.extend((path, row.number, _bad_row_text(row)) for row in bad_rows)
+        return table
     except pa.ArrowInvalid as err:
         names = _header(fs, path, format) if _COLUMN_NUMBER.search(str(err)) else None
         raise _parse_error(err, path, bad_rows, names) from err
@@ -114,24 +128,31 @@ def _parse_error(err: Exception, path: str, bad_rows: list[Any],
     if bad_rows:
         row = bad_rows[-1]
         line = f" line {row.number}" if row.number is not None else ""
-        message = (f"{path!r}{line}: expected {row.expected_columns} fields, got "
-                   f"{row.actual_columns}: {row.text[:200]!r}")  # fmt: skip
-        return InputError(f"cannot read CSV input {message}")
+        return InputError(f"cannot read CSV input {path!r}{line}: {_bad_row_text(row)} "
+                          f"(on_error='quarantine' sets such lines aside)")  # fmt: skip
     number = _COLUMN_NUMBER.search(message)
     if number and names is not None and int(number.group(1)) < len(names):
         message = f"column {names[int(number.group(1))]!r}: {message}"
     return InputError(f"cannot read input file {path!r}: {message}")
 
 
+def _bad_row_text(row: Any) -> str:
+    """What is wrong with a CSV row Arrow could not split into the header's fields."""
+    return f"expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:200]!r}"
+
+
 def read_text_files(
     paths: list[str], *, protocol: str, storage_options: Mapping[str, Any], format: str,
-    schema: pa.Schema, columns: list[str] | None = None,
+    schema: pa.Schema, columns: list[str] | None = None, on_error: str = "raise",
 ) -> pd.DataFrame:  # fmt: skip
     """Read CSV, TSV or JSON Lines files (compressed or not) into one frame, in order.
 
     Every file is read with ``schema``'s column types; ``columns`` are the
     only columns read (None: ``schema``'s). ``attrs[READ_TIMES]`` holds the
-    read's start, end and worker.
+    read's start, end and worker. With ``on_error="quarantine"`` a CSV line
+    with the wrong number of fields is left out and listed in
+    ``attrs[BAD_LINES]`` as ``(file, line, message)``, for the job to
+    quarantine; otherwise it fails the read.
 
     Raises
     ------
@@ -144,12 +165,15 @@ def read_text_files(
     started = time.time()
     fs = fsspec.filesystem(protocol, **secrets.resolve(storage_options))
     tables = []
+    bad_lines: BadLines | None = [] if on_error == "quarantine" else None
     for path in paths:
         with reading(path):
-            tables.append(_read_file(fs, path, format, schema, columns))
+            tables.append(_read_file(fs, path, format, schema, columns, bad_lines))
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     frame = table.to_pandas(types_mapper=arrow_types)
     frame.attrs[READ_TIMES] = (started, time.time(), worker_address())  # for the job's timeline
+    if bad_lines:
+        frame.attrs[BAD_LINES] = bad_lines
     return frame
 
 
@@ -178,6 +202,7 @@ def read_text_source(
     fingerprint: str = "metadata",
     format: str,
     columns: Sequence[str] | None = None,
+    on_error: str = "raise",
 ):
     """A Dask DataFrame of the CSV, TSV or JSON Lines files under ``url`` (a folder, a
     glob or one file), one partition per file or group of small files.
@@ -189,7 +214,9 @@ def read_text_source(
     module's docstring); ``columns`` are the only columns read (None: all);
     ``task_options`` replace ``storage_options`` inside the tasks;
     ``fingerprint="content"`` identifies files by the SHA-256 of their bytes
-    (read once, on the client) instead of their ETag or modification time.
+    (read once, on the client) instead of their ETag or modification time;
+    ``on_error="quarantine"`` leaves out CSV lines that do not parse and lists
+    them in each partition's ``attrs[BAD_LINES]`` (see :func:`read_text_files`).
 
     Returns
     -------
@@ -226,6 +253,7 @@ def read_text_source(
         format=format,
         schema=schema,
         columns=None if columns is None else names,
+        on_error=on_error,
         enforce_metadata=False,
     )
     return ddf, groups

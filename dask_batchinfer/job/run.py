@@ -229,7 +229,7 @@ def run_job(
                         columns=options.columns, preprocess=preprocess)  # fmt: skip
     ddf, groups = open_source(source, options.storage_options, options.task_options,
                               options.fingerprint, columns=read, filters=options.filters,
-                              format=options.format)  # fmt: skip
+                              format=options.format, on_error=options.on_error)  # fmt: skip
     check_read(options.columns, ddf._meta, f"the input {source!r}" if groups else "the input")
     shape = job_columns(ddf._meta, model, keep=options.keep, partition_on=options.partition_on,
                           preprocess=preprocess)  # fmt: skip

@@ -8,7 +8,7 @@ the bad rows with their errors (:func:`bad_frame`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -139,6 +139,20 @@ def bad_frame(
         error_type=pd.Series([type(e).__name__ for _, e in bad], index=index, dtype="str"),
         error=pd.Series([str(e)[:2000] for _, e in bad], index=index, dtype="str"),
     )
+
+
+def unparsed_lines(kept: pd.DataFrame,
+                   lines: Sequence[tuple[str, int | None, str]]) -> pd.DataFrame:  # fmt: skip
+    """Quarantine rows for input lines the reader could not parse: ``keep`` columns
+    empty, ``row`` -1 (not a row of the partition), the file and line in ``error``."""
+    n = len(lines)
+    index = pd.RangeIndex(n)
+    return kept.iloc[:0].reindex(index).assign(
+        row=pd.Series(-1, index=index, dtype="int64"),
+        error_type=pd.Series("UnparsedLine", index=index, dtype="str"),
+        error=pd.Series([f"{path!r} line {line}: {message}" for path, line, message in lines],
+                        index=index, dtype="str"),
+    )  # fmt: skip
 
 
 def good_positions(good: list[tuple[int, pd.DataFrame]]) -> np.ndarray:

@@ -28,6 +28,7 @@ from dask_batchinfer import cache, secrets
 from dask_batchinfer.errors import ClusterError
 from dask_batchinfer.io.commit import Marker, Partition, write_marker
 from dask_batchinfer.io.fs import is_local, url_to_fs
+from dask_batchinfer.io.inputs import BAD_LINES
 from dask_batchinfer.io.parquet import encode, write_errors, write_partition
 from dask_batchinfer.io.read import READ_TIMES
 from dask_batchinfer.io.retry import RetryStats
@@ -36,7 +37,7 @@ from dask_batchinfer.packed import Packed, unpack
 from dask_batchinfer.pipeline.batching import BatchStats
 from dask_batchinfer.pipeline.infer import infer_features
 from dask_batchinfer.pipeline.preprocess import Prepared, preprocess_partition
-from dask_batchinfer.pipeline.rows import Preprocess
+from dask_batchinfer.pipeline.rows import Preprocess, unparsed_lines
 from dask_batchinfer.worker import worker_address
 
 __all__ = [
@@ -124,7 +125,8 @@ def read_stage(
     frame: pd.DataFrame, partition: Partition, settings: StageSettings
 ) -> PartitionStats:
     """Start a partition's statistics with its read (done by the input's own task)."""
-    stats = PartitionStats(partition.number, partition.slug, len(frame), worker_address())
+    rows_in = len(frame) + len(frame.attrs.get(BAD_LINES, ()))  # lines set aside count as rows in
+    stats = PartitionStats(partition.number, partition.slug, rows_in, worker_address())
     read = frame.attrs.get(READ_TIMES)
     if read:
         stats.read_seconds = read[1] - read[0]
@@ -139,6 +141,9 @@ def preprocess_stage(frame: pd.DataFrame, partition: Partition, settings: StageS
     prepared = preprocess_partition(frame, preprocess=settings.preprocess, keep=settings.keep,
                                     number=partition.number, source=partition.source,
                                     on_error=settings.on_error)  # fmt: skip
+    lines = frame.attrs.get(BAD_LINES)
+    if lines:  # the reader's, with quarantine: beside the rows preprocess set aside
+        prepared.bad = pd.concat([prepared.bad, unparsed_lines(prepared.kept, lines)])
     _record(stats, "preprocess", start, rows=len(frame))
     stats.preprocess_seconds = time.time() - start
     return prepared
