@@ -50,7 +50,9 @@ def _run(args: argparse.Namespace) -> int:
             from dask_batchinfer.plan import plan
 
             planned = plan(args.input, model, preprocess=preprocess, keep=args.keep or None,
-                           client=client, storage_options=args.storage_options)  # fmt: skip
+                           client=client, storage_options=args.storage_options,
+                           columns=args.columns, filters=args.filters,
+                           format=args.format)  # fmt: skip
             print(json.dumps(planned.summary(), indent=1) if args.json else planned)
             return EXIT_OK
         result = run_job(

@@ -20,7 +20,7 @@ from dask_batchinfer.io.fs import absolute_url
 from dask_batchinfer.io.read import FINGERPRINTS, FORMATS
 from dask_batchinfer.progress import resolve_mode
 
-__all__ = ["MODES", "ON_ERROR", "JobOptions", "check_not_nested"]
+__all__ = ["MODES", "ON_ERROR", "JobOptions", "ReadOptions", "check_not_nested"]
 
 #: ``run_job(mode=...)``: what to do with an output folder that holds data.
 MODES = ("resume", "overwrite", "error")
@@ -127,6 +127,23 @@ class JobOptions:
         """Whether a fraction limit is exceeded, checked at the end of the job."""
         limit = self.max_bad_rows
         return isinstance(limit, float) and rows_in > 0 and rows_quarantined / rows_in > limit
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+    """What ``plan()`` reads, checked as :meth:`JobOptions.build` checks them."""
+
+    keep: tuple[str, ...] | None
+    columns: tuple[str, ...] | None
+    filters: Any
+    format: str | None
+
+    @classmethod
+    def build(cls, *, keep: Sequence[str] | str | None = None,
+              columns: Sequence[str] | str | None = None, filters: Any = None,
+              format: str | None = None) -> ReadOptions:  # fmt: skip
+        _check_choices(format=format)
+        return cls(_names("keep", keep), _names("columns", columns), _filters(filters), format)
 
 
 def _output(output: Any) -> str:

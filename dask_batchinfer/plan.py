@@ -31,12 +31,13 @@ from dask_batchinfer.io.read import InputFile, open_source
 from dask_batchinfer.job.executor import submit_read
 from dask_batchinfer.job.planner import partitions_of
 from dask_batchinfer.model.spec import ModelSpec
+from dask_batchinfer.options import ReadOptions
 from dask_batchinfer.packed import Packed
 from dask_batchinfer.pipeline.rows import Preprocess
 from dask_batchinfer.pipeline.stages import StageSettings, measure_task
 from dask_batchinfer.plugins import warm_up
 from dask_batchinfer.projection import Plan
-from dask_batchinfer.schema import check_spec, job_columns
+from dask_batchinfer.schema import check_read, check_spec, job_columns, read_columns
 
 __all__ = ["Plan", "plan"]
 
@@ -85,13 +86,17 @@ def plan(
     sample_partitions: int | None = None,
     batch_sizes: Sequence[int] | None = None,
     storage_options: dict[str, Any] | None = None,
+    columns: Sequence[str] | None = None,
+    filters: Any = None,
+    format: str | None = None,
 ) -> Plan:
     """Measure a sample of the input on the cluster and project the full job.
 
     Parameters
     ----------
-    source, model, preprocess, keep, client, storage_options
-        As for :func:`~dask_batchinfer.run_job`.
+    source, model, preprocess, keep, client, storage_options, columns, filters, format
+        As for :func:`~dask_batchinfer.run_job`: the plan reads what the job
+        would (the same columns, only the rows ``filters`` keep).
     sample_partitions : int, optional
         Partitions to measure, spread over the input (default: two per
         thread that runs partitions, at least 3, at most all of them). More
@@ -120,10 +125,14 @@ def plan(
             "plan() takes no credentials in storage_options; let the workers find them "
             "(environment, AWS profiles) or use run_job"
         )
-    ddf, groups = open_source(source, options, public)
-    columns = job_columns(ddf._meta, model, keep=keep, preprocess=preprocess)
-    settings = StageSettings(model=model, preprocess=preprocess, keep=columns.keep,
-                             schema=columns.schema)  # fmt: skip
+    job = ReadOptions.build(keep=keep, columns=columns, filters=filters, format=format)
+    read = read_columns(model, keep=job.keep, columns=job.columns, preprocess=preprocess)
+    ddf, groups = open_source(source, options, public, columns=read, filters=job.filters,
+                              format=job.format)  # fmt: skip
+    check_read(job.columns, ddf._meta, f"the input {source!r}" if groups else "the input")
+    shape = job_columns(ddf._meta, model, keep=job.keep, preprocess=preprocess)
+    settings = StageSettings(model=model, preprocess=preprocess, keep=shape.keep,
+                             schema=shape.schema)  # fmt: skip
     sizes = _batch_sizes(model, batch_sizes)
     if sample_partitions is not None and sample_partitions < 1:
         raise InputError(f"sample_partitions={sample_partitions!r}: expected a positive integer")

@@ -173,12 +173,14 @@ def test_status_of_complete_partial_failed_and_missing_outputs(cluster, tmp_path
 
 
 def test_dry_run_prints_a_plan_and_writes_nothing(cluster, tmp_path, write_inputs):
-    write_inputs(tmp_path / "in", make_features(300, seed=14), 3)
+    write_inputs(tmp_path / "in" / "day=a", make_features(100, seed=13), 1)
+    write_inputs(tmp_path / "in" / "day=b", make_features(300, seed=14), 3)
     done = _cli("run", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                 "--model", "dask_batchinfer.testing:tiny_model", "--scheduler",
-                cluster.scheduler_address, "--dry-run", "--json")  # fmt: skip
+                cluster.scheduler_address, "--dry-run", "--json", "--keep", "id", "day",
+                "--filters", '[["day", "==", "b"]]')  # fmt: skip
     assert done.returncode == 0, done.stderr
     planned = json.loads(done.stdout)
-    assert planned["partitions"] == 3 and planned["rows"] == 300
+    assert planned["partitions"] == 3 and planned["rows"] == 300  # the job's window only
     assert str(planned["recommended_batch_size"]) in planned["batch_sizes"]
     assert not (tmp_path / "out").exists()

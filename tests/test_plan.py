@@ -101,6 +101,10 @@ def test_plan_renders_and_validates(client, tmp_path, write_inputs):
     assert json.loads(json.dumps(planned.summary(), default=str))["partitions"] == 1
     with pytest.raises(dbi.InputError, match="batch_sizes"):
         dbi.plan(str(tmp_path / "in"), tiny_model(), client=client, batch_sizes=[0])
+    with pytest.raises(dbi.InputError, match=r"columns=\['nope'\]: .* no column\(s\) \['nope'\]"):
+        dbi.plan(str(tmp_path / "in"), tiny_model(), client=client, columns=["nope"])
+    with pytest.raises(dbi.InputError, match="format='xml'"):
+        dbi.plan(str(tmp_path / "in"), tiny_model(), client=client, format="xml")
     with pytest.raises(dbi.InputError, match="credentials"):
         dbi.plan(str(tmp_path / "in"), tiny_model(), client=client,
                  storage_options={"secret": "x"})  # fmt: skip
