@@ -33,3 +33,39 @@ def test_benchmark_smoke(tmp_path, monkeypatch):
     assert "| W1-h256 |" in (tmp_path / "results" / "smoke.md").read_text()
     assert (tmp_path / "results" / "smoke.png").stat().st_size > 1000
     assert sys.modules["benchmarks.workloads"]
+
+
+def test_image_suite_variants_agree_and_report(client, tmp_path, monkeypatch):
+    """The image suite's code (``benchmarks/images.py``) in this process: the same PNGs through
+    dask-batchinfer (on the session's cluster) and the hand loop give the same probabilities,
+    and the report names both with their ratios."""
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks import images
+
+    images.write_pngs(str(tmp_path / "png"), 60)
+    got = {}
+    for variant in ("ours", "hand"):
+        out = str(tmp_path / f"png-{variant}-60")
+        assert images.VARIANTS[variant](str(tmp_path / "png"), out)["rows"] == 60
+        got[variant] = images._outputs(out)
+    assert got["ours"].shape == (60, 10)
+    assert abs(got["ours"] - got["hand"]).max() < 1e-5
+    run = {"cold_seconds": 2.0, "peak_pss": 2**30, "rows": 60}
+    started = {(v, n): [_Done(dict(run, rows=n))] for v in ("ours", "hand") for n in (30, 60)}
+    monkeypatch.setattr(images, "SIZES", {"smoke": (30, 60)})
+    args = images.argparse.Namespace(mode="smoke")
+    report = images._report(args, 1, ["ours", "hand"], started, str(tmp_path))
+    assert report["max_abs_diff_vs_hand"]["ours"] < 1e-5
+    images._write(report, str(tmp_path / "results"))
+    text = (tmp_path / "results" / "images-smoke.md").read_text()
+    assert "| dask-batchinfer |" in text and "dask-batchinfer / hand loop" in text
+
+
+class _Done:
+    """A finished run, as the suite's runner returns it."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
