@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     progress: str | bool = False if args.quiet else args.progress
     with contextlib.ExitStack() as stack:
         client: Any = args.scheduler
-        if client is None:
+        if client is None and args.cluster != "auto":  # auto: the job's engine (engine.py)
             client = stack.enter_context(_start_cluster(args))
         if args.dry_run:
             from dask_batchinfer.plan import plan

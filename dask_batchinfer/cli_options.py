@@ -230,9 +230,11 @@ def _cluster_arguments(group: Any) -> None:
         "--cluster",
         choices=CLUSTER_KINDS,
         default="auto",
-        help="shape of the local cluster started without --scheduler: auto (GPUs when "
-        "dask-cuda sees some, else CPU), cpu, gpu (dask-cuda, one worker per GPU), or mixed "
-        "(a CPU pool that reads and preprocesses, a model pool that infers and writes)",
+        help="shape of the local cluster started without --scheduler: auto (the engine "
+        "batchinfer.engine chooses: threads in this process for inputs up to "
+        "batchinfer.threads-engine-bytes without GPUs, else worker processes, on GPUs when "
+        "dask-cuda sees some), cpu, gpu (dask-cuda, one worker per GPU), or mixed (a CPU pool "
+        "that reads and preprocesses, a model pool that infers and writes)",
     )
     group.add_argument(
         "--cpu-workers",
