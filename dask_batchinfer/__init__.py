@@ -15,6 +15,7 @@ from __future__ import annotations
 from dask_batchinfer import _config  # noqa: F401  (registers the batchinfer.* defaults)
 from dask_batchinfer.cache import model_stats
 from dask_batchinfer.cluster import local_cluster
+from dask_batchinfer.engine import shutdown
 from dask_batchinfer.errors import (
     BadRowsError,
     BatchInferError,
@@ -73,4 +74,5 @@ __all__ = [
     "read_output",
     "run_job",
     "sentence_encoder",
+    "shutdown",
 ]

@@ -17,11 +17,10 @@ Every cluster listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from dask_batchinfer import _config
@@ -31,7 +30,6 @@ __all__ = [
     "check_cluster",
     "KINDS",
     "Pools",
-    "connect",
     "detect_pools",
     "gpu_count",
     "local_cluster",
@@ -286,39 +284,6 @@ def model_workers(client: Any, pools: Pools) -> list[str]:
     """Addresses of the workers that run the model: the model pool, or every worker."""
     infos = client.scheduler_info(n_workers=-1)["workers"]
     return [a for a, w in infos.items() if not pools.mixed or pools.model in w.get("resources", {})]
-
-
-@contextlib.contextmanager
-def connect(client: Any = None) -> Iterator[Any]:
-    """Yield a ``distributed.Client`` for a job.
-
-    ``client`` may be a ``Client``, a scheduler address (``"tcp://host:8786"``),
-    or ``None``: then the current default client is used if there is one, and
-    otherwise a :func:`local_cluster` is started and closed afterwards.
-    """
-    from distributed import Client, default_client
-
-    if isinstance(client, Client):
-        yield client
-        return
-    if isinstance(client, str):
-        with Client(client) as connected:
-            yield connected
-        return
-    if client is not None:
-        raise InputError(
-            f"client must be a distributed.Client, a scheduler address or None, got {client!r}"
-        )
-    try:
-        existing = default_client()
-    except ValueError:
-        existing = None
-    if existing is not None:
-        yield existing
-        return
-    with local_cluster() as cluster, Client(cluster) as started:
-        logger.info("started %s; dashboard at %s", cluster, started.dashboard_link)
-        yield started
 
 
 def check_cluster(client: Any, no_workers_timeout: float | None) -> None:

@@ -25,8 +25,10 @@ from typing import Any
 
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.cache import model_stats
-from dask_batchinfer.cluster import Pools, connect, detect_pools, model_workers
+from dask_batchinfer.cluster import Pools, detect_pools, model_workers
+from dask_batchinfer.engine import choose_engine, connect
 from dask_batchinfer.errors import InputError
+from dask_batchinfer.io.inputs import input_bytes
 from dask_batchinfer.io.read import InputFile, open_source
 from dask_batchinfer.job.executor import submit_read
 from dask_batchinfer.job.planner import partitions_of
@@ -137,7 +139,7 @@ def plan(
     if sample_partitions is not None and sample_partitions < 1:
         raise InputError(f"sample_partitions={sample_partitions!r}: expected a positive integer")
     start = time.perf_counter()
-    with connect(client) as c:
+    with connect(client, choose_engine(input_bytes(groups))) as c:
         cluster_seconds = time.perf_counter() - start
         pools = detect_pools(c, None)
         sample = _Sample(c, pools, ddf, groups, settings, sizes)

@@ -85,6 +85,12 @@ class JobResult:
     tokens, padded_tokens, padded_tokens_unsorted : int
         With token-budget batching: real tokens, tokens as batched (with
         padding), and as batched in input order without sorting.
+    phases : dict of str to float
+        Seconds from the call to the end of each phase of the job, in order:
+        ``input listed``, ``output state read``, ``cluster``, ``workers ready``,
+        ``checked``, ``model loaded``, ``first read started``, ``first commit``,
+        ``last commit``, ``cluster released``, ``manifest``, ``garbage
+        collected``, ``report saved`` (those the run went through).
     """
 
     output: str
@@ -124,6 +130,7 @@ class JobResult:
     preprocess_seconds: float = 0.0
     dashboard_link: str = ""
     timeline: list[dict[str, Any]] = dataclasses.field(default_factory=list, repr=False)
+    phases: dict[str, float] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def padding_fraction(self) -> float | None:

@@ -69,3 +69,21 @@ class _Done:
 
     def result(self):
         return self.value
+
+
+@pytest.mark.slow
+def test_startup_profile_lists_every_phase_in_order(tmp_path, monkeypatch, capsys):
+    """``benchmarks/profile_startup.py``: a cold job in its own process, phase by phase."""
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks import profile_startup, run
+
+    monkeypatch.setattr(run, "DATA", str(tmp_path / "data"))
+    summary = profile_startup.main(["--rows", "4000", "--files", "2", "--reps", "1", "--no-loop",
+                                    "--second-job"])  # fmt: skip
+    phases = list(summary["phases"])
+    order = ["dask_batchinfer imported", "run_job: cluster", "run_job: model loaded",
+             "run_job: first commit", "run_job: report saved", "run_job returned",
+             "process exited"]  # fmt: skip
+    assert [p for p in phases if p in order] == order
+    assert "second job: model loaded (from its call)" in phases
+    assert "run_job: last commit" in capsys.readouterr().out

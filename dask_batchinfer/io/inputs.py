@@ -28,6 +28,7 @@ __all__ = [
     "FINGERPRINTS",
     "BAD_LINES",
     "READ_TIMES",
+    "input_bytes",
     "TEXT_EXTENSIONS",
     "TEXT_FORMATS",
     "InputFile",
@@ -272,3 +273,11 @@ def _storage_error(err: OSError, path: str) -> OSError:
         return type(err)(err.errno, message) if err.errno is not None else type(err)(message)
     except TypeError:  # an OSError subclass with another signature
         return OSError(message)
+
+
+def input_bytes(groups: list[list[InputFile]] | None) -> int | None:
+    """Bytes of the files behind ``groups`` (each file once: pieces of a file share it);
+    None when not known (a dask DataFrame source)."""
+    if groups is None:
+        return None
+    return sum({f.path: f.size for group in groups for f in group}.values())

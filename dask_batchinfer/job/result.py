@@ -55,6 +55,23 @@ class RunInfo:
     startup: float = 0.0
     cluster_seconds: float = 0.0
     dashboard_link: str = ""
+    #: Bytes of the input files (None: not known, e.g. a dask DataFrame source).
+    input_bytes: int | None = None
+    #: When each phase of the job ended (``time.perf_counter()``), in order.
+    marks: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def mark(self, phase: str) -> None:
+        """Note that ``phase`` just ended."""
+        self.marks[phase] = time.perf_counter()
+
+    def listed(self, input_bytes: int | None) -> None:
+        """Note that the input is listed: when, and the bytes of its files (None: unknown)."""
+        self.input_bytes = input_bytes
+        self.mark("input listed")
+
+    def phases(self) -> dict[str, float]:
+        """Seconds from the job's start to the end of each phase so far."""
+        return {name: round(t - self.wall_start, 4) for name, t in self.marks.items()}
 
 
 def _model_loads(stats: list[PartitionStats]) -> dict[str, ModelLoad]:
@@ -100,7 +117,21 @@ def build_result(*, output: str, mode: str, model: ModelSpec, plan: JobPlan,
         **_stage_sums(stats),
     )  # fmt: skip
     result.wall_seconds = time.perf_counter() - run.wall_start
+    result.phases = _phases(run, stats)
     return result
+
+
+def _phases(run: RunInfo, stats: list[PartitionStats]) -> dict[str, float]:
+    """The run's phases, with the first read's start and the first and last commits."""
+    phases = run.phases()
+    offset = time.time() - time.perf_counter()  # the timeline is in epoch seconds
+    reads = [r["start"] for s in stats for r in s.timeline]
+    if reads:
+        phases["first read started"] = round(min(reads) - offset - run.wall_start, 4)
+    if stats:
+        phases["first commit"] = round(min(s.finished for s in stats) - run.wall_start, 4)
+        phases["last commit"] = round(max(s.finished for s in stats) - run.wall_start, 4)
+    return dict(sorted(phases.items(), key=lambda item: item[1]))
 
 
 def _stage_sums(stats: list[PartitionStats]) -> dict[str, Any]:

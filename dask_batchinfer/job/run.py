@@ -18,11 +18,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dask_batchinfer import secrets
-from dask_batchinfer.cluster import Pools, check_cluster, connect, detect_pools
+from dask_batchinfer.cluster import Pools, check_cluster, detect_pools
+from dask_batchinfer.engine import choose_engine, connect
 from dask_batchinfer.errors import BadRowsError
 from dask_batchinfer.fingerprint import code_token
 from dask_batchinfer.io.commit import Committer
 from dask_batchinfer.io.fs import is_local_url
+from dask_batchinfer.io.inputs import input_bytes
 from dask_batchinfer.io.lease import Lease
 from dask_batchinfer.io.read import open_source
 from dask_batchinfer.io.retry import RetryStats
@@ -230,12 +232,14 @@ def run_job(
     ddf, groups = open_source(source, options.storage_options, options.task_options,
                               options.fingerprint, columns=read, filters=options.filters,
                               format=options.format, on_error=options.on_error)  # fmt: skip
+    run.listed(input_bytes(groups))
     check_read(options.columns, ddf._meta, f"the input {source!r}" if groups else "the input")
     shape = job_columns(ddf._meta, model, keep=options.keep, partition_on=options.partition_on,
                           preprocess=preprocess)  # fmt: skip
     committer = Committer(options.output, options.storage_options)
     with committer.lease(run.job) as lease:  # one job per output; before reading its state
         committer.load()
+        run.mark("output state read")
         ddf = ddf.optimize()
         generation = uuid.uuid4().hex if options.mode == "overwrite" else ""
         plan = plan_job(partitions_of(ddf.__dask_keys__(), groups,
@@ -286,16 +290,19 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
     committer.check_writable()
     connect_start = time.perf_counter()
     with (
-        connect(options.client) as c,
+        connect(options.client, choose_engine(run.input_bytes)) as c,
         credentials(c, options.credentials, options.secret_options),
         committer.tidy_on_failure(),
         # before waiting for a first worker: adapt(minimum=0) starts one for pending work
         Demand(c, run.job, len(plan.todo), options.adaptive_lookahead) as demand,
     ):
         run.cluster_seconds = time.perf_counter() - connect_start
+        run.mark("cluster")
         run.dashboard_link = str(getattr(c, "dashboard_link", "") or "")
         check_cluster(c, options.no_workers_timeout)
-        with _prepared(c, settings, options, run.job, input_file) as pools:
+        run.mark("workers ready")
+        with _prepared(c, settings, options, run, input_file) as pools:
+            run.mark("model loaded")
             run.startup = time.perf_counter() - run.wall_start
             bar = make_progress(options.progress, total=len(plan.todo), job=run.job,
                                 dashboard_link=run.dashboard_link)  # fmt: skip
@@ -310,19 +317,21 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
                 executor.run(plan.todo)
             finally:
                 bar.close()
+    run.mark("cluster released")
 
 
 @contextlib.contextmanager
-def _prepared(c: Any, settings: StageSettings, options: JobOptions, job: str,
+def _prepared(c: Any, settings: StageSettings, options: JobOptions, run: RunInfo,
               input_file: str | None) -> Iterator[Pools]:  # fmt: skip
     """The cluster made ready for the job, for the block's duration: checked, the user's
     code shipped, the model loaded; the job's worker plugins removed afterwards."""
     check_versions(c)
-    with shipped_code(c, list(options.upload), job):
+    with shipped_code(c, list(options.upload), run.job):
         check_code(c, Packed(settings))
         check_shared_storage(c, options.output, input_file)
         pools = detect_pools(c, options.pools)
-        with warm_up(c, settings.model, pools, job):
+        run.mark("checked")
+        with warm_up(c, settings.model, pools, run.job):
             yield pools
 
 
@@ -341,11 +350,15 @@ def _commit(result: JobResult, plan: JobPlan, committer: Committer, options: Job
     retries = RetryStats()
     result.finished = now()
     committer.write_manifest(manifest(result), retries)
+    run.mark("manifest")
     result.retries += retries.retries
     result.files_removed = committer.collect_garbage(
         {f["path"] for f in result.files}, plan.slugs, set(result.error_files)
     )
+    run.mark("garbage collected")
     result.wall_seconds = time.perf_counter() - run.wall_start
     report_retries = RetryStats()
     save_report(committer, result, report_retries)
     result.retries += report_retries.retries  # after the fact: the saved report has one less
+    run.mark("report saved")
+    result.phases = dict(sorted({**result.phases, **run.phases()}.items(), key=lambda p: p[1]))

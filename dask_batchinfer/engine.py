@@ -1,0 +1,175 @@
+"""The cluster a job runs on when it is given none: chosen by the job's size, kept for the next.
+
+``run_job`` without a ``client`` (and no default client) runs on an embedded
+local cluster of one of two engines:
+
+- ``"processes"``: :func:`~dask_batchinfer.local_cluster`, a worker process
+  per core (or per GPU). Each worker imports the job's modules and loads the
+  model (seconds), and no worker's Python holds up another's.
+- ``"threads"``: one worker inside this process with a thread per core: no
+  process to start, nothing to import twice, the model loaded once in this
+  process; the threads share one GIL for the pandas and Arrow work around the
+  model (torch releases it). A worker that runs out of memory takes this
+  process with it.
+
+``batchinfer.engine: auto`` (the default) picks ``"threads"`` for a job whose
+input is at most ``batchinfer.threads-engine-bytes`` on a machine without
+GPUs, where starting processes costs more than it saves, and ``"processes"``
+otherwise. The cluster is kept after the job (``batchinfer.reuse-cluster``):
+the next job in this process with the same engine starts at once and finds
+its model still loaded. :func:`shutdown` closes it; so does the interpreter's
+exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from dask_batchinfer import _config
+from dask_batchinfer.errors import InputError
+
+__all__ = ["ENGINES", "choose_engine", "connect", "embedded_client", "shutdown"]
+
+logger = logging.getLogger(__name__)
+
+#: ``batchinfer.engine``.
+ENGINES = ("auto", "threads", "processes")
+
+_lock = threading.Lock()
+_embedded: dict[str, tuple[Any, Any]] = {}  # engine -> (cluster, client)
+_exit_registered = False
+
+
+def choose_engine(input_bytes: int | None) -> str:
+    """The engine for a job reading ``input_bytes`` (None: not known), by ``batchinfer.engine``."""
+    from dask.utils import parse_bytes
+
+    setting = str(_config.get("engine"))
+    if setting not in ENGINES:
+        raise InputError(f"batchinfer.engine={setting!r}: expected one of {ENGINES}")
+    if setting != "auto":
+        return setting
+    from dask_batchinfer.cluster import gpu_count
+
+    limit = parse_bytes(_config.get("threads-engine-bytes"))
+    small = input_bytes is not None and input_bytes <= limit
+    return "threads" if small and not gpu_count() else "processes"
+
+
+@contextlib.contextmanager
+def connect(client: Any = None, engine: str = "processes") -> Iterator[Any]:
+    """Yield a ``distributed.Client`` for a job.
+
+    ``client`` may be a ``Client``, a scheduler address (``"tcp://host:8786"``),
+    or ``None``: then the current default client is used if there is one, and
+    otherwise this process's embedded cluster of ``engine`` (see the module's
+    docstring), kept for the next job unless ``batchinfer.reuse-cluster`` is off.
+    """
+    from distributed import Client, default_client
+
+    if isinstance(client, Client):
+        yield client
+        return
+    if isinstance(client, str):
+        with Client(client) as connected:
+            yield connected
+        return
+    if client is not None:
+        raise InputError(
+            f"client must be a distributed.Client, a scheduler address or None, got {client!r}"
+        )
+    try:
+        existing = default_client()
+    except ValueError:
+        existing = None
+    if existing is not None:
+        yield existing
+        return
+    started, kept = embedded_client(engine)
+    try:
+        yield started
+    finally:
+        if not kept:
+            _close(started.cluster, started)
+
+
+def embedded_client(engine: str) -> tuple[Any, bool]:
+    """A client of this process's embedded cluster of ``engine``, started if needed.
+
+    Returns ``(client, kept)``: ``kept`` is False when the caller must close
+    the client and its cluster after the job (``batchinfer.reuse-cluster`` off).
+    """
+    from distributed import Client
+
+    reuse = bool(_config.get("reuse-cluster"))
+    with _lock:
+        found = _embedded.get(engine) if reuse else None
+        if found is not None and _alive(found[1]):
+            return found[1], True
+        if found is not None:
+            _close(*_embedded.pop(engine))
+        cluster = _start(engine)
+        client = Client(cluster, set_as_default=False)
+        logger.info("started a %s cluster (%s); dashboard at %s", engine, cluster,
+                    client.dashboard_link)  # fmt: skip
+        if reuse:
+            _embedded[engine] = (cluster, client)
+            _register_exit()
+        return client, reuse
+
+
+def _start(engine: str) -> Any:
+    from dask_batchinfer.cluster import local_cluster
+
+    if engine == "processes":
+        return local_cluster()
+    from distributed import LocalCluster
+
+    # in-process transport (inproc://): no sockets between the client and the worker
+    return LocalCluster(n_workers=1, threads_per_worker=os.cpu_count() or 1, processes=False,
+                        dashboard_address=f"{_config.get('host')}:0")  # fmt: skip
+
+
+def _alive(client: Any) -> bool:
+    return client.status == "running" and client.scheduler_info().get("workers") is not None
+
+
+def _close(cluster: Any, client: Any) -> None:
+    for thing in (client, cluster):
+        try:
+            thing.close()
+        except Exception:  # noqa: BLE001 - closing what may be half gone; nothing to report
+            logger.debug("closing %s failed", thing, exc_info=True)
+
+
+def _register_exit() -> None:
+    global _exit_registered
+    if not _exit_registered:
+        atexit.register(shutdown)
+        _exit_registered = True
+
+
+def shutdown() -> None:
+    """Close the local clusters that ``run_job`` kept for the next job in this process.
+
+    Frees their memory (worker processes, loaded models); the next job without
+    a ``client`` starts a new one. Runs by itself when the interpreter exits.
+
+    Examples
+    --------
+    >>> dbi.shutdown()  # doctest: +SKIP
+    """
+    with _lock:
+        while _embedded:
+            engine, (cluster, client) = _embedded.popitem()
+            _close(cluster, client)
+            if engine == "threads":  # its worker kept the models in this process
+                from dask_batchinfer import cache
+
+                cache.clear()
