@@ -22,6 +22,7 @@ SCRIPT = r"""
 import json, os, sys
 import pandas as pd
 import dask_batchinfer as dbi
+from dask_batchinfer.engine import embedded_client
 from dask_batchinfer.testing import make_features, tiny_model
 
 folder, out = sys.argv[1], sys.argv[2]
@@ -35,7 +36,9 @@ for name in ("first", "second", "after-shutdown"):
     result = dbi.run_job(folder, tiny_model(), output=f"{out}/{name}", keep=["id"],
                          progress=False)
     back = pd.read_parquet(f"{out}/{name}")
+    kept, _ = embedded_client(sys.argv[3])  # the cluster the job ran on, kept for the next
     runs.append({"loads": result.model_loads, "rows": len(back),
+                 "scheduler": kept.scheduler_info()["id"],
                  "ids": int(back["id"].nunique()), "phases": list(result.phases)})
 print("RESULT " + json.dumps({"pid": os.getpid(), "runs": runs}))
 """
@@ -43,7 +46,8 @@ print("RESULT " + json.dumps({"pid": os.getpid(), "runs": runs}))
 
 def _script(tmp_path, **env):
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "in"), str(tmp_path / "out")],
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "in"), str(tmp_path / "out"),
+         "processes" if env["DASK_BATCHINFER__ENGINE"] == "processes" else "threads"],
         capture_output=True, text=True, timeout=240, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": ROOT, **env},
     )  # fmt: skip
@@ -66,9 +70,10 @@ def test_jobs_without_a_client_share_one_kept_cluster_until_shutdown(tmp_path, e
         assert len(workers) == 1 and workers[0].startswith("inproc://")
     else:
         assert all(w.startswith("tcp://127.0.0.1:") for w in workers)
-    assert set(second["loads"]) <= set(workers)  # the same workers: the cluster was kept
+    assert second["scheduler"] == first["scheduler"]  # the same cluster, kept...
+    assert set(second["loads"]) <= set(workers)  # ...with the same workers...
     assert all(n == 1 for n in second["loads"].values())  # ...and their model: no new load
-    assert not set(third["loads"]) & set(workers)  # shut down: a new cluster...
+    assert third["scheduler"] != first["scheduler"]  # shut down: a new cluster...
     # ...that loads the model again (the in-process worker's count is this process's: 2)
     assert list(third["loads"].values()) == [2] if engine == "auto" else [1] * len(workers)
     assert first["phases"][:3] == ["input listed", "output state read", "cluster"]
