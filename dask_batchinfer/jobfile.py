@@ -50,26 +50,26 @@ def load_model(reference: str) -> ModelSpec:
     return obj
 
 
-def json_object(text: str) -> dict[str, Any]:
-    """An argparse type: a JSON object given on the command line."""
+def _json(text: str, kind: type, example: str) -> Any:
+    """``text`` parsed as JSON, which must be a ``kind`` (the error shows ``example``)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"anon\": false}'")
+    if not isinstance(value, kind):
+        noun = "object" if kind is dict else "list"
+        raise argparse.ArgumentTypeError(f"expected a JSON {noun}, e.g. {example}")
     return value
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """An argparse type: a JSON object given on the command line."""
+    return _json(text, dict, "'{\"anon\": false}'")
 
 
 def json_list(text: str) -> list[Any]:
     """An argparse type: a JSON list given on the command line (e.g. ``--filters``)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
-    if not isinstance(value, list):
-        raise argparse.ArgumentTypeError('expected a JSON list, e.g. \'[["date", "==", "x"]]\'')
-    return value
+    return _json(text, list, '\'[["date", "==", "x"]]\'')
 
 
 def load_job_file(path: str, known: set[str]) -> dict[str, Any]:
