@@ -79,6 +79,7 @@ def hand(input_dir: str, output_dir: str) -> dict:
     import torch
     from PIL import Image
 
+    from benchmarks.variant import fixed_size_lists
     from benchmarks.workloads import make_cnn
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -92,16 +93,9 @@ def hand(input_dir: str, output_dir: str) -> dict:
             images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
             probs = np.concatenate([model(images[b : b + BATCH]).numpy()
                                     for b in range(0, len(chunk), BATCH)])  # fmt: skip
-            table = pa.table({"path": chunk, "probs": _lists(probs)})
+            table = pa.table({"path": chunk, "probs": fixed_size_lists(probs)})
             pq.write_table(table, os.path.join(output_dir, f"part-{i:05d}.parquet"))
     return {"rows": len(paths)}
-
-
-def _lists(probs: np.ndarray) -> Any:
-    import pyarrow as pa
-
-    flat = pa.array(np.ascontiguousarray(probs, dtype=np.float32).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, probs.shape[1])
 
 
 def ray(input_dir: str, output_dir: str) -> dict:

@@ -66,32 +66,55 @@ def _table(workload, frame, outputs):
     if outputs.ndim == 1:
         columns["out"] = pa.array(outputs)
     else:
-        flat = pa.array(np.ascontiguousarray(outputs, dtype=np.float32).reshape(-1))
-        columns["out"] = pa.FixedSizeListArray.from_arrays(flat, outputs.shape[1])
+        columns["out"] = fixed_size_lists(outputs)
     return pa.table(columns)
 
 
-def l1(workload, input_dir: str, output_dir: str) -> dict:
+def fixed_size_lists(outputs):
+    """Rows of float32 vectors (rows, width) as an Arrow fixed-size list column."""
+    import numpy as np
+    import pyarrow as pa
+
+    flat = pa.array(np.ascontiguousarray(outputs, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, outputs.shape[1])
+
+
+def _hand_loop_setup(workload, output_dir: str):
+    """What both hand loops do first: all cores' threads for torch, the model, the folder."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    os.makedirs(output_dir, exist_ok=True)
+    return workload.model()
+
+
+def _predict_write(workload, model, frame, batch_size: int, path: str) -> None:
+    """The hand loops' step: the model over ``frame`` in batches, one Parquet file."""
     import numpy as np
     import pyarrow.parquet as pq
     import torch
 
+    inputs = workload.to_inputs(frame)
+    outs = []
+    for start in range(0, len(frame), batch_size):
+        out = workload.forward(model, inputs[start : start + batch_size])
+        outs.append(out.numpy() if isinstance(out, torch.Tensor) else out)
+    pq.write_table(_table(workload, frame, np.concatenate(outs)), path)
+
+
+def l1(workload, input_dir: str, output_dir: str) -> dict:
+    import pyarrow.parquet as pq
+    import torch
+
     batch_size = workload.spec().batch_size  # the same batch size as ours
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = workload.model()
-    os.makedirs(output_dir, exist_ok=True)
+    model = _hand_loop_setup(workload, output_dir)
     rows = 0
     first = None
     with torch.inference_mode():
         for i, path in enumerate(_files(input_dir)):
             frame = pq.read_table(path).to_pandas()
-            inputs = workload.to_inputs(frame)
-            outs = []
-            for start in range(0, len(frame), batch_size):
-                out = workload.forward(model, inputs[start : start + batch_size])
-                outs.append(out.numpy() if isinstance(out, torch.Tensor) else out)
-            table = _table(workload, frame, np.concatenate(outs))
-            pq.write_table(table, os.path.join(output_dir, f"part-{i:05d}.parquet"))
+            _predict_write(workload, model, frame, batch_size,
+                           os.path.join(output_dir, f"part-{i:05d}.parquet"))  # fmt: skip
             rows += len(frame)
             first = first or _since_start()
     return {"rows": rows, "first_commit_seconds": first, "model_loads": 1}
@@ -194,15 +217,12 @@ def ray(workload, input_dir: str, output_dir: str) -> dict:
 
 
 def l1rg(workload, input_dir: str, output_dir: str) -> dict:
-    import numpy as np
     import pyarrow.parquet as pq
     import torch
 
     batch_size = workload.spec().batch_size
     columns = [workload.id_column, *workload.spec().input_columns]
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = workload.model()
-    os.makedirs(output_dir, exist_ok=True)
+    model = _hand_loop_setup(workload, output_dir)
     rows = 0
     first = None
     with torch.inference_mode():
@@ -210,11 +230,8 @@ def l1rg(workload, input_dir: str, output_dir: str) -> dict:
             source = pq.ParquetFile(path)
             for group in range(source.num_row_groups):
                 frame = source.read_row_group(group, columns=columns).to_pandas()
-                inputs = workload.to_inputs(frame)
-                outs = [workload.forward(model, inputs[start : start + batch_size]).numpy()
-                        for start in range(0, len(frame), batch_size)]  # fmt: skip
-                table = _table(workload, frame, np.concatenate(outs))
-                pq.write_table(table, os.path.join(output_dir, f"part-{i:05d}-{group:05d}.parquet"))
+                name = f"part-{i:05d}-{group:05d}.parquet"
+                _predict_write(workload, model, frame, batch_size, os.path.join(output_dir, name))
                 rows += len(frame)
                 first = first or _since_start()
     return {"rows": rows, "first_commit_seconds": first, "model_loads": 1}
