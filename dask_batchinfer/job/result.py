@@ -35,6 +35,7 @@ __all__ = [
     "manifest",
     "now",
     "save_report",
+    "with_phases",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def build_result(*, output: str, mode: str, model: ModelSpec, plan: JobPlan,
 
 def _phases(run: RunInfo, stats: list[PartitionStats]) -> dict[str, float]:
     """The run's phases, with the first read's start and the first and last commits."""
-    phases = run.phases()
+    phases = {}
     offset = time.time() - time.perf_counter()  # the timeline is in epoch seconds
     reads = [r["start"] for s in stats for r in s.timeline]
     if reads:
@@ -131,7 +132,12 @@ def _phases(run: RunInfo, stats: list[PartitionStats]) -> dict[str, float]:
     if stats:
         phases["first commit"] = round(min(s.finished for s in stats) - run.wall_start, 4)
         phases["last commit"] = round(max(s.finished for s in stats) - run.wall_start, 4)
-    return dict(sorted(phases.items(), key=lambda item: item[1]))
+    return with_phases(phases, run)
+
+
+def with_phases(phases: dict[str, float], run: RunInfo) -> dict[str, float]:
+    """``phases`` and the run's phases so far, in the order they ended."""
+    return dict(sorted({**phases, **run.phases()}.items(), key=lambda item: item[1]))
 
 
 def _stage_sums(stats: list[PartitionStats]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from dask_batchinfer.job.result import (
     manifest,
     now,
     save_report,
+    with_phases,
 )
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.options import JobOptions, check_not_nested
@@ -361,4 +362,4 @@ def _commit(result: JobResult, plan: JobPlan, committer: Committer, options: Job
     save_report(committer, result, report_retries)
     result.retries += report_retries.retries  # after the fact: the saved report has one less
     run.mark("report saved")
-    result.phases = dict(sorted({**result.phases, **run.phases()}.items(), key=lambda p: p[1]))
+    result.phases = with_phases(result.phases, run)
