@@ -12,6 +12,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 timeout 240 python3 -m pytest tests/test_gpu.py -m gpu -o addopts="" -p no:cacheprovider \
     -v --durations=0 2>&1 | tee "$OUT/gpu-tests.log"
 tests=${PIPESTATUS[0]}
-timeout 300 python3 benchmarks/gpu_minilm.py --model .gpu/minilm --docs "${DOCS:-200000}" \
+timeout 300 python3 benchmarks/gpu_minilm.py --model .gpu/minilm --docs "${DOCS:-100000}" \
     --out "$OUT/gpu-bench.json" 2>&1 | tail -40
 exit "$tests"

@@ -84,10 +84,13 @@ def test_local_cuda_cluster_job(tmp_path):
                              output=str(tmp_path / "out"), client=c)  # fmt: skip
         stats = [s for s in dbi.model_stats(c, spec).values() if s]
         assert stats and all(s["device"] == "cuda" and s["loads"] == 1 for s in stats)
+        plugins = c.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
+        assert not [p for p in plugins if p.startswith("batchinfer")]  # the job removed its own
         used = c.run(torch.cuda.memory_allocated)
-        c.unregister_worker_plugin(f"batchinfer-warmup-{spec.cache_key}")  # teardown
+        assert all(used[w] > 0 for w in used)  # the model stays cached for the next job
+        assert all(c.run(cache.evict, spec.cache_key).values())
         after = c.run(torch.cuda.memory_allocated)
-        assert all(after[w] <= used[w] for w in used)
+        assert all(after[w] < used[w] for w in used), (used, after)
     assert result.rows_out == 20_000
     back = pd.read_parquet(tmp_path / "out").sort_values("id")
     np.testing.assert_allclose(

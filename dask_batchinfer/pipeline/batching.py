@@ -342,9 +342,10 @@ def run_loaded(
     if rows == 0:
         return spec.meta().set_axis(frame.index[:0])
     inputs = spec.make_inputs(frame)
-    turn = loaded.lock if loaded.device != "cpu" else contextlib.nullcontext()
+    with torch.inference_mode():  # host work (e.g. tokenising to sort): before the turn, so
+        inputs, order, ranges = _plan(spec, loaded, inputs, rows, stats)  # it overlaps one
+    turn = loaded.lock if loaded.device != "cpu" else contextlib.nullcontext()  # on the GPU
     with turn, torch.inference_mode(), _autocast(spec, loaded.device):
-        inputs, order, ranges = _plan(spec, loaded, inputs, rows, stats)
         if loaded.device.startswith("cuda"):
             inputs = _pin(inputs)
         chunks: list[dict[str, Any]] = []
