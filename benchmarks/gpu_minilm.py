@@ -72,15 +72,15 @@ def job(model_path: str, corpus, workdir: str, files: int, threads: int) -> dict
                            silence_logs=logging.WARNING) as cluster, \
             Client(cluster) as client:  # fmt: skip
         cold_start = time.perf_counter()
-        cold = dbi.run_job(f"{workdir}/in", spec, output=f"{workdir}/out", keep=["doc_id"],
-                           client=client)  # fmt: skip
+        cold = dbi.run_job(f"{workdir}/in", spec, output=f"{workdir}/out-{threads}",
+                           keep=["doc_id"], client=client)  # fmt: skip
         cold_seconds = time.perf_counter() - cold_start
         samples: list[int] = []
         stop = threading.Event()
         sampler = threading.Thread(target=_sample_utilisation, args=(stop, samples))
         sampler.start()
-        warm = dbi.run_job(f"{workdir}/in", spec, output=f"{workdir}/out", keep=["doc_id"],
-                           mode="overwrite", client=client)  # fmt: skip
+        warm = dbi.run_job(f"{workdir}/in", spec, output=f"{workdir}/out-{threads}",
+                           keep=["doc_id"], mode="overwrite", client=client)  # fmt: skip
         stop.set()
         sampler.join()
     return {
