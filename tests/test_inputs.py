@@ -14,7 +14,13 @@ import pytest
 
 import dask_batchinfer as dbi
 from dask_batchinfer.io.inputs import InputFile
-from dask_batchinfer.io.pieces import MIN_SPLIT_ROWS, Target, plan_parquet, read_target
+from dask_batchinfer.io.pieces import (
+    MIN_SPLIT_ROWS,
+    SPLIT_FACTOR,
+    Target,
+    plan_parquet,
+    read_target,
+)
 from dask_batchinfer.testing import make_features, tiny_model
 
 ROWS = 200_000  # 10 row groups of 20,000 rows: about 8 MB, above the 1 MiB split floor
@@ -161,7 +167,13 @@ def test_row_group_planning_without_a_cluster(tmp_path):
     fs = fsspec.filesystem("file")
     info = fs.info(str(big))
     file = InputFile(str(big), "big.parquet", int(info["size"]), "v")
+    # 4x the target: read whole (a row range decodes its whole row group, so four
+    # ranges would decode it four times)
     _, groups = plan_parquet(fs, str(tmp_path), [file], Target(rows=MIN_SPLIT_ROWS))
+    assert groups == [[file]]
+    # SPLIT_FACTOR x the target or more: row ranges, none under MIN_SPLIT_ROWS rows
+    target = Target(rows=4 * MIN_SPLIT_ROWS // SPLIT_FACTOR)
+    _, groups = plan_parquet(fs, str(tmp_path), [file], target)
     assert [g[0].rows for g in groups] == [
         (k * MIN_SPLIT_ROWS, (k + 1) * MIN_SPLIT_ROWS) for k in range(4)
     ]
