@@ -40,11 +40,18 @@ def _rows(rows: Iterable[tuple[str, str, Any]]) -> str:
 
 
 def _section(title: str, body: str) -> str:
-    return f'<div style="margin:6px 0"><b>{_e(title)}</b>{body}</div>'
+    return (
+        f'<section style="margin:6px 0"><h4 style="margin:0 0 4px 0;font-size:13px">'
+        f"{_e(title)}</h4>{body}</section>"
+    )
 
 
-def result_html(report: Mapping[str, Any]) -> str:
-    """The job report (``JobResult.to_json()``) as an HTML fragment (a notebook cell's output)."""
+def result_html(report: Mapping[str, Any], saved: bool = False) -> str:
+    """The job report (``JobResult.to_json()``) as an HTML fragment (a notebook cell's output).
+
+    ``saved``: for the ``_report.html`` file, read after the job: without the
+    dashboard link, which ends with the cluster.
+    """
     ok = report["status"] == "succeeded"
     colour = "#1a7f37" if ok else "#cf222e"
     head = (
@@ -68,7 +75,10 @@ def result_html(report: Mapping[str, Any]) -> str:
         + "</div>"
     )  # fmt: skip
     svg = timeline_svg(report.get("timeline", []))
-    return head + _where(report) + grid + (_section("Timeline", svg) if svg else "") + "</div>"
+    return (
+        head + _where(report, with_link=not saved) + grid
+        + (_section("Timeline (one bar per partition and stage)", svg) if svg else "") + "</div>"
+    )  # fmt: skip
 
 
 def _counts(report: Mapping[str, Any]) -> str:
@@ -87,16 +97,35 @@ def _counts(report: Mapping[str, Any]) -> str:
 
 def _wall(report: Mapping[str, Any]) -> str:
     wall, startup = report["wall_seconds"], report["startup_seconds"]
-    return _rows(
-        [
-            ("wall_seconds", "wall time, s", float(wall)),
-            ("cluster_seconds", "cluster start, s", float(report["cluster_seconds"])),
-            ("model_load_wall_seconds", "model load, s",
-             max(0.0, startup - report["cluster_seconds"])),
-            ("processing_seconds", "read, infer, write, commit, s", max(0.0, wall - startup)),
-            ("rows_per_second", "rows/s", float(report["rows_per_second"]) if wall else 0.0),
-        ]
-    )  # fmt: skip
+    rows = [
+        ("wall_seconds", "wall time, s", float(wall)),
+        ("cluster_seconds", "cluster start, s", float(report["cluster_seconds"])),
+        *_startup(report),
+        ("processing_seconds", "read, infer, write, commit, s", max(0.0, wall - startup)),
+    ]
+    if report.get("partitions_run"):
+        rows.append(("rows_per_second", "rows/s (rows computed / wall time)",
+                     float(report["rows_per_second"])))  # fmt: skip
+    else:
+        rows.append(("nothing_to_do", "nothing to do",
+                     f"{report['partitions_skipped']} partitions already committed"))  # fmt: skip
+    return _rows(rows)
+
+
+def _startup(report: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """Start-up after the cluster, by phase: the workers' first tasks (worker processes
+    import the package and torch there) are not the model's load."""
+    phases = report.get("phases") or {}
+    names = ("cluster", "workers ready", "checked", "model loaded")
+    if not all(name in phases for name in names):  # a report saved by an older version
+        return [("model_load_wall_seconds", "workers, checks and model load, s",
+                 max(0.0, report["startup_seconds"] - report["cluster_seconds"]))]  # fmt: skip
+    cluster, ready, checked, loaded = (float(phases[name]) for name in names)
+    return [
+        ("workers_ready_seconds", "waiting for workers, s", max(0.0, ready - cluster)),
+        ("checks_seconds", "first tasks: imports and checks, s", max(0.0, checked - ready)),
+        ("model_load_wall_seconds", "model loaded on every worker, s", max(0.0, loaded - checked)),
+    ]
 
 
 def _stages(report: Mapping[str, Any]) -> str:
@@ -116,8 +145,9 @@ def _loads(report: Mapping[str, Any]) -> str:
     )  # fmt: skip
 
 
-def _where(report: Mapping[str, Any]) -> str:
-    files, link = report.get("files"), report.get("dashboard_link")
+def _where(report: Mapping[str, Any], with_link: bool = True) -> str:
+    files = report.get("files")
+    link = report.get("dashboard_link") if with_link else None
     return (
         f'<div>output <code data-key="output">{_e(report["output"])}</code>'
         + (f" · {len(files)} files" if files else "")
@@ -149,7 +179,8 @@ def timeline_svg(records: Sequence[dict[str, Any]], width: int = 720) -> str:
         w = max((r["end"] - r["start"]) * scale, 0.5)
         parts.append(
             f'<rect x="{x:.1f}" y="{i * lane + 3}" width="{w:.1f}" height="{lane - 6}" '
-            f'fill="{COLORS[r["stage"]]}"><title>{_e(r["stage"])} partition '
+            f'fill="{COLORS[r["stage"]]}" data-stage="{_e(r["stage"])}" '
+            f'data-partition="{_e(r.get("partition"))}"><title>{_e(r["stage"])} partition '
             f"{_e(r.get('partition'))}: {r['end'] - r['start']:.3f} s</title></rect>"
         )
     y = lane * len(workers) + 20
@@ -157,7 +188,8 @@ def timeline_svg(records: Sequence[dict[str, Any]], width: int = 720) -> str:
         parts.append(f'<rect x="{left + j * 90}" y="{y - 9}" width="10" height="10" '
                      f'fill="{COLORS[stage]}"/><text x="{left + j * 90 + 14}" y="{y}">'
                      f"{stage}</text>")  # fmt: skip
-    parts.append(f'<text x="{width - 10}" y="{y}" text-anchor="end">{span:.1f} s</text></svg>')
+    shown = f"{span:.1f}" if span >= 1 else f"{span:.2f}"
+    parts.append(f'<text x="{width - 10}" y="{y}" text-anchor="end">{shown} s</text></svg>')
     return "".join(parts)
 
 
@@ -182,7 +214,7 @@ def plot_result(report: Mapping[str, Any], path: str | None = None) -> Any:
             "JobResult.plot() needs matplotlib: pip install 'dask-batchinfer[notebook]'"
         ) from err
     fig, (timeline, bars) = plt.subplots(
-        1, 2, figsize=(12, 3.5), gridspec_kw={"width_ratios": [3, 1]}
+        1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]}
     )
     records = [r for r in report.get("timeline", []) if r.get("stage") in COLORS]
     workers = sorted({str(r.get("worker")) for r in records})
@@ -197,11 +229,13 @@ def plot_result(report: Mapping[str, Any], path: str | None = None) -> Any:
     timeline.set_yticks(range(len(workers)), [w.rsplit("/", 1)[-1] for w in workers])
     timeline.set_xlabel("seconds since the first stage started")
     timeline.set_title(f"{report['model']}: partitions per worker")
-    if records:
-        timeline.legend(loc="upper right", fontsize=8)
+    if records:  # below the axes, never over the bars
+        timeline.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(STAGES),
+                        fontsize=8, frameon=False)  # fmt: skip
     busy = report["stage_seconds"]
-    bars.bar(list(busy), list(busy.values()), color=[COLORS[s] for s in busy])
-    bars.set_ylabel("seconds (summed over partitions)")
+    names = list(busy)[::-1]  # horizontal bars: stage names on the y axis, read top-down
+    bars.barh(names, [busy[n] for n in names], color=[COLORS[n] for n in names])
+    bars.set_xlabel("seconds (summed over partitions)")
     bars.set_title("busy time per stage")
     fig.tight_layout()
     if path is not None:

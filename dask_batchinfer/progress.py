@@ -155,9 +155,9 @@ class Progress:
             except ImportError:
                 pass
         if widget:
-            from tqdm.notebook import tqdm
-        else:
-            from tqdm import tqdm
+            return _widget_bar(self.total, dashboard_link)
+        from tqdm import tqdm
+
         if dashboard_link:
             print(f"dask-batchinfer: dashboard at {dashboard_link}", file=sys.stderr)
         return tqdm(total=self.total, unit="part", desc="partitions", dynamic_ncols=True)
@@ -229,6 +229,26 @@ class Progress:
             self._log("end")
         if self._fallback:
             _fallback.release()
+
+
+def _widget_bar(total: int, dashboard_link: str) -> Any:
+    """tqdm's notebook bar with the dashboard link beside it (in the widget, not on stderr,
+    which Jupyter shows in a pink box, as if something had failed)."""
+    import html
+
+    import ipywidgets
+    from IPython.display import display
+    from tqdm.notebook import tqdm
+
+    bar = tqdm(total=total, unit="part", desc="partitions", display=False)
+    parts = [bar.container]
+    if dashboard_link:
+        link = html.escape(dashboard_link, quote=True)
+        parts.append(ipywidgets.HTML(
+            f'<a href="{link}" target="_blank" title="{link}">dashboard</a>'
+        ))  # fmt: skip
+    display(ipywidgets.HBox(parts))
+    return bar
 
 
 def make_progress(

@@ -31,7 +31,9 @@ class JobResult:
         Partitions committed by an earlier run whose fingerprint changed
         (new model, preprocessing or input file) and were computed again.
     rows_in, rows_out : int
-        Rows read and rows written.
+        Rows read and rows written (all committed partitions, this run's and earlier ones).
+    rows_computed : int
+        Rows this run read and ran through the model (0 when nothing was left to do).
     wall_seconds : float
         From the call to the committed manifest, cluster start included.
     model_load_seconds : dict of str to float
@@ -131,6 +133,7 @@ class JobResult:
     dashboard_link: str = ""
     timeline: list[dict[str, Any]] = dataclasses.field(default_factory=list, repr=False)
     phases: dict[str, float] = dataclasses.field(default_factory=dict, repr=False)
+    rows_computed: int = 0
 
     @property
     def padding_fraction(self) -> float | None:
@@ -146,8 +149,10 @@ class JobResult:
 
     @property
     def rows_per_second(self) -> float:
-        """Rows written per second of wall time."""
-        return self.rows_out / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+        """Rows this run computed per second of wall time (0.0 when it computed none)."""
+        if not self.rows_computed:
+            return 0.0
+        return self.rows_computed / self.wall_seconds if self.wall_seconds > 0 else float("nan")
 
     def summary(self) -> dict[str, Any]:
         """The headline numbers as a plain dict (JSON-ready)."""
@@ -163,6 +168,7 @@ class JobResult:
             "rows_out": self.rows_out,
             "rows_quarantined": self.rows_quarantined,
             "rows_truncated": self.rows_truncated,
+            "rows_computed": self.rows_computed,
             "wall_seconds": round(self.wall_seconds, 3),
             "startup_seconds": round(self.startup_seconds, 3),
             "first_commit_seconds": round(self.first_commit_seconds, 3),
@@ -200,14 +206,16 @@ class JobResult:
             "files": self.files,
             "error_files": self.error_files,
             "timeline": self.timeline,
+            "phases": self.phases,
         }
 
     def _repr_html_(self) -> str:
         return result_html(self.to_json())
 
     def to_html(self) -> str:
-        """A self-contained HTML page of the report (no scripts, no external files)."""
-        return page(f"dask-batchinfer: {self.model}", self._repr_html_())
+        """A self-contained HTML page of the report (no scripts, no external files; no
+        dashboard link, which is gone once the cluster is)."""
+        return page(f"dask-batchinfer: {self.model}", result_html(self.to_json(), saved=True))
 
     def plot(self, path: str | None = None) -> Any:
         """Draw the per-worker timeline of partitions and the time per stage (matplotlib).
@@ -237,7 +245,7 @@ class JobResult:
                     if self.rows_quarantined
                     else ""
                 ),
-                f"  wall time   {self.wall_seconds:.2f} s  ({self.rows_per_second:,.0f} rows/s)",
+                self._wall_line(),
                 f"  model load  {loads or 'n/a (nothing to run)'}",
                 "  stages      "
                 + ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_seconds().items())
@@ -246,6 +254,13 @@ class JobResult:
                 *self._batching_lines(),
             ]
         )
+
+    def _wall_line(self) -> str:
+        wall = f"  wall time   {self.wall_seconds:.2f} s"
+        if not self.partitions_run:
+            return f"{wall}; nothing to do: {self.partitions_skipped} partitions already committed"
+        rate = f"{self.rows_per_second:,.0f} rows/s over {self.rows_computed:,} rows computed"
+        return f"{wall}  ({rate})"
 
     def _batching_lines(self) -> list[str]:
         lines = []

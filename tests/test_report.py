@@ -133,7 +133,58 @@ def test_plot_writes_a_png(client, tmp_path, inputs):
     figure = result.plot(str(tmp_path / "timeline.png"))
     data = (tmp_path / "timeline.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
-    assert len(figure.axes) == 2
+    timeline, bars = figure.axes
+    renderer = figure.canvas.get_renderer()
+    legend = timeline.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(timeline.get_window_extent(renderer))  # never over the bars
+    labels = [t.get_window_extent(renderer) for t in bars.get_yticklabels() if t.get_text()]
+    assert len(labels) == 4
+    assert not any(a.overlaps(b) for i, a in enumerate(labels) for b in labels[i + 1 :])
+
+
+def test_no_op_rerun_says_nothing_to_do(client, tmp_path, inputs):
+    inputs()
+    run = {"output": str(tmp_path / "out"), "keep": ["id"], "progress": False}
+    first = dbi.run_job(str(tmp_path / "in"), tiny_model(), **run)
+    assert first.rows_computed == 400
+    assert first.rows_per_second == pytest.approx(400 / first.wall_seconds)
+    again = dbi.run_job(str(tmp_path / "in"), tiny_model(), **run)
+    assert (again.partitions_run, again.rows_computed, again.rows_out) == (0, 0, 400)
+    assert again.rows_per_second == 0.0
+    text = str(again)
+    assert "nothing to do: 4 partitions already committed" in text and "rows/s" not in text
+    cells = _cells(again._repr_html_())
+    assert "rows_per_second" not in cells.values
+    assert cells.values["nothing_to_do"] == "4 partitions already committed"
+    assert "rows/s over 400 rows computed" in str(first)
+
+
+def test_saved_report_has_no_dead_dashboard_link_and_names_start_up_phases(client, tmp_path,
+                                                                          inputs):  # fmt: skip
+    import dataclasses
+
+    inputs(files=2)
+    result = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"),
+                         progress=False)  # fmt: skip
+    live = dataclasses.replace(result, dashboard_link="http://127.0.0.1:8787/status")
+    assert 'href="http://127.0.0.1:8787/status"' in live._repr_html_()
+    assert "8787" not in live.to_html() and "dashboard" not in live.to_html()
+    cells = _cells(result._repr_html_())
+    parts = ("workers_ready_seconds", "checks_seconds", "model_load_wall_seconds")
+    shown = sum(_number(cells.values[key]) for key in parts)
+    assert shown == pytest.approx(result.startup_seconds - result.cluster_seconds, abs=0.02)
+    assert "<h4" in result.to_html()  # section titles are headings (block), not inline text
+
+
+def test_output_files_do_not_double_the_part_prefix(client, tmp_path):
+    frame = make_features(200, seed=3)
+    (tmp_path / "in").mkdir()
+    for i, half in enumerate((frame.iloc[:100], frame.iloc[100:])):
+        half.to_parquet(tmp_path / "in" / f"part-{i:03d}.parquet", index=False)
+    result = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"),
+                         progress=False)  # fmt: skip
+    names = sorted(f["path"] for f in result.files)
+    assert [n.rsplit("-", 1)[0] for n in names] == ["part-000", "part-001"], names
 
 
 def test_progress_log_lines(client, tmp_path, inputs, caplog):

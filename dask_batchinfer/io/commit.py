@@ -89,7 +89,8 @@ class Partition:
     def stem(self) -> str:
         """The base name of this partition's data files."""
         suffix = self.fingerprint[:10] if not self.generation else self.generation[:10]
-        return f"part-{self.slug}-{suffix}"
+        name = self.slug if self.slug.startswith("part-") else f"part-{self.slug}"
+        return f"{name}-{suffix}"  # input part-000.parquet: part-000-<id>, not part-part-000
 
 
 @dataclasses.dataclass(frozen=True)

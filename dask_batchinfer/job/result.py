@@ -104,6 +104,7 @@ def build_result(*, output: str, mode: str, model: ModelSpec, plan: JobPlan,
         rows_in=sum(m.rows_in for m in committed), rows_out=sum(m.rows_out for m in committed),
         rows_quarantined=sum(m.rows_quarantined for m in committed),
         rows_truncated=sum(m.rows_truncated for m in committed),
+        rows_computed=sum(s.rows_in for s in stats),
         error_files=[path for m in committed for path, _ in m.errors],
         files=[{"path": path, "rows": rows, "partition": m.slug}
                for m in committed for path, rows in m.files],
