@@ -98,7 +98,8 @@ def run_variant(variant: str, workload: str, input_dir: str, output_dir: str) ->
 def prepare(workload: str, rows: int, rows_per_file: int) -> str:
     from benchmarks.workloads import WORKLOADS
 
-    folder = os.path.join(DATA, f"{workload.split('-')[0]}-{rows}-{rows_per_file}")
+    key = "W2long" if workload == "W2-long" else workload.split("-")[0]  # data, not model
+    folder = os.path.join(DATA, f"{key}-{rows}-{rows_per_file}")
     if not os.path.exists(os.path.join(folder, "_READY")):
         shutil.rmtree(folder, ignore_errors=True)
         WORKLOADS[workload].write(folder, rows, rows_per_file)

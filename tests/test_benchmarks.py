@@ -61,6 +61,47 @@ def test_image_suite_variants_agree_and_report(client, tmp_path, monkeypatch):
     assert "| dask-batchinfer |" in text and "dask-batchinfer / hand loop" in text
 
 
+def test_text_suite_careful_loop_agrees_with_ours_and_reports(tmp_path, monkeypatch):
+    """``benchmarks/text.py``: the careful loop (``encode`` per file, the text L1) and our
+    pipeline (``run_model``, what a worker runs) give the same vectors; the report names
+    every system with its ratios against ours."""
+    import pandas as pd
+
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks import text, variant
+    from benchmarks.workloads import WORKLOADS
+    from dask_batchinfer.pipeline.infer import run_model
+
+    workload = WORKLOADS[text.WORKLOAD]
+    assert workload.hand_loop == "encode"
+    workload.write(str(tmp_path / "in"), 40, 20)
+    done = variant.l1(workload, str(tmp_path / "in"), str(tmp_path / "text-l1-40"))
+    assert done["rows"] == 40 and len(os.listdir(tmp_path / "text-l1-40")) == 2
+    frame = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "in").iterdir())])
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ours = run_model(workload.spec(), frame.reset_index(drop=True))
+    got = np.asarray(ours["embedding"].tolist(), dtype=np.float32)
+    (tmp_path / "text-ours-40").mkdir()
+    pq.write_table(pa.table({"id": frame["id"].to_numpy(), "out": variant.fixed_size_lists(got)}),
+                   tmp_path / "text-ours-40" / "part.parquet")  # fmt: skip
+    careful = text._vectors(str(tmp_path / "text-l1-40"))
+    assert careful.shape == got.shape == (40, 384)
+    assert abs(careful - got).max() < 1e-5
+    monkeypatch.setattr(text, "SIZES", {"smoke": (20, 40)})
+    runs = {(v, n): [{"cold_seconds": 2.0 + n / (10 if v == "ours" else 8), "rows": n,
+                      "peak_pss": 2**30}] for v in ("ours", "l1") for n in (20, 40)}  # fmt: skip
+    args = text.argparse.Namespace(mode="smoke", note=None)
+    report = text._report(args, 1, ["ours", "l1"], runs, str(tmp_path))
+    assert report["variants"]["ours"]["steady_docs_per_s"] == pytest.approx(10)
+    assert report["max_abs_diff_vs_l1"]["ours"] < 1e-5
+    text._write(report, str(tmp_path / "results"))
+    shown = (tmp_path / "results" / "text-smoke.md").read_text()
+    assert "| dask-batchinfer |" in shown and "1.25x its docs/s steady" in shown
+
+
 class _Done:
     """A finished run, as the suite's runner returns it."""
 

@@ -127,7 +127,8 @@ def sentence_encoder(
         The most rows per batch.
     token_budget : int or None, default 8192
         Rows are sorted by token count and batched so that rows x longest row
-        stays within this budget (less padding, steady memory); ``None``
+        stays within this budget (less padding, steady memory; on CPU a batch
+        also ends where lengths grow by more than 10%); ``None``
         batches ``batch_size`` rows in input order. Output order is input order.
     precision, device, name
         See :class:`ModelSpec`.

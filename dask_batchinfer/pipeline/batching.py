@@ -233,13 +233,26 @@ def _row_ranges(rows: int, step: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
-def _budget_ranges(lengths: np.ndarray, budget: int, max_rows: int) -> list[tuple[int, int]]:
-    """Cut length-sorted rows into ranges whose rows x longest row stays within ``budget``."""
+#: On CPU a length-sorted batch also ends where a row is this much longer than the
+#: batch's first row (once the batch has PAD_MIN_ROWS rows): a CPU's cost follows the
+#: padded tokens, so less padding pays more than bigger batches. Measured on MiniLM,
+#: 1,000 documents of 3-400 words, one thread: padding 18% -> 5%, 26.5-28.1 s -> 21.8-22.6 s.
+PAD_SLACK = 0.10
+PAD_MIN_ROWS = 8
+
+
+def _budget_ranges(lengths: np.ndarray, budget: int, max_rows: int,
+                   slack: float | None = None) -> list[tuple[int, int]]:  # fmt: skip
+    """Cut length-sorted rows into ranges whose rows x longest row stays within ``budget``
+    (and, with ``slack``, whose rows are at most ``1 + slack`` times the first row's length
+    once a range holds ``PAD_MIN_ROWS`` rows)."""
     ranges: list[tuple[int, int]] = []
     start = 0
     for i, length in enumerate(lengths):
         rows = i - start + 1
-        if i > start and (rows * int(length) > budget or rows > max_rows):
+        padded = (slack is not None and rows > PAD_MIN_ROWS
+                  and length > lengths[start] * (1 + slack))  # fmt: skip
+        if i > start and (rows * int(length) > budget or rows > max_rows or padded):
             ranges.append((start, i))
             start = i
     if len(lengths):
@@ -321,7 +334,8 @@ def _plan(
     lengths = np.maximum(lengths, 1)
     order = np.argsort(lengths, kind="stable")
     sorted_lengths = lengths[order]
-    ranges = _budget_ranges(sorted_lengths, spec.token_budget, step)
+    slack = PAD_SLACK if loaded.device == "cpu" else None  # a GPU prefers bigger batches
+    ranges = _budget_ranges(sorted_lengths, spec.token_budget, step, slack)
     stats.tokens += int(lengths.sum())
     stats.padded_tokens += _padded(sorted_lengths, ranges)
     stats.padded_tokens_unsorted += _padded(lengths, _row_ranges(rows, spec.batch_size or rows))
