@@ -27,7 +27,6 @@ import glob
 import importlib.util
 import json
 import os
-import statistics
 from datetime import datetime, timezone
 from typing import Any
 
@@ -186,21 +185,10 @@ def _report(args: argparse.Namespace, reps: int, variants: list[str], started: d
     from benchmarks import run
 
     lo, hi = SIZES[args.mode]
-    results: dict[str, dict] = {}
+    runs = {key: [f.result() for f in futures] for key, futures in started.items()}
+    results = run.cold_summary(runs, variants, lo, hi, "steady_images_per_s")
     for variant in variants:
-        results[variant] = {}
-        for n in (lo, hi):
-            runs = [f.result() for f in started[(variant, n)]]
-            assert all(r["rows"] == n for r in runs), (variant, n, [r["rows"] for r in runs])
-            results[variant][str(n)] = {
-                "cold_seconds": statistics.median(r["cold_seconds"] for r in runs),
-                "peak_pss_mb": statistics.median(r["peak_pss"] for r in runs) / 2**20,
-                "runs": [r["cold_seconds"] for r in runs],
-            }
-        cold = results[variant]
-        slope = cold[str(hi)]["cold_seconds"] - cold[str(lo)]["cold_seconds"]
-        results[variant]["steady_images_per_s"] = (hi - lo) / slope if slope > 0 else None
-        results[variant]["cold_images_per_s"] = hi / cold[str(hi)]["cold_seconds"]
+        results[variant]["cold_images_per_s"] = hi / results[variant][str(hi)]["cold_seconds"]
     reference = _outputs(os.path.join(scratch, f"png-hand-{hi}"))
     correct = {
         v: float(np.max(np.abs(_outputs(os.path.join(scratch, f"png-{v}-{hi}")) - reference)))

@@ -363,6 +363,29 @@ def column_projection(mode: str, reps: int, runner: Runner) -> dict:
     }  # fmt: skip
 
 
+def cold_summary(runs: dict, variants: list[str], lo: int, hi: int, rate: str) -> dict:
+    """Per variant and size, the medians of cold seconds and peak PSS (MB) and the runs'
+    cold seconds; ``rate``: the steady rows per second between the two sizes (the slope).
+
+    ``runs`` maps ``(variant, size)`` to the runs' results (:func:`run_variant`'s dicts).
+    """
+    results: dict[str, dict] = {}
+    for variant in variants:
+        results[variant] = {}
+        for n in (lo, hi):
+            rs = runs[(variant, n)]
+            assert all(r["rows"] == n for r in rs), (variant, n, [r["rows"] for r in rs])
+            results[variant][str(n)] = {
+                "cold_seconds": statistics.median(r["cold_seconds"] for r in rs),
+                "peak_pss_mb": statistics.median(r["peak_pss"] for r in rs) / 2**20,
+                "runs": [r["cold_seconds"] for r in rs],
+            }
+        cold = results[variant]
+        slope = cold[str(hi)]["cold_seconds"] - cold[str(lo)]["cold_seconds"]
+        results[variant][rate] = (hi - lo) / slope if slope > 0 else None
+    return results
+
+
 def _git_commit(*paths: str) -> str | None:
     """The checkout's commit, or the last one that changed ``paths``."""
     try:

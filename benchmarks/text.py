@@ -29,7 +29,6 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 from datetime import datetime, timezone
 
 import numpy as np
@@ -98,20 +97,7 @@ def _report(args: argparse.Namespace, reps: int, variants: list[str], runs: dict
     from benchmarks import run
 
     lo, hi = SIZES[args.mode]
-    results: dict[str, dict] = {}
-    for variant in variants:
-        results[variant] = {}
-        for n in (lo, hi):
-            rs = runs[(variant, n)]
-            assert all(r["rows"] == n for r in rs), (variant, n, [r["rows"] for r in rs])
-            results[variant][str(n)] = {
-                "cold_seconds": statistics.median(r["cold_seconds"] for r in rs),
-                "peak_pss_mb": statistics.median(r["peak_pss"] for r in rs) / 2**20,
-                "runs": [r["cold_seconds"] for r in rs],
-            }
-        cold = results[variant]
-        slope = cold[str(hi)]["cold_seconds"] - cold[str(lo)]["cold_seconds"]
-        results[variant]["steady_docs_per_s"] = (hi - lo) / slope if slope > 0 else None
+    results = run.cold_summary(runs, variants, lo, hi, "steady_docs_per_s")
     reference = _vectors(os.path.join(scratch, f"text-l1-{hi}"))  # the careful loop's last run
     diffs = {v: float(np.max(np.abs(_vectors(os.path.join(scratch, f"text-{v}-{hi}")) - reference)))
              for v in variants if v != "l1"}  # fmt: skip
