@@ -159,33 +159,17 @@ def main(argv: list[str] | None = None) -> dict:
         if not os.path.exists(os.path.join(folders[n], "_READY")):
             write_pngs(folders[n], n)
             open(os.path.join(folders[n], "_READY"), "w").close()
-    runner = run.Runner()
-    scratch = os.path.join(run.DATA, "out")
-    started: dict[tuple[str, int], list] = {}
-    try:
-        for rep in range(reps):
-            for variant in variants if rep % 2 == 0 else variants[::-1]:
-                for n, folder in folders.items():
-                    label = f"images: {variant} images={n} rep={rep + 1}"
-                    out = os.path.join(scratch, f"png-{variant}-{n}")
-                    started.setdefault((variant, n), []).append(
-                        runner.start(label, variant, "W3-png", folder, out))  # fmt: skip
-        for futures in started.values():
-            for future in futures:
-                future.result()
-    finally:
-        runner.pool.shutdown(cancel_futures=True)
-    report = _report(args, reps, variants, started, scratch)
+    runs = run.interleaved(run.Runner(), reps, variants, folders, "W3-png", "png", "images")
+    report = _report(args, reps, variants, runs, os.path.join(run.DATA, "out"))
     _write(report, args.results)
     return report
 
 
-def _report(args: argparse.Namespace, reps: int, variants: list[str], started: dict,
+def _report(args: argparse.Namespace, reps: int, variants: list[str], runs: dict,
             scratch: str) -> dict:  # fmt: skip
     from benchmarks import run
 
     lo, hi = SIZES[args.mode]
-    runs = {key: [f.result() for f in futures] for key, futures in started.items()}
     results = run.cold_summary(runs, variants, lo, hi, "steady_images_per_s")
     for variant in variants:
         results[variant]["cold_images_per_s"] = hi / results[variant][str(hi)]["cold_seconds"]

@@ -386,6 +386,28 @@ def cold_summary(runs: dict, variants: list[str], lo: int, hi: int, rate: str) -
     return results
 
 
+def interleaved(runner: Runner, reps: int, variants: list[str], folders: dict[int, str],
+                workload: str, name: str, unit: str) -> dict:  # fmt: skip
+    """Every variant on every folder ``reps`` times, in the order A B C, then C B A (every
+    variant sees both halves of the run); each run writes ``out/<name>-<variant>-<size>``.
+
+    Returns the runs' results by ``(variant, size)`` once all are done; the runner's pool
+    is shut down either way (after a failed run, the runs not yet started never start).
+    """
+    started: dict[tuple[str, int], list[Future]] = {}
+    try:
+        for rep in range(reps):
+            for variant in variants if rep % 2 == 0 else variants[::-1]:
+                for n, folder in folders.items():
+                    label = f"{name}: {variant} {unit}={n} rep={rep + 1}"
+                    out = os.path.join(DATA, "out", f"{name}-{variant}-{n}")
+                    started.setdefault((variant, n), []).append(
+                        runner.start(label, variant, workload, folder, out))  # fmt: skip
+        return {key: [f.result() for f in futures] for key, futures in started.items()}
+    finally:
+        runner.pool.shutdown(cancel_futures=True)
+
+
 def _git_commit(*paths: str) -> str | None:
     """The checkout's commit, or the last one that changed ``paths``."""
     try:

@@ -47,11 +47,9 @@ LABELS = {
 
 def _vectors(folder: str) -> np.ndarray:
     """A variant's output as an (n, 384) array in id order."""
-    import pyarrow.dataset as ds
+    from benchmarks import run
 
-    frame = ds.dataset(folder, format="parquet").to_table().to_pandas().sort_values("id")
-    column = [c for c in frame.columns if c != "id"][0]
-    return np.stack(frame[column].to_numpy()).astype(np.float32)
+    return np.stack(run._outputs(folder).to_numpy()).astype(np.float32)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -73,21 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
                  if p not in args.skip and importlib.util.find_spec(p) is not None]  # fmt: skip
     variants = args.variants or variants
     folders = {n: run.prepare(WORKLOAD, n, PER_FILE[args.mode]) for n in SIZES[args.mode]}
-    runner = run.Runner()
-    scratch = os.path.join(run.DATA, "out")
-    started: dict[tuple[str, int], list] = {}
-    try:
-        for rep in range(reps):
-            for variant in variants if rep % 2 == 0 else variants[::-1]:
-                for n, folder in folders.items():
-                    label = f"text: {variant} docs={n} rep={rep + 1}"
-                    out = os.path.join(scratch, f"text-{variant}-{n}")
-                    started.setdefault((variant, n), []).append(
-                        runner.start(label, variant, WORKLOAD, folder, out))  # fmt: skip
-        runs = {key: [f.result() for f in futures] for key, futures in started.items()}
-    finally:
-        runner.pool.shutdown(cancel_futures=True)
-    report = _report(args, reps, variants, runs, scratch)
+    runs = run.interleaved(run.Runner(), reps, variants, folders, WORKLOAD, "text", "docs")
+    report = _report(args, reps, variants, runs, os.path.join(run.DATA, "out"))
     _write(report, args.results)
     return report
 

@@ -51,10 +51,10 @@ def test_image_suite_variants_agree_and_report(client, tmp_path, monkeypatch):
     assert got["ours"].shape == (60, 10)
     assert abs(got["ours"] - got["hand"]).max() < 1e-5
     run = {"cold_seconds": 2.0, "peak_pss": 2**30, "rows": 60}
-    started = {(v, n): [_Done(dict(run, rows=n))] for v in ("ours", "hand") for n in (30, 60)}
+    runs = {(v, n): [dict(run, rows=n)] for v in ("ours", "hand") for n in (30, 60)}
     monkeypatch.setattr(images, "SIZES", {"smoke": (30, 60)})
     args = images.argparse.Namespace(mode="smoke")
-    report = images._report(args, 1, ["ours", "hand"], started, str(tmp_path))
+    report = images._report(args, 1, ["ours", "hand"], runs, str(tmp_path))
     assert report["max_abs_diff_vs_hand"]["ours"] < 1e-5
     images._write(report, str(tmp_path / "results"))
     text = (tmp_path / "results" / "images-smoke.md").read_text()
@@ -100,16 +100,6 @@ def test_text_suite_careful_loop_agrees_with_ours_and_reports(tmp_path, monkeypa
     text._write(report, str(tmp_path / "results"))
     shown = (tmp_path / "results" / "text-smoke.md").read_text()
     assert "| dask-batchinfer |" in shown and "1.25x its docs/s steady" in shown
-
-
-class _Done:
-    """A finished run, as the suite's runner returns it."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
 
 
 @pytest.mark.slow
