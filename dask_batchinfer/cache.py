@@ -7,7 +7,9 @@ dropped first) (the loading itself is
 :func:`dask_batchinfer.pipeline.loading.load_model`). Entries are keyed by the
 spec's token (``dask.base.tokenize``), so two equal specs share one model.
 Loads of one spec are serialised by a per-token lock; loads of different specs
-run in parallel. The cache is emptied in a forked child.
+run in parallel. Beside the models it keeps small helpers that the CPU pool
+uses to prepare inputs (a tokenizer: :func:`helper`). The cache is emptied in a
+forked child.
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ if TYPE_CHECKING:
 
     from dask_batchinfer.model.spec import ModelSpec
 
-__all__ = ["LoadedModel", "clear", "evict", "get_or_load", "local_stats", "model_stats"]
+__all__ = [
+    "LoadedModel",
+    "clear",
+    "evict",
+    "get_or_load",
+    "helper",
+    "local_stats",
+    "model_stats",
+]
 
 
 @dataclasses.dataclass
@@ -51,6 +61,7 @@ _registry_lock = threading.Lock()
 _load_locks: dict[str, threading.Lock] = {}
 _models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
 _stats: dict[str, dict[str, Any]] = {}
+_helpers: dict[Any, Any] = {}
 
 
 def _reset_after_fork() -> None:
@@ -59,6 +70,7 @@ def _reset_after_fork() -> None:
     _load_locks.clear()
     _models.clear()
     _stats.clear()
+    _helpers.clear()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -88,6 +100,23 @@ def get_or_load(spec: ModelSpec, load: Callable[[ModelSpec], LoadedModel]) -> Lo
             _models[spec.cache_key] = loaded
             _trim()
     return loaded
+
+
+def helper(key: Any, make: Callable[[], Any]) -> Any:
+    """A small per-process object (a tokenizer) made once by ``make()`` and kept under ``key``.
+
+    Helpers are what preparing inputs needs on the CPU pool; unlike models
+    they are not counted against ``batchinfer.cached-models``.
+    """
+    found = _helpers.get(key)
+    if found is not None:
+        return found
+    with _registry_lock:
+        key_lock = _load_locks.setdefault(f"helper-{key!r}", threading.Lock())
+    with key_lock:
+        if key not in _helpers:
+            _helpers[key] = make()
+    return _helpers[key]
 
 
 def _trim() -> None:
@@ -143,6 +172,7 @@ def clear() -> None:
     """Drop every cached model in this process and release GPU memory."""
     with _registry_lock:
         _models.clear()
+        _helpers.clear()
         _load_locks.clear()
     _release_gpu_memory()
 

@@ -84,6 +84,10 @@ class JobResult:
     rows_truncated : int
         Rows longer than the model reads (e.g. texts past the encoder's
         ``max_seq_length``), truncated by the model; counted, not failed.
+    model_turn_seconds : float
+        Of ``infer_seconds``, the time inside the model's turn (forward
+        passes and the copies to and from the device, which take turns on a
+        GPU); the rest is host work beside it (padding batches, outputs to Arrow).
     tokens, padded_tokens, padded_tokens_unsorted : int
         With token-budget batching: real tokens, tokens as batched (with
         padding), and as batched in input order without sorting.
@@ -109,6 +113,7 @@ class JobResult:
     model_loads: dict[str, int]
     files: list[dict[str, Any]]
     infer_seconds: float = 0.0
+    model_turn_seconds: float = 0.0
     write_seconds: float = 0.0
     retries: int = 0
     files_removed: int = 0
@@ -186,6 +191,7 @@ class JobResult:
             "error": self.error,
             "cluster_seconds": round(self.cluster_seconds, 3),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds().items()},
+            "model_turn_seconds": round(self.model_turn_seconds, 3),
         }
 
     def stage_seconds(self) -> dict[str, float]:

@@ -16,6 +16,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,7 @@ __all__ = [
     "threads_probe",
     "tiny_cnn_model",
     "tiny_model",
+    "tokenizer_calls",
     "uneven_partitions",
 ]
 
@@ -340,6 +342,27 @@ def make_features(rows: int, n_features: int = 8, seed: int = 0, start_id: int =
     frame = pd.DataFrame(data, columns=feature_columns(n_features))
     frame.insert(0, "id", np.arange(start_id, start_id + rows, dtype=np.int64))
     return frame
+
+
+def tokenizer_calls() -> int:
+    """Calls to any Hugging Face tokenizer in this process since this was first run here.
+
+    The first run installs a counter around ``PreTrainedTokenizerBase.__call__``;
+    ``client.run(tokenizer_calls)`` shows where a job tokenised (the CPU pool).
+    """
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    base: Any = PreTrainedTokenizerBase
+    if not hasattr(base, "_batchinfer_calls"):
+        original = base.__call__
+
+        def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            base._batchinfer_calls += 1
+            return original(self, *args, **kwargs)
+
+        base._batchinfer_calls = 0
+        base.__call__ = counted
+    return int(base._batchinfer_calls)
 
 
 def _identity(frame: pd.DataFrame) -> pd.DataFrame:

@@ -146,6 +146,7 @@ def _stage_sums(stats: list[PartitionStats]) -> dict[str, Any]:
         "read_seconds": sum(s.read_seconds for s in stats),
         "preprocess_seconds": sum(s.preprocess_seconds for s in stats),
         "infer_seconds": sum(s.infer_seconds for s in stats),
+        "model_turn_seconds": sum(s.batch.turn_seconds for s in stats),
         "write_seconds": sum(s.write_seconds for s in stats),
         "retries": sum(s.retries for s in stats),
         "oom_events": sum(s.batch.oom_events for s in stats),

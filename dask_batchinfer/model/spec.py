@@ -30,7 +30,7 @@ __all__ = ["PRECISIONS", "ModelSpec", "OutputType", "output_dtype"]
 OutputType = Any
 
 _DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +64,9 @@ class ModelSpec:
         ``"auto"`` picks ``cuda`` when the worker sees a GPU, else ``cpu``.
     name : str, optional
         A human name for reports; defaults to the loader's name.
-    precision : {"fp32", "bf16", "fp16"}, default "fp32"
-        ``"bf16"``/``"fp16"`` run ``predict`` under ``torch.autocast``.
+    precision : {"fp32", "bf16", "fp16", "auto"}, default "fp32"
+        ``"bf16"``/``"fp16"`` run ``predict`` under ``torch.autocast``;
+        ``"auto"`` is fp16 on a GPU and fp32 on CPU.
     compile : bool, default False
         ``torch.compile`` the module at load time and warm it up there on
         ``example`` (so the first partition does not pay the compilation).
@@ -83,6 +84,15 @@ class ModelSpec:
         With ``lengths``, rows longer than this are counted as truncated
         (``JobResult.rows_truncated``); ``lengths`` should then measure rows
         before truncation (at least up to the limit + 1).
+    prepare : callable, optional
+        ``prepare(frame)`` turns the partition's ``input_columns`` into what
+        ``collate`` reads, where preprocessing runs: on the CPU pool of a
+        mixed cluster, before the partition travels to the model worker
+        (e.g. tokenising texts into int32 token ids, see
+        :mod:`dask_batchinfer.pipeline.tokens`). It must keep every row, in
+        order, and fail on the rows it cannot prepare (they are then found
+        and named, or quarantined, like rows that ``preprocess`` fails on).
+        ``collate`` then receives the prepared frame whole.
     allow_nulls : bool, default False
         Let null values (None, NaN, NA) in ``input_columns`` through to the
         model. By default a null fails its row: the job stops naming the
@@ -117,6 +127,7 @@ class ModelSpec:
     lengths: Callable[[Any, Any], Any] | None = None
     length_limit: Callable[[Any], int | None] | None = None
     allow_nulls: bool = False
+    prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None
     token: str = dataclasses.field(init=False, repr=False, compare=False)
     cache_key: str = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -137,8 +148,8 @@ class ModelSpec:
                                          self.device, self.compile))  # fmt: skip
         # What shapes the outputs: batch sizes and budgets do not.
         set_(self, "token", tokenize(self.cache_key, code_token(self.predict),
-                                     code_token(self.collate), self.outputs, self.input_columns,
-                                     self.precision))  # fmt: skip
+                                     code_token(self.collate), code_token(self.prepare),
+                                     self.outputs, self.input_columns, self.precision))  # fmt: skip
 
     def __dask_tokenize__(self) -> str:
         return self.token
@@ -156,8 +167,35 @@ class ModelSpec:
             }
         )
 
-    def make_inputs(self, frame: pd.DataFrame) -> Any:
-        """Turn a partition into model inputs (see ``collate``)."""
+    def prepare_inputs(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Run ``prepare`` on a partition's ``input_columns`` (checked for nulls first)."""
+        assert self.prepare is not None, "prepare_inputs needs a spec with prepare="
+        self._check_columns(frame)
+        prepared = self.prepare(frame[list(self.input_columns)])
+        if not isinstance(prepared, pd.DataFrame) or len(prepared) != len(frame):
+            raise InputError(
+                f"model {self.name!r}: prepare= must return a DataFrame of {len(frame)} rows, "
+                f"one per input row; got {type(prepared).__name__} of "
+                f"{len(prepared) if hasattr(prepared, '__len__') else '?'} rows"
+            )
+        return prepared
+
+    def make_inputs(self, frame: pd.DataFrame, prepared: bool = False) -> Any:
+        """Turn a partition into model inputs (see ``collate``).
+
+        With a ``prepare`` step, ``frame`` is either already prepared
+        (``prepared=True``: the job's CPU stage ran it) or prepared here.
+        """
+        if self.prepare is not None:
+            frame = frame if prepared else self.prepare_inputs(frame)
+            return self.collate(frame) if self.collate is not None else frame
+        self._check_columns(frame)
+        if self.collate is None:
+            return float_tensor(frame, self.input_columns)
+        selected = frame[list(self.input_columns)] if self.input_columns else frame
+        return self.collate(selected)
+
+    def _check_columns(self, frame: pd.DataFrame) -> None:
         missing = [c for c in self.input_columns if c not in frame.columns]
         if missing:
             raise SchemaError(
@@ -166,10 +204,6 @@ class ModelSpec:
             )
         if not self.allow_nulls:
             check_nulls(frame, self.input_columns)
-        if self.collate is None:
-            return float_tensor(frame, self.input_columns)
-        selected = frame[list(self.input_columns)] if self.input_columns else frame
-        return self.collate(selected)
 
 
 def _check_callables(spec: ModelSpec) -> None:
@@ -177,8 +211,10 @@ def _check_callables(spec: ModelSpec) -> None:
         raise InputError(f"ModelSpec(load=...) must be callable, got {spec.load!r}")
     if not callable(spec.predict):
         raise InputError(f"ModelSpec(predict=...) must be callable, got {spec.predict!r}")
-    if spec.collate is not None and not callable(spec.collate):
-        raise InputError(f"ModelSpec(collate=...) must be callable, got {spec.collate!r}")
+    for field in ("collate", "prepare"):
+        value = getattr(spec, field)
+        if value is not None and not callable(value):
+            raise InputError(f"ModelSpec({field}=...) must be callable, got {value!r}")
     if isinstance(spec.input_columns, str):
         raise InputError(
             f"ModelSpec(input_columns={spec.input_columns!r}) must be a list of column "

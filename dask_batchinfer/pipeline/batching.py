@@ -6,21 +6,26 @@ per-row Python runs. Then:
 
 - **Batches** hold ``batch_size`` rows, or, with a ``token_budget``, rows
   sorted by length and cut so that rows x longest row stays in the budget
-  (less padding); the outputs are put back in input order.
+  (less padding), longest batch first (the caching allocator of a GPU
+  reaches its peak at once instead of growing); the outputs are put back in
+  input order. Token ids prepared on the CPU pool (:class:`TokenIds`) are
+  padded per batch, to the batch's longest row.
 - **Out of memory**: a batch that raises ``torch.cuda.OutOfMemoryError`` is
   split in halves and retried, down to one row; the worker remembers the
   largest size that fitted (``LoadedModel.max_batch``) for later batches.
 - **GPU**: the partition's input tensors are pinned once and each batch is
   copied on a side stream while the previous one computes; outputs stay on the
   device until the partition is done (one copy back).
-- ``precision`` other than fp32 runs ``predict`` under ``torch.autocast``.
+- ``precision`` other than fp32 runs ``predict`` under ``torch.autocast``
+  (``"auto"``: fp16 on a GPU, fp32 on CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -30,6 +35,7 @@ import pyarrow as pa
 from dask_batchinfer.cache import LoadedModel
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.model.spec import ModelSpec
+from dask_batchinfer.pipeline.device import on_device, pin, slice_inputs, take_inputs
 
 __all__ = ["BatchStats", "run_loaded"]
 
@@ -45,94 +51,13 @@ class BatchStats:
     padded_tokens: int = 0  # tokens including padding, as batched
     padded_tokens_unsorted: int = 0  # the same had rows been batched in input order
     truncated: int = 0  # rows longer than the model's length limit
+    turn_seconds: float = 0.0  # inside the model's turn: forward passes, copies in and out
 
     def add(self, other: BatchStats) -> None:
         for field in dataclasses.fields(self):
             if field.name != "batch_size":
                 setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
         self.batch_size = other.batch_size or self.batch_size
-
-
-# --- inputs -----------------------------------------------------------------
-
-
-def slice_inputs(inputs: Any, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of model inputs (tensor, array, list, pandas, or a dict of those)."""
-    if isinstance(inputs, (pd.DataFrame, pd.Series)):
-        return inputs.iloc[start:stop]
-    if isinstance(inputs, Mapping):
-        return {name: slice_inputs(value, start, stop) for name, value in inputs.items()}
-    return inputs[start:stop]
-
-
-def take_inputs(inputs: Any, order: np.ndarray) -> Any:
-    """Rows of model inputs in ``order`` (a permutation)."""
-    import torch
-
-    if isinstance(inputs, (pd.DataFrame, pd.Series)):
-        return inputs.iloc[order]
-    if isinstance(inputs, Mapping):
-        return {name: take_inputs(value, order) for name, value in inputs.items()}
-    if isinstance(inputs, torch.Tensor):
-        return inputs[torch.from_numpy(order)]
-    if isinstance(inputs, np.ndarray):
-        return inputs[order]
-    return [inputs[i] for i in order]
-
-
-def _pin(inputs: Any) -> Any:
-    import torch
-
-    if isinstance(inputs, torch.Tensor) and inputs.device.type == "cpu":
-        return inputs.pin_memory()
-    if isinstance(inputs, Mapping):
-        return {name: _pin(value) for name, value in inputs.items()}
-    return inputs
-
-
-def to_device(batch: Any, device: str) -> Any:
-    """Move the tensors in ``batch`` to ``device`` (asynchronously from pinned memory)."""
-    import torch
-
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True) if batch.device.type != device else batch
-    if isinstance(batch, Mapping):
-        return {name: to_device(value, device) for name, value in batch.items()}
-    return batch
-
-
-def _record_stream(batch: Any, stream: Any) -> None:
-    import torch
-
-    if isinstance(batch, torch.Tensor):
-        batch.record_stream(stream)
-    elif isinstance(batch, Mapping):
-        for value in batch.values():
-            _record_stream(value, stream)
-
-
-def _on_device(inputs: Any, ranges: list[tuple[int, int]], device: str) -> Iterator[Any]:
-    """Yield each range's batch on ``device``; on CUDA the next copy overlaps this compute."""
-    import torch
-
-    if not device.startswith("cuda"):
-        for start, stop in ranges:
-            yield to_device(slice_inputs(inputs, start, stop), device)
-        return
-    copy_stream = torch.cuda.Stream()
-    compute_stream = torch.cuda.current_stream()
-
-    def send(start: int, stop: int) -> Any:
-        with torch.cuda.stream(copy_stream):
-            return to_device(slice_inputs(inputs, start, stop), device)
-
-    upcoming = send(*ranges[0]) if ranges else None
-    for i in range(len(ranges)):
-        compute_stream.wait_stream(copy_stream)
-        batch = upcoming
-        _record_stream(batch, compute_stream)
-        upcoming = send(*ranges[i + 1]) if i + 1 < len(ranges) else None
-        yield batch
 
 
 # --- outputs ----------------------------------------------------------------
@@ -247,16 +172,17 @@ def _budget_ranges(lengths: np.ndarray, budget: int, max_rows: int,
     (and, with ``slack``, whose rows are at most ``1 + slack`` times the first row's length
     once a range holds ``PAD_MIN_ROWS`` rows)."""
     ranges: list[tuple[int, int]] = []
-    start = 0
-    for i, length in enumerate(lengths):
-        rows = i - start + 1
-        padded = (slack is not None and rows > PAD_MIN_ROWS
-                  and length > lengths[start] * (1 + slack))  # fmt: skip
-        if i > start and (rows * int(length) > budget or rows > max_rows or padded):
-            ranges.append((start, i))
-            start = i
-    if len(lengths):
-        ranges.append((start, len(lengths)))
+    start, n = 0, len(lengths)
+    while start < n:  # one numpy step per batch, not per row
+        window = np.asarray(lengths[start : start + max_rows + 1], dtype=np.int64)
+        rows = np.arange(1, len(window) + 1)
+        cut = (rows * window > budget) | (rows > max_rows)
+        if slack is not None:
+            cut |= (rows > PAD_MIN_ROWS) & (window > window[0] * (1 + slack))
+        cut[0] = False  # a batch holds at least one row
+        stop = start + (int(cut.argmax()) if cut.any() else len(window))
+        ranges.append((start, stop))
+        start = stop
     return ranges
 
 
@@ -275,7 +201,8 @@ def _is_oom(err: BaseException) -> bool:
 def _autocast(spec: ModelSpec, device: str) -> contextlib.AbstractContextManager:
     import torch
 
-    if spec.precision == "fp32":
+    on_gpu = not device.startswith("cpu")
+    if spec.precision == "fp32" or (spec.precision == "auto" and not on_gpu):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if spec.precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
@@ -343,30 +270,39 @@ def _plan(
 
 
 def run_loaded(
-    spec: ModelSpec, loaded: LoadedModel, frame: pd.DataFrame, stats: BatchStats
+    spec: ModelSpec,
+    loaded: LoadedModel,
+    frame: pd.DataFrame,
+    stats: BatchStats,
+    prepared: bool = False,
 ) -> pd.DataFrame:
     """Run the loaded model over every row of ``frame``; the output columns on its index.
 
     Forward passes run under ``torch.inference_mode()`` (taking turns on a GPU);
     ``stats`` receives batch counts, out-of-memory recoveries and padding.
+    ``prepared``: ``frame`` already went through the spec's ``prepare`` step.
     """
     import torch
 
     rows = len(frame)
     if rows == 0:
         return spec.meta().set_axis(frame.index[:0])
-    inputs = spec.make_inputs(frame)
+    inputs = spec.make_inputs(frame, prepared)
     with torch.inference_mode():  # host work (e.g. tokenising to sort): before the turn, so
         inputs, order, ranges = _plan(spec, loaded, inputs, rows, stats)  # it overlaps one
     turn = loaded.lock if loaded.device != "cpu" else contextlib.nullcontext()  # on the GPU
     with turn, torch.inference_mode(), _autocast(spec, loaded.device):
+        started = time.perf_counter()  # the turn is ours: waiting for it is not counted
         if loaded.device.startswith("cuda"):
-            inputs = _pin(inputs)
-        chunks: list[dict[str, Any]] = []
-        for (start, stop), batch in zip(ranges, _on_device(inputs, ranges, loaded.device),
-                                        strict=True):  # fmt: skip
-            chunks.extend(_predict(spec, loaded, batch, stop - start, stats))
+            inputs = pin(inputs)
+        # length-sorted batches run longest first; their outputs are kept in sorted order
+        run = ranges[::-1] if order is not None else ranges
+        done: list[list[dict[str, Any]]] = []
+        for (start, stop), batch in zip(run, on_device(inputs, run, loaded.device), strict=True):
+            done.append(_predict(spec, loaded, batch, stop - start, stats))
+        chunks = [c for part in (done[::-1] if order is not None else done) for c in part]
         columns = {name: _concat([c[name] for c in chunks]) for name in spec.outputs}
+        stats.turn_seconds += time.perf_counter() - started  # _concat waited for the device
     stats.batch_size = min(spec.batch_size or rows, loaded.max_batch or rows)
     if order is not None:
         inverse = np.empty_like(order)

@@ -23,19 +23,20 @@ __all__ = ["infer_features", "run_model"]
 
 
 def run_model(
-    spec: ModelSpec, frame: pd.DataFrame, stats: BatchStats | None = None
+    spec: ModelSpec, frame: pd.DataFrame, stats: BatchStats | None = None, prepared: bool = False
 ) -> pd.DataFrame:
     """Run ``spec`` over every row of ``frame``; return the output columns on ``frame``'s index.
 
     The model comes from the per-process cache (loaded on first use; an empty
     frame loads nothing). ``stats``, when given, receives batch counts,
-    out-of-memory recoveries and padding.
+    out-of-memory recoveries and padding. ``prepared``: ``frame`` already went
+    through the spec's ``prepare`` step (else it is run here).
     """
     if len(frame) == 0:
         return spec.meta().set_axis(frame.index[:0])
     loaded = load_model(spec)
     configure_torch_threads(loaded.device)
-    return run_loaded(spec, loaded, frame, stats if stats is not None else BatchStats())
+    return run_loaded(spec, loaded, frame, stats if stats is not None else BatchStats(), prepared)
 
 
 def infer_features(
@@ -48,6 +49,7 @@ def infer_features(
     stats: BatchStats | None = None,
     on_error: str = "raise",
     positions: np.ndarray | None = None,
+    prepared: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the model on preprocessed ``features``.
 
@@ -57,12 +59,13 @@ def infer_features(
     cause); with ``"quarantine"`` the other rows' outputs are returned and the
     bad rows come back as ``kept`` columns plus ``row`` (its position in the
     input partition, see ``positions``), ``error_type`` and ``error``.
-    Model-loading errors pass through unchanged.
+    Model-loading errors pass through unchanged. ``prepared``: ``features``
+    went through the model's ``prepare`` step already (the CPU stage ran it).
     """
 
     def run(lo: int, hi: int) -> pd.DataFrame:
         attempt = BatchStats()
-        out = run_model(model, features.iloc[lo:hi], attempt)
+        out = run_model(model, features.iloc[lo:hi], attempt, prepared)
         if stats is not None:
             stats.add(attempt)
         return out

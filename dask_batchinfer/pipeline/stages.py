@@ -136,11 +136,13 @@ def read_stage(
 
 def preprocess_stage(frame: pd.DataFrame, partition: Partition, settings: StageSettings,
                      stats: PartitionStats) -> Prepared:  # fmt: skip
-    """Run ``preprocess`` (CPU): the features, the kept columns, the rows it failed on."""
+    """Run ``preprocess`` and the model's ``prepare`` step (CPU): the features, the kept
+    columns, the rows they failed on."""
     start = time.time()
     prepared = preprocess_partition(frame, preprocess=settings.preprocess, keep=settings.keep,
                                     number=partition.number, source=partition.source,
-                                    on_error=settings.on_error)  # fmt: skip
+                                    on_error=settings.on_error,
+                                    model=settings.model)  # fmt: skip
     lines = frame.attrs.get(BAD_LINES)
     if lines:  # the reader's, with quarantine: beside the rows preprocess set aside
         prepared.bad = pd.concat([prepared.bad, unparsed_lines(prepared.kept, lines)])
@@ -156,7 +158,8 @@ def infer_stage(prepared: Prepared, partition: Partition, settings: StageSetting
     result, bad = infer_features(prepared.features, prepared.kept, model=settings.model,
                                  number=partition.number, source=partition.source,
                                  stats=stats.batch, on_error=settings.on_error,
-                                 positions=prepared.positions)  # fmt: skip
+                                 positions=prepared.positions,
+                                 prepared=prepared.ready)  # fmt: skip
     if len(prepared.bad):
         bad = pd.concat([prepared.bad, bad]) if len(bad) else prepared.bad
     _record(stats, "infer", start, rows=len(result))
