@@ -4,13 +4,14 @@ Cluster shapes from ``local_cluster(kind=...)``:
 
 - ``"cpu"``: a ``distributed.LocalCluster`` of worker processes.
 - ``"gpu"``: dask-cuda's ``LocalCUDACluster``, one worker per visible GPU
-  (needs the ``gpu`` extra).
-- ``"mixed"``: a pool of CPU workers that read and preprocess (resource
-  ``batchinfer.pools.preprocess``, default ``"preprocess"``) and a pool of
-  model workers that run inference and write (resource
+  (needs the ``gpu`` extra); every stage runs on the GPU workers.
+- ``"mixed"``: a pool of CPU workers that read, preprocess and tokenise
+  (resource ``batchinfer.pools.preprocess``, default ``"preprocess"``) and a
+  pool of model workers that run the forward pass and write (resource
   ``batchinfer.pools.model``, default ``"model"``); model workers get one GPU
-  each when GPUs are visible.
-- ``"auto"`` (default): ``"gpu"`` when usable GPUs are there, else ``"cpu"``.
+  each when GPUs are visible, and the CPU pool the remaining cores.
+- ``"auto"`` (default): ``"mixed"`` when usable GPUs are there (the CPU pool
+  keeps the GPUs fed), else ``"cpu"``.
 
 Every cluster listens on 127.0.0.1 only.
 """
@@ -34,6 +35,7 @@ __all__ = [
     "gpu_count",
     "local_cluster",
     "mixed_cluster",
+    "mixed_shape",
     "model_workers",
 ]
 
@@ -77,11 +79,13 @@ def local_cluster(
     ----------
     n_workers : int, optional
         Worker processes. Default: one per GPU on a GPU machine; else the CPU
-        count divided by ``threads_per_worker``. For ``kind="mixed"`` see
-        :func:`mixed_cluster`.
+        count divided by ``threads_per_worker``. For ``kind="mixed"`` (and
+        ``"auto"`` with GPUs) the model workers, see :func:`mixed_cluster`.
     threads_per_worker : int, optional
         Task threads per worker (torch uses as many). Default
-        ``batchinfer.threads-per-worker`` (1: a process per core), at most the CPU count.
+        ``batchinfer.threads-per-worker`` (1: a process per core), at most the
+        CPU count. For ``kind="mixed"`` (and ``"auto"`` with GPUs) the model
+        workers' threads.
     kind : {"auto", "cpu", "gpu", "mixed"}, default "auto"
         The cluster shape, see the module docstring.
     gpu : bool, optional
@@ -109,12 +113,14 @@ def local_cluster(
     if gpu is not None:
         kind = "gpu" if gpu else "cpu"
     _positive(n_workers=n_workers, threads_per_worker=threads_per_worker)
-    if kind == "mixed":
+    gpus = gpu_count() if kind in ("auto", "gpu") else 0
+    if kind == "mixed" or (kind == "auto" and gpus):
+        kwargs.setdefault("model_workers", n_workers)
+        kwargs.setdefault("model_threads", threads_per_worker)
         return mixed_cluster(**kwargs)
     cpus = os.cpu_count() or 1
     kwargs.setdefault("host", _config.get("host"))
     kwargs.setdefault("dashboard_address", f"{kwargs['host']}:0")
-    gpus = gpu_count() if kind in ("auto", "gpu") else 0
     if kind == "gpu" and not gpus:
         raise InputError(
             "local_cluster(kind='gpu') found no usable GPU: install the extra with "
@@ -134,22 +140,40 @@ def local_cluster(
     return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, **kwargs)
 
 
+def mixed_shape(cpus: int, gpus: int, cpu_workers: int | None = None,
+                model_workers: int | None = None, cpu_threads: int = 1,
+                model_threads: int | None = None) -> tuple[int, int, int]:  # fmt: skip
+    """``(cpu_workers, model_workers, model_threads)`` of a mixed cluster on this machine.
+
+    One model worker per GPU (1 without GPUs), each with 2 task threads on a
+    GPU (one partition's forward pass holds the GPU while the other's inputs
+    are padded and its outputs written) and 1 on CPU; the CPU pool gets the
+    cores the model workers leave, one worker per ``cpu_threads``, at least one.
+    """
+    model_workers = model_workers or max(1, gpus)
+    model_threads = model_threads or (2 if gpus else 1)
+    cpu_workers = cpu_workers or max(1, (cpus - model_workers) // cpu_threads)
+    return cpu_workers, model_workers, model_threads
+
+
 def mixed_cluster(
-    cpu_workers: int = 1,
+    cpu_workers: int | None = None,
     model_workers: int | None = None,
     *,
     cpu_threads: int = 1,
-    model_threads: int = 1,
+    model_threads: int | None = None,
     host: str | None = None,
     dashboard_address: str | None = None,
     silence_logs: int | bool = logging.WARNING,
 ):
-    """A local cluster with a CPU pool (read, preprocess) and a model pool (infer, write).
+    """A local cluster with a CPU pool (read, preprocess, tokenise) and a model pool
+    (forward pass, write).
 
     CPU workers hold the resource ``batchinfer.pools.preprocess`` and model
     workers ``batchinfer.pools.model``, one unit per thread. With GPUs
-    visible, each model worker sees one GPU (``CUDA_VISIBLE_DEVICES``) and
-    ``model_workers`` defaults to the GPU count; otherwise to 1.
+    visible, each model worker sees one GPU (``CUDA_VISIBLE_DEVICES``).
+    Defaults (:func:`mixed_shape`): one model worker per GPU (1 without GPUs)
+    with 2 task threads on a GPU (1 on CPU), and a CPU worker per remaining core.
 
     Examples
     --------
@@ -161,7 +185,9 @@ def mixed_cluster(
               cpu_threads=cpu_threads, model_threads=model_threads)  # fmt: skip
     host = host or _config.get("host")
     gpus = gpu_count()
-    model_workers = model_workers or max(1, gpus)
+    cpu_workers, model_workers, model_threads = mixed_shape(
+        os.cpu_count() or 1, gpus, cpu_workers, model_workers, cpu_threads, model_threads
+    )
     cpu_resource, model_resource = pool_resources()
     common = {"host": host, "silence_logs": silence_logs}
     workers: dict[str, dict[str, Any]] = {}
@@ -172,6 +198,8 @@ def mixed_cluster(
                 **common,
                 "nthreads": cpu_threads,
                 "resources": {cpu_resource: cpu_threads},
+                # a tokenizer's own thread pool per worker would oversubscribe the cores
+                "env": {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": str(cpu_threads)},
             },
         }
     for i in range(model_workers):

