@@ -96,3 +96,53 @@ def test_local_cuda_cluster_job(tmp_path):
     np.testing.assert_allclose(
         back["score"].to_numpy(), _cpu_scores(frame, 8), rtol=1e-4, atol=1e-4
     )
+
+
+def test_sentence_encoder_on_gpu_is_fp16_and_close_to_cpu():
+    """Token ids padded per batch on the GPU, fp16 weights by default: within 2e-3 of fp32 CPU."""
+    from dask_batchinfer.demo import make_corpus
+
+    corpus = make_corpus(600, seed=11)
+    corpus.loc[::13, "text"] = corpus.loc[::13, "text"] * 30  # a few past the token limit
+    gpu = dbi.sentence_encoder(batch_size=128)
+    cpu = dbi.sentence_encoder(batch_size=128, device="cpu", precision="fp32")
+    stats = BatchStats()
+    on_gpu = np.stack(run_model(gpu, corpus, stats)["embedding"])
+    assert next(load_model(gpu).model.parameters()).dtype == torch.float16
+    assert stats.turn_seconds > 0
+    on_cpu = np.stack(run_model(cpu, corpus)["embedding"])
+    assert np.abs(on_gpu - on_cpu).max() < 2e-3
+
+
+def test_default_local_cluster_with_a_gpu_is_mixed_and_tokenises_on_the_cpu_pool(tmp_path):
+    """``local_cluster()`` on a GPU machine: CPU workers tokenise, the GPU worker never does."""
+    import pandas as pd
+    from distributed import Client
+
+    from dask_batchinfer.demo import make_corpus
+    from dask_batchinfer.testing import tokenizer_calls
+
+    corpus = make_corpus(4000, seed=12)
+    (tmp_path / "in").mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(corpus)), 8)):
+        corpus.iloc[part].to_parquet(tmp_path / "in" / f"docs-{i}.parquet", index=False)
+    spec = dbi.sentence_encoder(batch_size=512)
+    with dbi.local_cluster(silence_logs=logging.WARNING) as cluster, \
+            Client(cluster, set_as_default=False) as c:  # fmt: skip
+        workers = c.scheduler_info(n_workers=-1)["workers"]
+        model_pool = {a for a, w in workers.items() if "model" in (w.get("resources") or {})}
+        assert len(model_pool) == torch.cuda.device_count()
+        assert all(workers[a]["nthreads"] == 2 for a in model_pool)
+        before = c.run(tokenizer_calls)
+        result = dbi.run_job(str(tmp_path / "in"), spec, keep=["doc_id"],
+                             output=str(tmp_path / "out"), client=c)  # fmt: skip
+        calls = {w: n - before[w] for w, n in c.run(tokenizer_calls).items()}
+        devices = {w: s["device"] for w, s in dbi.model_stats(c, spec).items() if s}
+    assert result.rows_out == 4000
+    assert all(calls[w] == 0 for w in model_pool), calls
+    assert sum(n for w, n in calls.items() if w not in model_pool) >= 8
+    assert set(devices) == model_pool and set(devices.values()) == {"cuda"}
+    back = pd.read_parquet(tmp_path / "out").sort_values("doc_id")
+    cpu = dbi.sentence_encoder(batch_size=512, device="cpu", precision="fp32")
+    expected = np.stack(run_model(cpu, corpus)["embedding"])
+    assert np.abs(np.stack(back["embedding"]) - expected).max() < 2e-3
