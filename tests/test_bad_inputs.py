@@ -174,3 +174,22 @@ def test_long_texts_are_truncated_and_counted(client, tmp_path):
     assert result.rows_out == 43 and result.rows_truncated == 3
     assert "3 rows longer than the model's limit were truncated" in str(result)
     assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["rows_truncated"] == 3
+
+
+def test_null_texts_are_found_where_they_are_tokenised(client, tmp_path):
+    """A null text fails in the CPU stage (tokenising), named by file, row and column."""
+    texts = pd.DataFrame({"doc": range(30), "text": [f"sentence number {i}" for i in range(30)]})
+    texts.loc[[4, 21], "text"] = None
+    texts.to_parquet(tmp_path / "docs.parquet")
+    spec = dbi.sentence_encoder()
+    with pytest.raises(dbi.PartitionError) as caught:
+        dbi.run_job(str(tmp_path / "docs.parquet"), spec, output=str(tmp_path / "a"),
+                    keep=["doc"])  # fmt: skip
+    message = str(caught.value)
+    assert "docs.parquet" in message and "row 4 (doc=4)" in message
+    assert "null values in required input column(s) 'text'" in message
+    result = dbi.run_job(str(tmp_path / "docs.parquet"), spec, output=str(tmp_path / "b"),
+                         keep=["doc"], on_error="quarantine")  # fmt: skip
+    errors = pd.read_parquet(tmp_path / "b" / result.error_files[0])
+    assert (result.rows_out, result.rows_quarantined) == (28, 2)
+    assert sorted(errors["doc"]) == [4, 21] and set(errors["error_type"]) == {"InputError"}
