@@ -34,7 +34,7 @@ from typing import Any
 from dask_batchinfer import _config
 from dask_batchinfer.errors import InputError
 
-__all__ = ["ENGINES", "choose_engine", "connect", "embedded_client", "shutdown"]
+__all__ = ["ENGINES", "choose_engine", "connect", "dashboard_link", "embedded_client", "shutdown"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def embedded_client(engine: str) -> tuple[Any, bool]:
         cluster = _start(engine)
         client = Client(cluster, set_as_default=False)
         logger.info("started a %s cluster (%s); dashboard at %s", engine, cluster,
-                    client.dashboard_link)  # fmt: skip
+                    dashboard_link(client))  # fmt: skip
         if reuse:
             _embedded[engine] = (cluster, client)
             _register_exit()
@@ -131,9 +131,29 @@ def _start(engine: str) -> Any:
         return local_cluster()
     from distributed import LocalCluster
 
-    # in-process transport (inproc://): no sockets between the client and the worker
+    # in-process transport (inproc://): no sockets between the client and the worker; its
+    # HTTP server (metrics, health) would listen on every interface unless told where
+    host = _config.get("host")
     return LocalCluster(n_workers=1, threads_per_worker=os.cpu_count() or 1, processes=False,
-                        dashboard_address=f"{_config.get('host')}:0")  # fmt: skip
+                        dashboard_address=f"{host}:0",
+                        worker_dashboard_address=f"{host}:0")  # fmt: skip
+
+
+def dashboard_link(client: Any) -> str:
+    """The scheduler's dashboard as a user can open it, or "" without one.
+
+    Follows ``distributed.dashboard.link`` (what jupyter-server-proxy setups
+    set). An in-process scheduler's address names the machine's network
+    address although its dashboard listens on ``batchinfer.host``: the link
+    then names that host.
+    """
+    address = str(getattr(getattr(client, "scheduler", None), "address", "") or "")
+    if not address.startswith("inproc://"):
+        return str(getattr(client, "dashboard_link", "") or "")
+    from distributed.utils import format_dashboard_link
+
+    port = client.scheduler_info().get("services", {}).get("dashboard")
+    return format_dashboard_link(_config.get("host"), port) if port else ""
 
 
 def _alive(client: Any) -> bool:

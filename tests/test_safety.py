@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +18,8 @@ import dask_batchinfer as dbi
 from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.pipeline.loading import load_model
 from dask_batchinfer.testing import TinyMLP, feature_columns, make_features, make_mlp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Boobytrap:
@@ -101,3 +107,58 @@ def test_clusters_listen_on_loopback_only(kind):
         ]  # fmt: skip
     assert len(listening) >= 3  # scheduler, dashboard, workers, nannies
     assert {address.ip for address in listening} == {"127.0.0.1"}, listening
+
+
+LISTENING = r"""
+import json, sys, threading, time
+import dask, psutil
+import dask_batchinfer as dbi
+from dask_batchinfer.testing import make_features, slow_model
+
+def listening():
+    me = psutil.Process()
+    found = set()
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            found |= {c.laddr.ip for c in process.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN}
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    make_features(1000).to_parquet(f"{folder}/in.parquet")
+    seen, stop = set(), threading.Event()
+    def watch():
+        while not stop.is_set():
+            seen.update(listening())
+            time.sleep(0.05)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with dask.config.set({"distributed.dashboard.link": "/proxy/{port}/status"}):
+        result = dbi.run_job(f"{folder}/in.parquet", slow_model(delay=0.1), progress=False,
+                             output=f"{folder}/out")
+    stop.set()
+    watcher.join()
+    print("RESULT " + json.dumps({"addresses": sorted(seen), "link": result.dashboard_link}))
+"""
+
+
+@pytest.mark.parametrize("engine", ["threads", "processes"])
+def test_jobs_listen_on_loopback_only_on_every_engine(tmp_path, engine):
+    """Every socket the job's process and its children open is on 127.0.0.1 (the threads
+    engine's worker HTTP server used to listen on 0.0.0.0 and [::]); the dashboard link
+    follows ``distributed.dashboard.link``."""
+    script = tmp_path / "job.py"
+    script.write_text(LISTENING)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+        timeout=180, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ROOT, "DASK_BATCHINFER__ENGINE": engine},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    found = json.loads(line[len("RESULT ") :])
+    assert found["addresses"] == ["127.0.0.1"], found
+    assert re.fullmatch(r"/proxy/\d+/status", found["link"]), found

@@ -19,7 +19,7 @@ from typing import Any
 
 from dask_batchinfer import secrets
 from dask_batchinfer.cluster import Pools, check_cluster, detect_pools
-from dask_batchinfer.engine import choose_engine, connect
+from dask_batchinfer.engine import choose_engine, connect, dashboard_link
 from dask_batchinfer.errors import BadRowsError
 from dask_batchinfer.fingerprint import code_token
 from dask_batchinfer.io.commit import Committer
@@ -299,7 +299,7 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
     ):
         run.cluster_seconds = time.perf_counter() - connect_start
         run.mark("cluster")
-        run.dashboard_link = str(getattr(c, "dashboard_link", "") or "")
+        run.dashboard_link = dashboard_link(c)
         check_cluster(c, options.no_workers_timeout)
         run.mark("workers ready")
         with _prepared(c, settings, options, run, input_file) as pools:
