@@ -165,6 +165,7 @@ def mixed_cluster(
     host: str | None = None,
     dashboard_address: str | None = None,
     silence_logs: int | bool = logging.WARNING,
+    memory_limit: str | int | None = None,
 ):
     """A local cluster with a CPU pool (read, preprocess, tokenise) and a model pool
     (forward pass, write).
@@ -189,7 +190,9 @@ def mixed_cluster(
         os.cpu_count() or 1, gpus, cpu_workers, model_workers, cpu_threads, model_threads
     )
     cpu_resource, model_resource = pool_resources()
-    common = {"host": host, "silence_logs": silence_logs}
+    common: dict[str, Any] = {"host": host, "silence_logs": silence_logs}
+    if memory_limit is not None:  # per worker process, as LocalCluster(memory_limit=...)
+        common["memory_limit"] = memory_limit
     workers: dict[str, dict[str, Any]] = {}
     for i in range(cpu_workers):
         workers[f"cpu-{i}"] = {

@@ -12,10 +12,16 @@ local cluster of one of two engines:
   model (torch releases it). A worker that runs out of memory takes this
   process with it.
 
-``batchinfer.engine: auto`` (the default) picks ``"threads"`` for a job whose
-input is at most ``batchinfer.threads-engine-bytes`` on a machine without
-GPUs, where starting processes costs more than it saves, and ``"processes"``
-otherwise. The cluster is kept after the job (``batchinfer.reuse-cluster``):
+``batchinfer.engine: auto`` (the default) picks ``"processes"`` in an
+interactive session (an IPython or Jupyter kernel: a partition that exhausts
+memory or hangs then ends in a ``PartitionError`` while the kernel and its
+variables live on), ``"threads"`` for a script's job whose input is at most
+``batchinfer.threads-engine-bytes`` on a machine without GPUs, where starting
+processes costs more than it saves, and ``"processes"`` otherwise. Worker
+processes of the embedded engine may use ``batchinfer.memory-limit`` each
+(default: Dask's, the machine's memory shared between them).
+
+The cluster is kept after the job (``batchinfer.reuse-cluster``):
 the next job in this process with the same engine starts at once and finds
 its model still loaded. :func:`shutdown` closes it; so does the interpreter's
 exit.
@@ -27,6 +33,7 @@ import atexit
 import contextlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -34,7 +41,15 @@ from typing import Any
 from dask_batchinfer import _config
 from dask_batchinfer.errors import InputError
 
-__all__ = ["ENGINES", "choose_engine", "connect", "dashboard_link", "embedded_client", "shutdown"]
+__all__ = [
+    "ENGINES",
+    "choose_engine",
+    "connect",
+    "dashboard_link",
+    "embedded_client",
+    "interactive",
+    "shutdown",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +61,17 @@ _embedded: dict[str, tuple[Any, Any]] = {}  # engine -> (cluster, client)
 _exit_registered = False
 
 
+def interactive() -> bool:
+    """Whether this process is an interactive IPython session (a Jupyter kernel, the shell)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        return ipython.get_ipython() is not None
+    except Exception:  # noqa: BLE001 - a half-imported IPython is not a session
+        return False
+
+
 def choose_engine(input_bytes: int | None) -> str:
     """The engine for a job reading ``input_bytes`` (None: not known), by ``batchinfer.engine``."""
     from dask.utils import parse_bytes
@@ -55,6 +81,8 @@ def choose_engine(input_bytes: int | None) -> str:
         raise InputError(f"batchinfer.engine={setting!r}: expected one of {ENGINES}")
     if setting != "auto":
         return setting
+    if interactive():  # the kernel is the user's hour of state: keep models out of it
+        return "processes"
     from dask_batchinfer.cluster import gpu_count
 
     limit = parse_bytes(_config.get("threads-engine-bytes"))
@@ -128,7 +156,8 @@ def _start(engine: str) -> Any:
     from dask_batchinfer.cluster import local_cluster
 
     if engine == "processes":
-        return local_cluster()
+        limit = _config.get("memory-limit")
+        return local_cluster(**({"memory_limit": limit} if limit is not None else {}))
     from distributed import LocalCluster
 
     # in-process transport (inproc://): no sockets between the client and the worker; its

@@ -276,9 +276,10 @@ class Executor:
             f"{where(partition.number, partition.source)} killed {deaths} workers (each died "
             f"while running it, over two submissions): most likely it needs more memory than a "
             f"worker may use. Lower the model's batch_size, make partitions smaller "
-            f"(batchinfer.partition-size), or give workers more memory (dask worker "
-            f"--memory-limit); a crash in native code (segfault) looks the same. If workers "
-            f"are being killed from outside, raise distributed.scheduler.allowed-failures. "
+            f"(batchinfer.partition-size), or give workers more memory (batchinfer.memory-limit "
+            f"for the local engine, dask worker --memory-limit); a crash in native code "
+            f"(segfault) looks the same. If workers are being killed from outside, raise "
+            f"distributed.scheduler.allowed-failures. "
             f"Cause: {err}",
             partition=partition.number,
             source=partition.source,

@@ -1,14 +1,4 @@
-"""A tiny real model and data helpers, for our tests and for users' own.
-
-Examples
---------
->>> from dask_batchinfer.testing import make_features, tiny_model
->>> frame = make_features(rows=4, n_features=3)
->>> list(frame.columns)
-['id', 'f0', 'f1', 'f2']
->>> tiny_model(n_features=3).outputs
-{'score': 'float32'}
-"""
+"""The tiny models, data and probes of :mod:`dask_batchinfer.testing` (re-exported there)."""
 
 from __future__ import annotations
 
@@ -32,10 +22,8 @@ __all__ = [
     "factory_calls",
     "feature_columns",
     "make_features",
-    "hog_model",
     "make_cnn",
     "make_mlp",
-    "oom_model",
     "parse_json_features",
     "read_call_log",
     "set_call_log",
@@ -250,39 +238,6 @@ def set_call_log(path: str | None) -> None:
         os.environ[CALL_LOG_ENV] = path
 
 
-class _OOMMLP(TinyMLP):
-    def __init__(self, limit: int, **kwargs: int) -> None:
-        super().__init__(**kwargs)
-        self.limit = limit
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if len(x) > self.limit:
-            raise torch.cuda.OutOfMemoryError(
-                f"CUDA out of memory (simulated: a batch of {len(x)} rows > {self.limit})"
-            )
-        return super().forward(x)
-
-
-def make_oom_mlp(limit: int, n_features: int = 8, hidden: int = 16, seed: int = 0) -> TinyMLP:
-    """A :class:`TinyMLP` that raises ``torch.cuda.OutOfMemoryError`` above ``limit`` rows."""
-    return _OOMMLP(limit, n_features=n_features, hidden=hidden, seed=seed)
-
-
-def oom_model(limit: int = 40, seed: int = 0, batch_size: int = 256) -> ModelSpec:
-    """A :class:`TinyMLP` spec whose batches above ``limit`` rows run "out of GPU memory".
-
-    Its scores equal :func:`tiny_model`'s for the same seed.
-    """
-    return from_torch(
-        make_oom_mlp,
-        factory_kwargs={"limit": limit, "seed": seed},
-        input_columns=feature_columns(8),
-        outputs={"score": "float32"},
-        batch_size=batch_size,
-        name=f"oom-mlp-limit{limit}",
-    )
-
-
 def sleepy_preprocess(frame: pd.DataFrame, delay: float = 0.05) -> pd.DataFrame:
     """A preprocessing step that takes ``delay`` seconds and changes nothing.
 
@@ -290,38 +245,6 @@ def sleepy_preprocess(frame: pd.DataFrame, delay: float = 0.05) -> pd.DataFrame:
     """
     time.sleep(delay)
     return frame
-
-
-class _HogMLP(TinyMLP):
-    def __init__(self, fraction: float, **kwargs: int) -> None:
-        super().__init__(**kwargs)
-        self.fraction = fraction
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cuda":  # a real allocation that grows with the batch
-            total = torch.cuda.get_device_properties(x.device).total_memory
-            per_row = int(total * self.fraction) // 4
-            scratch = torch.empty((len(x), per_row), dtype=torch.float32, device=x.device)
-            del scratch
-        return super().forward(x)
-
-
-def make_hog_mlp(fraction: float, n_features: int = 8, hidden: int = 16, seed: int = 0):
-    """A :class:`TinyMLP` that allocates ``fraction`` of the GPU's memory per row on CUDA."""
-    return _HogMLP(fraction, n_features=n_features, hidden=hidden, seed=seed)
-
-
-def hog_model(fraction: float = 1 / 48, seed: int = 0, batch_size: int = 256) -> ModelSpec:
-    """A :class:`TinyMLP` spec whose batches really run out of GPU memory above
-    about ``1 / fraction`` rows. Scores equal :func:`tiny_model`'s for the same seed."""
-    return from_torch(
-        make_hog_mlp,
-        factory_kwargs={"fraction": fraction, "seed": seed},
-        input_columns=feature_columns(8),
-        outputs={"score": "float32"},
-        batch_size=batch_size,
-        name="hog-mlp",
-    )
 
 
 def read_call_log(path: str | os.PathLike) -> tuple[int, int]:
