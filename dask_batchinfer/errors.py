@@ -15,6 +15,8 @@ Every exception subclasses a builtin, so ``except ValueError`` keeps working::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "BadRowsError",
     "BatchInferError",
@@ -25,6 +27,7 @@ __all__ = [
     "PartitionError",
     "PartitionTimeoutError",
     "SchemaError",
+    "did_you_mean",
 ]
 
 
@@ -116,3 +119,17 @@ def _rebuild_timeout_error(
     message: str, partition: int, source: str | None, seconds: float
 ) -> PartitionTimeoutError:
     return PartitionTimeoutError(message, partition=partition, source=source, seconds=seconds)
+
+
+def did_you_mean(missing: Sequence[str], choices: Sequence[str]) -> str:
+    """``" (did you mean 'f3'?)"`` for names close to ``choices`` (``difflib``), or ``""``."""
+    import difflib
+
+    pairs = [(name, difflib.get_close_matches(str(name), [str(c) for c in choices], n=1,
+                                              cutoff=0.6)) for name in missing]  # fmt: skip
+    found = [(name, close[0]) for name, close in pairs if close]
+    if not found:
+        return ""
+    if len(missing) == 1:
+        return f" (did you mean {found[0][1]!r}?)"
+    return " (did you mean " + ", ".join(f"{c!r} for {n!r}" for n, c in found) + "?)"

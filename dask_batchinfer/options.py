@@ -85,6 +85,7 @@ class JobOptions:
         format: str | None = None,
     ) -> JobOptions:
         """Check every option; raise :class:`InputError` naming the first bad one."""
+        __tracebackhide__ = True  # IPython shows the user's frame and the error
         _check_choices(mode=mode, on_error=on_error, format=format, fingerprint=fingerprint)
         _check_max_bad_rows(max_bad_rows)
         _check_pools(pools)
@@ -142,6 +143,7 @@ class ReadOptions:
     def build(cls, *, keep: Sequence[str] | str | None = None,
               columns: Sequence[str] | str | None = None, filters: Any = None,
               format: str | None = None) -> ReadOptions:  # fmt: skip
+        __tracebackhide__ = True  # IPython shows the user's frame and the error
         _check_choices(format=format)
         return cls(_names("keep", keep), _names("columns", columns), _filters(filters), format)
 

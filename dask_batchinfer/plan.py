@@ -39,7 +39,7 @@ from dask_batchinfer.pipeline.rows import Preprocess
 from dask_batchinfer.pipeline.stages import StageSettings, measure_task
 from dask_batchinfer.plugins import warm_up
 from dask_batchinfer.projection import Plan
-from dask_batchinfer.schema import check_read, check_spec, job_columns, read_columns
+from dask_batchinfer.schema import check_spec, job_columns, read_columns
 
 __all__ = ["Plan", "plan"]
 
@@ -119,6 +119,7 @@ def plan(
     >>> p.batch_size, p.projected_seconds  # the job as configured  # doctest: +SKIP
     >>> p.recommended_batch_size, p.recommended_projected_seconds  # doctest: +SKIP
     """
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     model = check_spec(model)
     options = dict(storage_options or {})
     public, secret = secrets.split(options)
@@ -131,8 +132,7 @@ def plan(
     read = read_columns(model, keep=job.keep, columns=job.columns, preprocess=preprocess)
     ddf, groups = open_source(source, options, public, columns=read, filters=job.filters,
                               format=job.format)  # fmt: skip
-    check_read(job.columns, ddf._meta, f"the input {source!r}" if groups else "the input")
-    shape = job_columns(ddf._meta, model, keep=job.keep, preprocess=preprocess)
+    shape = job_columns(ddf._meta, model, keep=job.keep, preprocess=preprocess, columns=job.columns)
     settings = StageSettings(model=model, preprocess=preprocess, keep=shape.keep,
                              schema=shape.schema)  # fmt: skip
     sizes = _batch_sizes(model, batch_sizes)

@@ -61,6 +61,7 @@ def predict(
     >>> scores = dbi.predict(ddf, spec, keep=["user_id"])  # doctest: +SKIP
     >>> scores.to_parquet("scores/")                         # doctest: +SKIP
     """
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     import dask.dataframe as dd
 
     model = check_spec(model)
@@ -69,7 +70,7 @@ def predict(
             f"predict() takes a dask DataFrame, got {type(ddf).__name__}; wrap pandas data "
             f"with dask.dataframe.from_pandas(df, npartitions=...)"
         )
-    kept = check_keep(keep, list(ddf.columns))
+    kept = check_keep(keep, ddf._meta)
     check_inputs(model, ddf._meta, preprocess)
     meta = output_meta(ddf._meta, model, kept)
     settings = StageSettings(model=model, preprocess=preprocess, keep=kept)

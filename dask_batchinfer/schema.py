@@ -12,11 +12,13 @@ from collections.abc import Sequence
 import pandas as pd
 import pyarrow as pa
 
-from dask_batchinfer.errors import InputError
+from dask_batchinfer.errors import InputError, did_you_mean
+from dask_batchinfer.io.inputs import SOURCE
 from dask_batchinfer.io.parquet import output_schema
 from dask_batchinfer.model.spec import ModelSpec
 
 __all__ = [
+    "not_found",
     "check_read",
     "read_columns",
     "Columns",
@@ -39,17 +41,28 @@ def check_spec(model: object) -> ModelSpec:
     return model
 
 
-def check_keep(keep: Sequence[str] | str | None, columns: Sequence[str]) -> tuple[str, ...]:
+def not_found(missing: Sequence[str], meta: pd.DataFrame, extra: Sequence[str] = ()) -> str:
+    """``"the file F has no column(s) [...] (did you mean 'x'?); it has [...]"``.
+
+    Lists every column the input has (not only those the job chose to read)
+    and, for each missing name, the closest one (``difflib``); ``extra`` are
+    other names that would have done (model outputs for ``partition_on``).
+    """
+    first, columns = meta.attrs.get(SOURCE, (None, list(meta.columns)))
+    place = f"the file {first}" if first else "the input"
+    hint = did_you_mean(missing, [*columns, *extra])
+    return f"{place} has no column(s) {list(missing)}{hint}; it has {list(columns)}"
+
+
+def check_keep(keep: Sequence[str] | str | None, meta: pd.DataFrame) -> tuple[str, ...]:
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     if keep is None:
         return ()
     if isinstance(keep, str):
         keep = [keep]
-    missing = [c for c in keep if c not in columns]
+    missing = [c for c in keep if c not in meta.columns]
     if missing:
-        raise InputError(
-            f"keep={list(keep)!r}: column(s) {missing} are not in the input, which has "
-            f"{list(columns)}"
-        )
+        raise InputError(f"keep={list(keep)!r}: {not_found(missing, meta)}")
     return tuple(keep)
 
 
@@ -82,6 +95,7 @@ def check_inputs(model: ModelSpec, meta: pd.DataFrame, preprocess: object) -> No
     convert row by row; a value that does not fails its row); dates, lists,
     bytes and the like are refused here, before any task runs.
     """
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     columns = list(meta.columns)
     if preprocess is not None:
         if not callable(preprocess):
@@ -90,8 +104,8 @@ def check_inputs(model: ModelSpec, meta: pd.DataFrame, preprocess: object) -> No
     missing = [c for c in model.input_columns if c not in columns]
     if missing:
         raise InputError(
-            f"model {model.name!r} needs input column(s) {missing}; the input has "
-            f"{columns}. Rename the columns or pass preprocess= to build them"
+            f"model {model.name!r} needs input column(s) {missing}: {not_found(missing, meta)}. "
+            f"Rename the columns, or pass preprocess= to build them"
         )
     if model.collate is not None:
         return
@@ -120,17 +134,18 @@ def output_meta(input_meta: pd.DataFrame, model: ModelSpec, keep: Sequence[str])
 
 
 def check_partition_on(
-    partition_on: Sequence[str] | str | None, columns: Sequence[str], model: ModelSpec
+    partition_on: Sequence[str] | str | None, meta: pd.DataFrame, model: ModelSpec
 ) -> tuple[str, ...]:
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     if partition_on is None:
         return ()
     if isinstance(partition_on, str):
         partition_on = [partition_on]
-    missing = [c for c in partition_on if c not in columns and c not in model.outputs]
+    missing = [c for c in partition_on if c not in meta.columns and c not in model.outputs]
     if missing:
         raise InputError(
-            f"partition_on={list(partition_on)!r}: column(s) {missing} are neither input "
-            f"columns ({list(columns)}) nor model outputs ({list(model.outputs)})"
+            f"partition_on={list(partition_on)!r}: neither an input column nor a model output "
+            f"({list(model.outputs)}): {not_found(missing, meta, list(model.outputs))}"
         )
     return tuple(partition_on)
 
@@ -156,12 +171,15 @@ def job_columns(
     keep: Sequence[str] | str | None = None,
     partition_on: Sequence[str] | str | None = None,
     preprocess: object = None,
+    columns: Sequence[str] | None = None,
 ) -> Columns:
-    """Check the input's columns against the model and the options; the output's columns."""
-    columns = list(meta.columns)
-    kept = check_keep(keep, columns)
-    split = check_partition_on(partition_on, columns, model)
-    kept = kept + tuple(c for c in split if c in columns and c not in kept)
+    """Check the input's columns against the model and the options (``columns=`` included);
+    the output's columns."""
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
+    check_read(columns, meta)
+    kept = check_keep(keep, meta)
+    split = check_partition_on(partition_on, meta, model)
+    kept = kept + tuple(c for c in split if c in meta.columns and c not in kept)
     check_inputs(model, meta, preprocess)
     return Columns(kept, split, output_schema(output_meta(meta, model, kept)))
 
@@ -185,11 +203,8 @@ def read_columns(
     return list(dict.fromkeys([*wanted, *(keep or ()), *(partition_on or ())]))
 
 
-def check_read(columns: Sequence[str] | None, meta: pd.DataFrame, where: str) -> None:
+def check_read(columns: Sequence[str] | None, meta: pd.DataFrame) -> None:
     """Every name of ``columns=`` is a column of the input."""
     missing = [c for c in columns or () if c not in meta.columns]
     if missing:
-        raise InputError(
-            f"columns={list(columns or ())!r}: {where} has no column(s) {missing}; it has "
-            f"{list(meta.columns)}"
-        )
+        raise InputError(f"columns={list(columns or ())!r}: {not_found(missing, meta)}")

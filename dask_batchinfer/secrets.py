@@ -130,6 +130,7 @@ def redacting(function: F) -> F:
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # IPython shows the user's frame and the error
         try:
             return function(*args, **kwargs)
         except BaseException as err:

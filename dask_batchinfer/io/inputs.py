@@ -40,6 +40,7 @@ __all__ = [
     "grouping_bytes",
     "list_parquet_files",
     "reading",
+    "source_meta",
     "split_compression",
     "text_format",
     "with_content_versions",
@@ -50,9 +51,24 @@ __all__ = [
 #: (epoch seconds, the worker's address or None).
 READ_TIMES = "dask_batchinfer_read"
 
+#: ``DataFrame.attrs`` key of an input's ``meta``: ``(first file, every column the
+#: input has)`` before columns were chosen, for errors that list what is there.
+SOURCE = "dask_batchinfer_source"
+
 #: ``DataFrame.attrs`` key of a read partition: the input lines the reader set
 #: aside (``on_error="quarantine"``), each ``(file, line, message)``.
 BAD_LINES = "dask_batchinfer_bad_lines"
+
+
+def source_meta(schema: pa.Schema, names: list[str], first: str) -> pd.DataFrame:
+    """The empty frame of ``names`` read from ``schema``, remembering all the input has."""
+    meta = (
+        pa.schema([schema.field(n) for n in names])
+        .empty_table()
+        .to_pandas(types_mapper=arrow_types)
+    )
+    meta.attrs[SOURCE] = (first, list(schema.names))
+    return meta
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from dask_batchinfer.errors import InputError
+from dask_batchinfer.errors import InputError, did_you_mean
 from dask_batchinfer.io.inputs import InputFile, group_files, reading
 from dask_batchinfer.io.retry import retry
 
@@ -91,8 +91,9 @@ def check_filters(filters: Any, schema: pa.Schema, where: str) -> ds.Expression 
     missing = sorted(str(n) for n in names - set(schema.names))
     if missing:
         raise InputError(
-            f"filters name column(s) {missing} that {where} does not have; it has "
-            f"{schema.names} (hive folder keys such as date=... count as columns)"
+            f"filters name column(s) {missing} that {where} does not have"
+            f"{did_you_mean(missing, schema.names)}; it has {schema.names} (hive folder keys "
+            f"such as date=... count as columns)"
         )
     return expression
 
@@ -169,6 +170,7 @@ def plan_parquet(
         Small whole files are grouped up to this many bytes on disk (default
         the target's bytes).
     """
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     dataset = ds.dataset([f.path for f in files], filesystem=fs, format="parquet",
                          partitioning="hive", partition_base_dir=root)  # fmt: skip
     schema = dataset.schema

@@ -37,6 +37,7 @@ from dask_batchinfer.io.inputs import (
     grouping_bytes,
     list_parquet_files,
     reading,
+    source_meta,
     text_format,
     with_content_versions,
 )
@@ -159,6 +160,7 @@ def read_parquet_files(
     (dask.dataframe.DataFrame, list of list of InputFile)
         The frame and the pieces of files behind each partition.
     """
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     import dask.dataframe as dd
 
     from dask_batchinfer.io.pieces import plan_parquet, read_target
@@ -179,13 +181,14 @@ def read_parquet_files(
     if not groups:
         raise InputError(f"filters={filters!r} match no file or row group under {url!r}")
     names = schema.names if columns is None else [c for c in columns if c in schema.names]
+    meta = source_meta(schema, names, files[0].path)
     schema = pa.schema([schema.field(n) for n in names])
     keys = {k: schema.field(k).type for g in groups for f in g for k, _ in f.keys if k in names}
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     ddf = dd.from_map(
         _read_files,
         [[(f.path, f.row_groups, f.rows, f.keys) for f in group] for group in groups],
-        meta=schema.empty_table().to_pandas(types_mapper=arrow_types),
+        meta=meta,
         label="read-parquet-file",
         protocol=protocol,
         storage_options=dict(task_options) if task_options is not None else options,
@@ -219,6 +222,7 @@ def open_source(
     ``on_error="quarantine"`` sets aside CSV lines that do not parse (see
     :func:`~dask_batchinfer.io.text.read_text_files`).
     """
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     import dask.dataframe as dd
 
     if isinstance(source, dd.DataFrame):

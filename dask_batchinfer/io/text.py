@@ -42,6 +42,7 @@ from dask_batchinfer.io.inputs import (
     arrow_types,
     group_by_config,
     reading,
+    source_meta,
     split_compression,
 )
 from dask_batchinfer.io.retry import retry
@@ -229,6 +230,7 @@ def read_text_source(
         When ``format`` is not one of :data:`TEXT_FORMATS`, nothing matches
         ``url``, or the first file cannot be parsed.
     """
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     import dask.dataframe as dd
 
     if format not in TEXT_FORMATS:
@@ -240,13 +242,14 @@ def read_text_source(
         files = content_versions(fs, files)
     schema = _infer_schema(fs, files[0].path, format)
     names = schema.names if columns is None else [c for c in columns if c in schema.names]
+    meta = source_meta(schema, names, files[0].path)
     schema = pa.schema([schema.field(n) for n in names])
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     groups = group_by_config(files)
     ddf = dd.from_map(
         read_text_files,
         [[f.path for f in group] for group in groups],
-        meta=schema.empty_table().to_pandas(types_mapper=arrow_types),
+        meta=meta,
         label=f"read-{format}-files",
         protocol=protocol,
         storage_options=dict(task_options) if task_options is not None else options,

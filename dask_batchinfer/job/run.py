@@ -49,7 +49,7 @@ from dask_batchinfer.pipeline.stages import PartitionStats, StageSettings
 from dask_batchinfer.plugins import credentials, shipped_code, warm_up
 from dask_batchinfer.progress import make_progress
 from dask_batchinfer.report import JobResult
-from dask_batchinfer.schema import check_read, check_spec, job_columns, read_columns
+from dask_batchinfer.schema import check_spec, job_columns, read_columns
 
 __all__ = ["run_job"]
 
@@ -219,6 +219,7 @@ def run_job(
     >>> result.partitions_run, result.partitions_skipped  # doctest: +SKIP
     (1, 364)
     """
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     run = RunInfo(job=uuid.uuid4().hex[:12])
     model = check_spec(model)
     options = JobOptions.build(
@@ -234,9 +235,8 @@ def run_job(
                               options.fingerprint, columns=read, filters=options.filters,
                               format=options.format, on_error=options.on_error)  # fmt: skip
     run.listed(input_bytes(groups))
-    check_read(options.columns, ddf._meta, f"the input {source!r}" if groups else "the input")
     shape = job_columns(ddf._meta, model, keep=options.keep, partition_on=options.partition_on,
-                          preprocess=preprocess)  # fmt: skip
+                        preprocess=preprocess, columns=options.columns)  # fmt: skip
     committer = Committer(options.output, options.storage_options)
     with committer.lease(run.job) as lease:  # one job per output; before reading its state
         committer.load()

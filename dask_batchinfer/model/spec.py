@@ -132,6 +132,7 @@ class ModelSpec:
     cache_key: str = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        __tracebackhide__ = True  # IPython shows the user's frame and the error
         _check_callables(self)
         _check_options(self)
         outputs = dict(self.outputs)
@@ -156,6 +157,7 @@ class ModelSpec:
 
     def with_options(self, **changes: Any) -> ModelSpec:
         """Return a copy with some fields changed, e.g. ``spec.with_options(batch_size=64)``."""
+        __tracebackhide__ = True  # IPython shows the user's frame and the error
         return dataclasses.replace(self, **changes)
 
     def meta(self) -> pd.DataFrame:
@@ -207,6 +209,7 @@ class ModelSpec:
 
 
 def _check_callables(spec: ModelSpec) -> None:
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     if not callable(spec.load):
         raise InputError(f"ModelSpec(load=...) must be callable, got {spec.load!r}")
     if not callable(spec.predict):
@@ -225,6 +228,7 @@ def _check_callables(spec: ModelSpec) -> None:
 
 
 def _batch_size(value: int | None) -> int:
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     batch_size = _config.get("batch-size") if value is None else value
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(
@@ -234,6 +238,7 @@ def _batch_size(value: int | None) -> int:
 
 
 def _check_options(spec: ModelSpec) -> None:
+    __tracebackhide__ = True  # IPython shows the user's frame and the error
     _batch_size(spec.batch_size)
     if spec.device not in _DEVICES and not str(spec.device).startswith("cuda:"):
         raise InputError(f"ModelSpec(device={spec.device!r}) must be one of {_DEVICES} or 'cuda:N'")
