@@ -13,9 +13,11 @@ TOML or YAML file (keys as the long options, with ``_`` or ``-``, plus
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -38,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         model = model.with_options(batch_size=args.batch_size)
     preprocess = load_object(args.preprocess, "preprocess") if args.preprocess else None
-    pools = None
+    pools: dict[str, str] | bool | None = False if args.no_pools else None
     if args.pool_resources:
         pools = dict(zip(("preprocess", "model"), args.pool_resources, strict=True))
     progress: str | bool = False if args.quiet else args.progress
@@ -174,6 +176,40 @@ def _notes(err: BaseException) -> str:
     return "".join(f"\n  ({note})" for note in getattr(err, "__notes__", []))
 
 
+#: Python keywords of run_job that error messages name, and their flags.
+FLAGS = {
+    "keep": "--keep", "partition_on": "--partition-on", "columns": "--columns",
+    "filters": "--filters", "format": "--format", "on_error": "--on-error",
+    "max_bad_rows": "--max-bad-rows", "partition_timeout": "--partition-timeout",
+    "storage_options": "--storage-options", "preprocess": "--preprocess", "mode": "--mode",
+    "fingerprint": "--fingerprint", "upload": "--upload", "output": "--output",
+}  # fmt: skip
+_KEYWORD = re.compile(
+    r"(?<![\w.(])(?<!, )\b(?P<name>" + "|".join(FLAGS) + r")="
+    r"(?P<value>'[^']*'|\"[^\"]*\"|\[[^\]]*\]|\([^)]*\)|[\w.+-]+)?"
+)
+
+
+def as_cli(message: str) -> str:
+    """``message`` as the command line says it: ``keep=['a', 'b']`` -> ``--keep a b``,
+    ``format='csv'`` -> ``--format csv``, ``pools=False`` -> ``--no-pools``. Keywords inside
+    a call (``ModelSpec(batch_size=...)``) stay: they are Python the user writes."""
+
+    def flag(match: re.Match[str]) -> str:
+        value = match.group("value") or ""
+        try:
+            parsed = ast.literal_eval(value) if value else None
+        except (ValueError, SyntaxError):
+            parsed = value
+        if isinstance(parsed, (list, tuple)):
+            value = " ".join(str(v) for v in parsed)
+        elif parsed is not None:
+            value = str(parsed)
+        return f"{FLAGS[match.group('name')]} {value}".rstrip()
+
+    return _KEYWORD.sub(flag, message.replace("pools=False", "--no-pools"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dask-batchinfer`` command; returns the exit code."""
     try:
@@ -186,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except InputError as err:
-        print(f"dask-batchinfer: error: {err}", file=sys.stderr)
+        print(f"dask-batchinfer: error: {as_cli(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except BadRowsError as err:
         print(f"dask-batchinfer: too many bad rows: {err}", file=sys.stderr)
@@ -195,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dask-batchinfer: output locked: {err}", file=sys.stderr)
         return EXIT_LOCKED
     except BatchInferError as err:
-        print(f"dask-batchinfer: job failed: {err}{_notes(err)}", file=sys.stderr)
+        print(f"dask-batchinfer: job failed: {as_cli(str(err))}{_notes(err)}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as err:  # storage: permission denied, no such bucket, retries exhausted
         print(f"dask-batchinfer: job failed: {type(err).__name__}: {err}{_notes(err)}",

@@ -263,6 +263,11 @@ def _cluster_arguments(group: Any) -> None:
         help="resource names marking the CPU pool and the model pool of the cluster "
         "(default: preprocess model, when workers carry them)",
     )
+    group.add_argument(
+        "--no-pools",
+        action="store_true",
+        help="ignore worker resources: every worker runs every stage (pools=False)",
+    )
 
 
 def _display_arguments(group: Any) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from dask_batchinfer import _config
 from dask_batchinfer.errors import ClusterError, InputError
+from dask_batchinfer.worker import check_main_guard
 
 __all__ = [
     "check_cluster",
@@ -110,6 +111,7 @@ def local_cluster(
     """
     if kind not in KINDS:
         raise InputError(f"local_cluster(kind={kind!r}): expected one of {KINDS}")
+    check_main_guard("local_cluster()")
     if gpu is not None:
         kind = "gpu" if gpu else "cpu"
     _positive(n_workers=n_workers, threads_per_worker=threads_per_worker)
@@ -184,6 +186,7 @@ def mixed_cluster(
 
     _positive(cpu_workers=cpu_workers, model_workers=model_workers,
               cpu_threads=cpu_threads, model_threads=model_threads)  # fmt: skip
+    check_main_guard("mixed_cluster()")
     host = host or _config.get("host")
     gpus = gpu_count()
     cpu_workers, model_workers, model_threads = mixed_shape(
@@ -294,18 +297,19 @@ def detect_pools(client: Any, pools: Mapping[str, str] | bool | None = None) -> 
     if not cpu and not model and not explicit:
         return Pools(None, None, total, total)
     missing = [
-        f"no worker has the resource {name!r} (the {pool} pool); start some with "
-        f"`{command} --resources '{name}=1'`"
+        (pool, f"no worker has the resource {name!r} (the {pool} pool); start some with "
+               f"`{command} --resources '{name}=1'`")
         for name, found, pool, command in (
             (cpu_name, cpu, "preprocessing", "dask worker SCHEDULER"),
             (model_name, model, "model", "dask cuda worker SCHEDULER"),
         )
         if not found
-    ]
+    ]  # fmt: skip
     if missing:
+        lacks = " and the ".join(pool for pool, _ in missing)
         raise InputError(
-            "the cluster has only one of the two worker pools: "
-            + "; ".join(missing)
+            f"the cluster lacks the {lacks} pool{'s' if len(missing) > 1 else ''}: "
+            + "; ".join(text for _, text in missing)
             + " (or pass pools=False to run every stage on every worker)"
         )
     return Pools(cpu_name, model_name, sum(w["nthreads"] for w in model), total)

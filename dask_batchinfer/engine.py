@@ -156,6 +156,10 @@ def _start(engine: str) -> Any:
     from dask_batchinfer.cluster import local_cluster
 
     if engine == "processes":
+        from dask_batchinfer.worker import check_main_guard
+
+        check_main_guard("a job on the processes engine (a dask DataFrame source, an input over "
+                         "batchinfer.threads-engine-bytes, or GPUs)")  # fmt: skip
         limit = _config.get("memory-limit")
         return local_cluster(**({"memory_limit": limit} if limit is not None else {}))
     from distributed import LocalCluster

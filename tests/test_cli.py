@@ -184,3 +184,36 @@ def test_dry_run_prints_a_plan_and_writes_nothing(cluster, tmp_path, write_input
     assert planned["partitions"] == 3 and planned["rows"] == 300  # the job's window only
     assert str(planned["recommended_batch_size"]) in planned["batch_sizes"]
     assert not (tmp_path / "out").exists()
+
+
+def test_errors_name_command_line_flags_not_python_keywords(tmp_path, capsys):
+    """The command line's errors say --keep, --format, --no-pools: what the user types."""
+    from dask_batchinfer.cli import as_cli, main
+
+    make_features(40).rename(columns={"id": "user_id"}).to_parquet(tmp_path / "in.parquet")
+    args = ["run", "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"),
+            "--model", "dask_batchinfer.testing:tiny_model", "--cluster", "auto"]  # fmt: skip
+    assert main([*args, "--keep", "userid"]) == 2
+    err = capsys.readouterr().err
+    assert "--keep userid:" in err and "did you mean 'user_id'" in err and "keep=" not in err
+    (tmp_path / "csv").mkdir()
+    make_features(10).to_csv(tmp_path / "csv" / "a.csv", index=False)
+    args[2] = str(tmp_path / "csv")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--format csv" in err and "format=" not in err, err
+    # the cluster without pools the user named; the switch the message names exists
+    message = "the cluster lacks the model pool: ... (or pass pools=False to run every stage)"
+    assert "--no-pools" in as_cli(message)
+    assert as_cli("ModelSpec(batch_size=-3) must be") == "ModelSpec(batch_size=-3) must be"
+    args[2] = str(tmp_path / "in.parquet")
+    assert main([*args, "--no-pools", "--quiet"]) == 0
+    assert len(pd.read_parquet(tmp_path / "out")) == 40
+
+
+def test_pool_errors_say_which_pools_are_missing(client):
+    import dask_batchinfer as dbi
+    from dask_batchinfer.cluster import detect_pools
+
+    with pytest.raises(dbi.InputError, match="lacks the preprocessing and the model pools"):
+        detect_pools(client, {"preprocess": "CPU", "model": "GPU"})

@@ -106,3 +106,31 @@ def test_a_notebook_traceback_shows_the_users_line_and_the_error(folder):
     full.skip_hidden = False
     assert "secrets.py" in full.text(type(err), err, err.__traceback__)  # one setting away
     assert sys.modules["dask_batchinfer"]  # (the package stays importable after)
+
+
+def test_a_script_without_the_main_guard_is_told_the_fix(tmp_path):
+    """Worker processes import the script again (spawn): starting them from unguarded
+    top-level code is refused at once, naming the line and the guard, not a lease error."""
+    import subprocess
+
+    body = (
+        "import dask.dataframe as dd\n"
+        "import dask_batchinfer as dbi\n"
+        "from dask_batchinfer.testing import make_features, tiny_model\n"
+        "ddf = dd.from_pandas(make_features(100), npartitions=2)\n"
+        "{indent}print(dbi.run_job(ddf, tiny_model(), output='out', progress=False).rows_out)\n"
+    )
+    root = os.path.dirname(PACKAGE)
+    outcomes = {}
+    guard = 'if __name__ == "__main__":\n    '
+    for name, text in (("bare", body.format(indent="")), ("guarded", body.format(indent=guard))):
+        (tmp_path / f"{name}.py").write_text(text)
+        outcomes[name] = subprocess.run(
+            [sys.executable, f"{name}.py"], capture_output=True, text=True, timeout=180,
+            cwd=tmp_path / ".", env={**os.environ, "PYTHONPATH": root},
+        )  # fmt: skip
+    bare = outcomes["bare"]
+    assert bare.returncode != 0
+    assert "line 5" in bare.stderr and 'if __name__ == "__main__":' in bare.stderr
+    assert "OutputLockedError" not in bare.stderr and "Nanny failed" not in bare.stderr
+    assert outcomes["guarded"].returncode == 0 and outcomes["guarded"].stdout.strip() == "100"
