@@ -12,7 +12,15 @@ import html
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["page", "plan_html", "plot_result", "result_html", "timeline_svg"]
+__all__ = [
+    "page",
+    "plan_html",
+    "plot_result",
+    "plural",
+    "result_html",
+    "timeline_svg",
+    "worker_labels",
+]
 
 STAGES = ("read", "preprocess", "infer", "write")
 COLORS = {"read": "#8da0cb", "preprocess": "#66c2a5", "infer": "#fc8d62", "write": "#e78ac3"}
@@ -108,7 +116,8 @@ def _wall(report: Mapping[str, Any]) -> str:
                      float(report["rows_per_second"])))  # fmt: skip
     else:
         rows.append(("nothing_to_do", "nothing to do",
-                     f"{report['partitions_skipped']} partitions already committed"))  # fmt: skip
+                     f"{plural(report['partitions_skipped'], 'partition')} already "
+                     f"committed"))  # fmt: skip
     return _rows(rows)
 
 
@@ -150,10 +159,34 @@ def _where(report: Mapping[str, Any], with_link: bool = True) -> str:
     link = report.get("dashboard_link") if with_link else None
     return (
         f'<div>output <code data-key="output">{_e(report["output"])}</code>'
-        + (f" · {len(files)} files" if files else "")
+        + (f" · {plural(len(files), 'file')}" if files else "")
         + (f' · dashboard <a href="{_e(link)}">{_e(link)}</a>' if link else "")
         + "</div>"
     )
+
+
+def plural(count: int, word: str) -> str:
+    """``"1 file"``, ``"2 files"``."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def worker_labels(workers: Sequence[str]) -> dict[str, str]:
+    """Short, unambiguous names for worker addresses: ``127.0.0.1:40123`` for
+    ``tcp://127.0.0.1:40123``, ``in-process 4`` for ``inproc://192.0.2.2/19988/4``,
+    a long host name cut at its start; ``None`` is the client."""
+    labels = {}
+    for worker in workers:
+        scheme, _, rest = worker.partition("://")
+        if not rest:
+            label = "client" if worker == "None" else worker
+        elif scheme == "inproc":
+            label = f"in-process {rest.rsplit('/', 1)[-1]}"
+        else:
+            label = rest if len(rest) <= 24 else "…" + rest[-23:]
+        labels[worker] = label
+    if len(set(labels.values())) < len(labels):  # cut names that collide: the whole address
+        labels = {w: w for w in workers}
+    return labels
 
 
 def timeline_svg(records: Sequence[dict[str, Any]], width: int = 720) -> str:
@@ -171,8 +204,10 @@ def timeline_svg(records: Sequence[dict[str, Any]], width: int = 720) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'font-family="system-ui,sans-serif" font-size="11">'
     ]
+    labels = worker_labels(workers)
     for i, worker in enumerate(workers):
-        parts.append(f'<text x="4" y="{i * lane + 15}">{_e(worker[-22:])}</text>')
+        parts.append(f'<text x="4" y="{i * lane + 15}" data-worker="{_e(worker)}">'
+                     f"<title>{_e(worker)}</title>{_e(labels[worker])}</text>")  # fmt: skip
     for r in records:
         i = workers.index(str(r.get("worker")))
         x = left + (r["start"] - start) * scale
@@ -216,6 +251,7 @@ def plot_result(report: Mapping[str, Any], path: str | None = None) -> Any:
     fig, (timeline, bars) = plt.subplots(
         1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]}
     )
+    plt.close(fig)  # shown once, as the cell's value: not again by the inline backend
     records = [r for r in report.get("timeline", []) if r.get("stage") in COLORS]
     workers = sorted({str(r.get("worker")) for r in records})
     start = min((r["start"] for r in records), default=0.0)
@@ -226,7 +262,8 @@ def plot_result(report: Mapping[str, Any], path: str | None = None) -> Any:
             if spans:
                 timeline.broken_barh(spans, (i - 0.4, 0.8), color=COLORS[stage],
                                      label=stage if i == 0 else None)  # fmt: skip
-    timeline.set_yticks(range(len(workers)), [w.rsplit("/", 1)[-1] for w in workers])
+    labels = worker_labels(workers)
+    timeline.set_yticks(range(len(workers)), [labels[w] for w in workers])
     timeline.set_xlabel("seconds since the first stage started")
     timeline.set_title(f"{report['model']}: partitions per worker")
     if records:  # below the axes, never over the bars

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from dask_batchinfer.html import page, plot_result, result_html
+from dask_batchinfer.html import page, plot_result, plural, result_html
 
 __all__ = ["JobResult"]
 
@@ -244,7 +244,7 @@ class JobResult:
                 f"  output      {self.output}",
                 f"  partitions  {self.partitions}: {self.partitions_run} run, "
                 f"{self.partitions_skipped} skipped (already committed), "
-                f"{self.partitions_invalidated} invalidated; {len(self.files)} files",
+                f"{self.partitions_invalidated} invalidated; {plural(len(self.files), 'file')}",
                 f"  rows        {self.rows_in:,} in, {self.rows_out:,} out"
                 + (
                     f", {self.rows_quarantined:,} quarantined in _errors/"
@@ -264,7 +264,8 @@ class JobResult:
     def _wall_line(self) -> str:
         wall = f"  wall time   {self.wall_seconds:.2f} s"
         if not self.partitions_run:
-            return f"{wall}; nothing to do: {self.partitions_skipped} partitions already committed"
+            done = plural(self.partitions_skipped, "partition")
+            return f"{wall}; nothing to do: {done} already committed"
         rate = f"{self.rows_per_second:,.0f} rows/s over {self.rows_computed:,} rows computed"
         return f"{wall}  ({rate})"
 

@@ -6,6 +6,7 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
+from dask_batchinfer.html import plural
 from dask_batchinfer.io.commit import load_state
 from dask_batchinfer.io.fs import read_json, url_to_fs
 from dask_batchinfer.io.layout import MANIFEST, REPORT_JSON
@@ -91,7 +92,7 @@ def format_status(summary: dict[str, Any]) -> str:
     if summary["state"] == "missing":
         return lines[0] + " (no output there)"
     lines.append(
-        f"  committed   {summary['partitions_committed']} partitions, "
+        f"  committed   {plural(summary['partitions_committed'], 'partition')}, "
         f"{summary['rows_in']:,} rows in, {summary['rows_out']:,} out, "
         f"{summary['rows_quarantined']:,} quarantined"
     )
@@ -99,13 +100,14 @@ def format_status(summary: dict[str, Any]) -> str:
     if manifest:
         lines.append(
             f"  manifest    {manifest['finished']}: model {manifest['model']}, "
-            f"{manifest['partitions']} partitions, {manifest['files']} files"
+            f"{plural(manifest['partitions'], 'partition')}, {plural(manifest['files'], 'file')}"
         )
     last = summary.get("last_run")
     if last:
         lines.append(
-            f"  last run    {last['status']} at {last['finished']}: {last['partitions_run']} "
-            f"partitions run, {last['partitions_skipped']} skipped, "
+            f"  last run    {last['status']} at {last['finished']}: "
+            f"{plural(last['partitions_run'], 'partition')} run, {last['partitions_skipped']} "
+            f"skipped, "
             f"{(last.get('wall_seconds') or 0):.1f} s"
         )
     if summary.get("lease"):

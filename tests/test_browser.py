@@ -93,6 +93,18 @@ def _check_report(driver, result: dbi.JobResult, screenshot: Path) -> None:
         r["partition"] for r in result.timeline if r["stage"] == "infer"
     )
     assert len(bars) == sum(r["stage"] == "infer" for r in result.timeline)
+    # each lane names its worker whole (or shortened, unambiguous), left of the bars
+    from dask_batchinfer.html import worker_labels
+
+    workers = sorted({str(r["worker"]) for r in result.timeline})
+    lanes = driver.execute_script(
+        "return Array.from(document.querySelectorAll('svg text[data-worker]')).map(t =>"
+        " [t.getAttribute('data-worker'), t.textContent, t.getBBox().x + t.getBBox().width]);"
+    )
+    expected = worker_labels(workers)
+    assert [w for w, _, _ in lanes] == workers
+    for worker, text, right in lanes:
+        assert text.endswith(expected[worker]) and right < 158, (worker, text, right)
     if result.timeline:  # the timeline's heading is above the chart
         assert any(text.startswith("Timeline") for text, _, _ in headings)
     links = [a.get_attribute("href") for a in driver.find_elements(By.TAG_NAME, "a")]
@@ -135,6 +147,13 @@ def nightly(tmp_path_factory):
                             store_widget_state=True)  # fmt: skip
     client.execute()  # raises CellExecutionError, naming the cell, if a cell fails
     return notebook, folder
+
+
+def test_notebook_prints_plain_values(nightly):
+    notebook, _ = nightly
+    texts = ["".join(o.get("text", "")) for cell in notebook.cells if cell.cell_type == "code"
+             for o in cell.get("outputs", [])]  # fmt: skip
+    assert not [t for t in texts if "np.int" in t or "np.float" in t], texts
 
 
 def test_notebooks_hold_no_shell_residue():

@@ -34,6 +34,7 @@ print("FIRST", round(time.perf_counter() - start, 2), first.rows_out)""",
     """start = time.perf_counter()
 second = dbi.run_job("in", tiny_model(seed=1), output="out-2", keep=["id"], progress=False)
 print("SECOND", round(time.perf_counter() - start, 2), second.rows_out, state["answer"] + 1)""",
+    """second.plot()""",
 ]
 
 
@@ -57,3 +58,5 @@ def test_the_kernel_survives_a_partition_that_exhausts_worker_memory(tmp_path):
     assert texts[1].startswith("FIRST") and texts[1].split()[2] == "400"
     # after the failure: same kernel, same variables, the next job runs on the kept workers
     assert texts[3].startswith("SECOND") and texts[3].split()[2:] == ["400", "42"]
+    images = [o for o in outputs[4] if "image/png" in o.get("data", {})]
+    assert len(images) == 1, outputs[4]  # result.plot() shows its figure once

@@ -134,7 +134,9 @@ def test_plot_writes_a_png(client, tmp_path, inputs):
     data = (tmp_path / "timeline.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
     timeline, bars = figure.axes
-    renderer = figure.canvas.get_renderer()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()  # closed in pyplot: shown once
     legend = timeline.get_legend().get_window_extent(renderer)
     assert not legend.overlaps(timeline.get_window_extent(renderer))  # never over the bars
     labels = [t.get_window_extent(renderer) for t in bars.get_yticklabels() if t.get_text()]
@@ -269,3 +271,35 @@ def test_script_outside_a_terminal_logs_progress_once(tmp_path, inputs, logging_
     assert sum("event=end partitions=10/10 rows=200" in line for line in lines) == 1, text
     # the handler is the job's only: gone after it, unless the user set logging up
     assert ("after the job" in text) == (logging_setup == "basicConfig"), text
+
+
+def test_one_file_reads_in_the_singular_and_the_spec_prints_on_one_line(client, tmp_path):
+    make_features(50).to_parquet(tmp_path / "one.parquet")
+    run = {"output": str(tmp_path / "out"), "progress": False}
+    first = dbi.run_job(str(tmp_path / "one.parquet"), tiny_model(), **run)
+    assert "; 1 file" in str(first) and "1 files" not in str(first)
+    again = dbi.run_job(str(tmp_path / "one.parquet"), tiny_model(), **run)
+    assert "nothing to do: 1 partition already committed" in str(again)
+    text = repr(tiny_model())
+    assert "\n" not in text and len(text) < 200 and "0x" not in text, text
+    assert text.startswith("ModelSpec('tiny-mlp-8x16-seed0', load=make_mlp")
+    assert "outputs={'score': 'float32'}" in text and "inputs[8]" in text
+    text = repr(dbi.sentence_encoder())
+    assert "prepare=_Tokenize" in text and "0x" not in text and len(text) < 250, text
+
+
+def test_timeline_labels_name_workers_whole_or_short_and_unambiguous():
+    from dask_batchinfer.html import timeline_svg, worker_labels
+
+    labels = worker_labels(["tcp://127.0.0.1:40123", "inproc://192.0.2.2/19988/4", "None",
+                            "tcp://ip-10-0-0-5.eu-west-1.compute.internal:40123"])  # fmt: skip
+    assert labels["tcp://127.0.0.1:40123"] == "127.0.0.1:40123"
+    assert labels["inproc://192.0.2.2/19988/4"] == "in-process 4"
+    assert labels["None"] == "client"
+    assert labels["tcp://ip-10-0-0-5.eu-west-1.compute.internal:40123"].endswith("internal:40123")
+    twins = worker_labels(["tcp://a-very-long-host-name-number-one.example:1",
+                           "tcp://b-very-long-host-name-number-one.example:1"])  # fmt: skip
+    assert len(set(twins.values())) == 2  # cut names that would collide stay whole
+    svg = timeline_svg([{"stage": "infer", "partition": 0, "worker": "inproc://192.0.2.2/1/4",
+                         "start": 0.0, "end": 1.0}])  # fmt: skip
+    assert ">in-process 4</text>" in svg and "<title>inproc://192.0.2.2/1/4</title>" in svg

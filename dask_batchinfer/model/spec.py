@@ -155,6 +155,24 @@ class ModelSpec:
     def __dask_tokenize__(self) -> str:
         return self.token
 
+    def __repr__(self) -> str:
+        """One line: the name, the loader, inputs and outputs, and what differs from the
+        defaults (``dataclasses.fields`` has the rest)."""
+        columns = list(self.input_columns)
+        if len(columns) > 6:
+            columns = [*columns[:3], "...", *columns[-2:]]
+        optional = {"device": "auto", "precision": "fp32", "token_budget": None,
+                    "compile": False, "allow_nulls": False}  # fmt: skip
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k, default in optional.items()
+                        if getattr(self, k) != default)  # fmt: skip
+        steps = "".join(f", {k}={_callable_name(getattr(self, k))}" for k in ("prepare", "collate")
+                        if getattr(self, k) is not None)  # fmt: skip
+        return (
+            f"ModelSpec({self.name!r}, load={_callable_name(self.load)}, "
+            f"inputs[{len(self.input_columns)}]={columns}, outputs={dict(self.outputs)}"
+            f"{steps}, batch_size={self.batch_size}{extra})"
+        )
+
     def with_options(self, **changes: Any) -> ModelSpec:
         """Return a copy with some fields changed, e.g. ``spec.with_options(batch_size=64)``."""
         __tracebackhide__ = True  # IPython shows the user's frame and the error
@@ -206,6 +224,13 @@ class ModelSpec:
             )
         if not self.allow_nulls:
             check_nulls(frame, self.input_columns)
+
+
+def _callable_name(value: Any) -> str:
+    """``make_mlp``, ``partial(_zeros_frame)``, ``_Encode``: a callable as a short name."""
+    if hasattr(value, "func"):  # functools.partial
+        return f"partial({_callable_name(value.func)})"
+    return str(getattr(value, "__qualname__", None) or type(value).__name__)
 
 
 def _check_callables(spec: ModelSpec) -> None:
