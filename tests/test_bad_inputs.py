@@ -181,7 +181,7 @@ def test_null_texts_are_found_where_they_are_tokenised(client, tmp_path):
     texts = pd.DataFrame({"doc": range(30), "text": [f"sentence number {i}" for i in range(30)]})
     texts.loc[[4, 21], "text"] = None
     texts.to_parquet(tmp_path / "docs.parquet")
-    spec = dbi.sentence_encoder()
+    spec = dbi.sentence_encoder(max_seq_length=32)  # the spec of the test above: loaded once
     with pytest.raises(dbi.PartitionError) as caught:
         dbi.run_job(str(tmp_path / "docs.parquet"), spec, output=str(tmp_path / "a"),
                     keep=["doc"])  # fmt: skip
