@@ -21,6 +21,21 @@ def test_all_is_sorted_and_complete():
         assert hasattr(dbi, name)
 
 
+#: The public API, pinned: adding a name is a decision, removing one breaks users.
+PUBLIC = [
+    "BadRowsError", "BatchInferError", "ClusterError", "InputError", "JobResult",
+    "ModelLoadError", "ModelSpec", "OutputLockedError", "PartitionError",
+    "PartitionTimeoutError", "Plan", "SchemaError", "__version__", "decode_images",
+    "file_sha256", "from_callable", "from_torch", "from_torch_file", "image_tensor",
+    "local_cluster", "model_stats", "output_status", "plan", "predict", "read_files",
+    "read_output", "run_job", "sentence_encoder", "shutdown",
+]  # fmt: skip
+
+
+def test_the_public_names_are_pinned():
+    assert dbi.__all__ == PUBLIC
+
+
 def test_errors_subclass_builtins():
     assert issubclass(dbi.InputError, ValueError)
     assert issubclass(dbi.ModelLoadError, RuntimeError)

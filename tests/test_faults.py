@@ -24,6 +24,7 @@ from s3faults import FaultProxy
 import dask_batchinfer as dbi
 from dask_batchinfer.cli import EXIT_LOCKED, main
 from dask_batchinfer.testing import (
+    LOAD_LOG_ENV,
     make_features,
     sleepy_preprocess,
     slow_loading_model,
@@ -47,14 +48,25 @@ def killable(private_client):
         yield ready
 
 
-def _kill_later(pid: int, after: float) -> threading.Thread:
+def _kill_when_loading(pid: int, folder) -> threading.Thread:
+    """SIGKILL ``pid`` as soon as its model load has started (the loader's marker file)."""
+
     def kill() -> None:
-        time.sleep(after)
+        deadline = time.monotonic() + 60
+        while not (folder / f"loading-{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         os.kill(pid, signal.SIGKILL)
 
     thread = threading.Thread(target=kill, daemon=True)
     thread.start()
     return thread
+
+
+def _set_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 @pytest.mark.slow
@@ -65,13 +77,22 @@ def test_worker_killed_while_the_model_loads(killable, tmp_path, s3, expected_sc
     frame = make_features(600, seed=41)
     seed = {"local": 2, "s3": 5}[where]  # a model no worker of the shared cluster has loaded
     c = killable()
+    loads = tmp_path / "loads"
+    loads.mkdir()
+    c.run(_set_env, LOAD_LOG_ENV, str(loads))
     victim = next(iter(c.run(os.getpid).values()))
-    killer = _kill_later(victim, after=0.7)  # the model takes 2 s to load
-    result = dbi.run_job(dd.from_pandas(frame, npartitions=12), slow_loading_model(2.0, seed=seed),
-                         output=out, keep=["id"], client=c, progress=False,
-                         storage_options=options if where == "s3" else None)  # fmt: skip
-    killer.join()
-    assert victim not in c.run(os.getpid).values()  # the kill happened
+    killer = _kill_when_loading(victim, loads)  # the model takes 2 s to load
+    try:
+        result = dbi.run_job(dd.from_pandas(frame, npartitions=12),
+                             slow_loading_model(2.0, seed=seed), output=out, keep=["id"],
+                             client=c, progress=False,
+                             storage_options=options if where == "s3" else None)  # fmt: skip
+    finally:
+        killer.join()
+        c.run(_set_env, LOAD_LOG_ENV, None)
+    assert victim not in c.run(os.getpid).values()  # the kill happened ...
+    assert (loads / f"loading-{victim}").exists()  # ... during the victim's model load
+    assert not (loads / f"loaded-{victim}").exists()
     assert (result.rows_in, result.rows_out, result.partitions_run) == (600, 600, 12)
     back = dbi.read_output(out, storage_options=options if where == "s3" else None).compute()
     back = back.sort_values("id")

@@ -90,8 +90,9 @@ def test_predict_fails_only_with_our_errors(frame, keep, batch_size):
     spec = tiny_model().with_options(batch_size=batch_size)
     try:
         out = dbi.predict(ddf, spec, keep=keep).compute(scheduler="sync")
-    except dbi.BatchInferError as err:
-        assert str(err)  # and it says something
+    except dbi.BatchInferError as err:  # and it names what is wrong: a column or a partition
+        columns = {*frame.columns, *keep, *feature_columns(8)}
+        assert "partition" in str(err) or [c for c in columns if repr(c) in str(err)], str(err)
         return
     assert len(out) == len(frame)
     assert list(out.columns) == [*keep, "score"]
@@ -101,13 +102,18 @@ def test_predict_fails_only_with_our_errors(frame, keep, batch_size):
 @given(frame=frames(), on_error=st.sampled_from(["raise", "quarantine"]))
 def test_quarantine_accounts_for_every_row(frame, on_error):
     keep = [c for c in ("id", "text") if c in frame.columns]
+    whole = not set(feature_columns(8)) <= set(frame.columns)  # the partition's shape is wrong
     try:
         prepared = preprocess_partition(frame, keep=keep, number=0, on_error=on_error)
         result, bad = infer_features(
             prepared.features, prepared.kept, model=tiny_model(), number=0, on_error=on_error,
             positions=prepared.positions,
         )  # fmt: skip
-    except dbi.BatchInferError:
+    except dbi.PartitionError as err:
+        # quarantine sets bad rows aside and never raises for them: only a partition whose
+        # columns are missing fails whole; "raise" names the partition (and row) it stops at
+        assert on_error == "raise" or whole, str(err)
+        assert "partition 0" in str(err)
         return
     assert len(result) + len(bad) + len(prepared.bad) == len(frame)
     assert sorted(bad["row"]) == sorted(set(bad["row"]))
@@ -122,12 +128,20 @@ def test_quarantine_accounts_for_every_row(frame, on_error):
                     st.booleans(), st.lists(st.integers(), max_size=2)),
 )  # fmt: skip
 def test_spec_options_validated(option, value):
+    valid = {  # what each option accepts (tiny_model has no lengths=: no token budget)
+        "batch_size": value is None or (type(value) is int and value >= 1),
+        "token_budget": value is None,
+        "device": value in ("auto", "cpu", "cuda") or str(value).startswith("cuda:"),
+        "precision": value in ("fp32", "bf16", "fp16", "auto"),
+    }[option]
     try:
         spec = tiny_model().with_options(**{option: value})
     except dbi.InputError as err:
+        assert not valid, (option, value)  # refused only what is wrong, naming the option
         assert option in str(err)
         return
-    assert spec.token  # a valid spec tokenizes
+    assert valid, (option, value)  # nothing invalid gets through
+    assert spec.token
 
 
 def _four_rows():

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dask_batchinfer.testing.faults import hog_model, memory_hungry_model, oom_model
 from dask_batchinfer.testing.models import (
     CALL_LOG_ENV,
+    LOAD_LOG_ENV,
     TinyCNN,
     TinyMLP,
     factory_calls,
@@ -37,6 +38,7 @@ from dask_batchinfer.testing.models import (
 
 __all__ = [
     "CALL_LOG_ENV",
+    "LOAD_LOG_ENV",
     "TinyCNN",
     "TinyMLP",
     "factory_calls",

@@ -17,6 +17,7 @@ from dask_batchinfer.model.torch_module import call_module
 from dask_batchinfer.pipeline.images import image_tensor
 
 __all__ = [
+    "LOAD_LOG_ENV",
     "TinyCNN",
     "TinyMLP",
     "factory_calls",
@@ -164,6 +165,8 @@ def threads_probe(n_features: int = 8) -> ModelSpec:
 #: Environment variable naming a file to which :func:`slow_model` appends one
 #: line per model call (``<pid> <rows>``), in whichever process runs it.
 CALL_LOG_ENV = "DASK_BATCHINFER_TEST_CALL_LOG"
+#: A folder where :func:`make_slow_loading_mlp` marks its loads' start and end.
+LOAD_LOG_ENV = "DASK_BATCHINFER_TEST_LOAD_LOG"
 
 
 class _SlowMLP(TinyMLP):
@@ -188,8 +191,17 @@ def _slow_counting_predict(model: _SlowMLP, batch: torch.Tensor) -> torch.Tensor
 
 def make_slow_loading_mlp(load_seconds: float = 1.0, n_features: int = 8, hidden: int = 16,
                           seed: int = 0) -> TinyMLP:  # fmt: skip
-    """A :class:`TinyMLP` that takes ``load_seconds`` to build, like a large model."""
+    """A :class:`TinyMLP` that takes ``load_seconds`` to build, like a large model.
+
+    With :data:`LOAD_LOG_ENV` set to a folder, it touches ``loading-<pid>`` there when
+    the load starts and ``loaded-<pid>`` when it ends (for tests that kill it in between).
+    """
+    folder = os.environ.get(LOAD_LOG_ENV)
+    if folder:
+        open(os.path.join(folder, f"loading-{os.getpid()}"), "w").close()
     time.sleep(load_seconds)
+    if folder:
+        open(os.path.join(folder, f"loaded-{os.getpid()}"), "w").close()
     return TinyMLP(n_features, hidden, seed)
 
 
