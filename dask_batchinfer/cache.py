@@ -20,14 +20,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dask_batchinfer import _config
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from dask_batchinfer.model.spec import ModelSpec
 
 __all__ = [
     "LoadedModel",
@@ -38,6 +37,20 @@ __all__ = [
     "local_stats",
     "model_stats",
 ]
+
+
+class Keyed(Protocol):
+    """What the cache needs of a :class:`~dask_batchinfer.ModelSpec` (the cache sits below
+    the recipes in the data flow and does not import them)."""
+
+    @property
+    def cache_key(self) -> str: ...
+
+    @property
+    def name(self) -> str | None: ...
+
+
+Spec = TypeVar("Spec", bound=Keyed)
 
 
 @dataclasses.dataclass
@@ -76,7 +89,7 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def get_or_load(spec: ModelSpec, load: Callable[[ModelSpec], LoadedModel]) -> LoadedModel:
+def get_or_load(spec: Spec, load: Callable[[Spec], LoadedModel]) -> LoadedModel:
     """The cached model of ``spec``; on first use in this process, ``load(spec)`` it.
 
     Concurrent first uses of one spec load it once; the load's time and count
@@ -131,7 +144,7 @@ def _trim() -> None:
         _release_gpu_memory()
 
 
-def _record_load(spec: ModelSpec, loaded: LoadedModel) -> None:
+def _record_load(spec: Keyed, loaded: LoadedModel) -> None:
     stats = _stats.setdefault(
         spec.cache_key,
         {"name": spec.name, "token": spec.cache_key, "loads": 0, "load_seconds": 0.0},
@@ -157,7 +170,7 @@ def _release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def evict(spec: ModelSpec | str) -> bool:
+def evict(spec: Keyed | str) -> bool:
     """Drop ``spec``'s model (or the model of that cache key) from this process and
     release its GPU memory."""
     key = spec if isinstance(spec, str) else spec.cache_key
@@ -177,7 +190,7 @@ def clear() -> None:
     _release_gpu_memory()
 
 
-def model_stats(client: Client, spec: ModelSpec | None = None) -> dict[str, Any]:
+def model_stats(client: Client, spec: Keyed | None = None) -> dict[str, Any]:
     """Model load counts and times on every worker of ``client``'s cluster.
 
     Parameters

@@ -2,6 +2,7 @@
 
 - no module over ``MODULE_LINES`` lines,
 - no function over ``FUNCTION_LINES`` lines of code (its docstring not counted),
+- no import cycle between the package's folders (a top-level module counts as one),
 - no import cycle between the package's modules (imports inside functions
   and ``TYPE_CHECKING`` blocks count too: a lazy import hides a cycle, it
   does not remove it),
@@ -76,9 +77,25 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
-def cycles() -> list[list[str]]:
+def folder_graph() -> dict[str, set[str]]:
+    """The import graph between the package's folders (a top-level module is its own node)."""
+    folders = {n.split(".")[1] for n in modules() if n.count(".") >= 2}
+
+    def node(name: str) -> str:
+        parts = name.split(".")
+        return ".".join(parts[:2]) if len(parts) > 1 and parts[1] in folders else name
+
+    graph: dict[str, set[str]] = {}
+    for name, targets in import_graph().items():
+        graph.setdefault(node(name), set()).update(
+            node(t) for t in targets if node(t) != node(name)
+        )
+    return graph
+
+
+def cycles(graph: dict[str, set[str]] | None = None) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan's algorithm)."""
-    graph = import_graph()
+    graph = import_graph() if graph is None else graph
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -172,6 +189,11 @@ def test_no_import_cycles():
     assert cycles() == []
 
 
+def test_no_import_cycles_between_folders():
+    """model/ below pipeline/ below job/: no folder imports one that imports it back."""
+    assert cycles(folder_graph()) == []
+
+
 def test_no_private_imports_across_modules():
     assert private_imports() == []
 
@@ -194,4 +216,5 @@ if __name__ == "__main__":
     for size, name in function_lengths()[:12]:
         out.write(f"  {size:5d}  {name}\n")
     out.write(f"import cycles: {cycles()}\n")
+    out.write(f"folder cycles: {cycles(folder_graph())}\n")
     out.write("private imports:\n" + "".join(f"  {p}\n" for p in private_imports()))

@@ -10,7 +10,7 @@ import pandas as pd
 
 from dask_batchinfer import cache
 from dask_batchinfer.model.spec import ModelSpec
-from dask_batchinfer.pipeline.tokens import TokenIds, collate_tokens, token_frame
+from dask_batchinfer.model.tokens import TokenIds, collate_tokens, token_frame
 
 __all__ = ["sentence_encoder"]
 

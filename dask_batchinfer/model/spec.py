@@ -20,7 +20,7 @@ from dask.base import tokenize
 from dask_batchinfer import _config
 from dask_batchinfer.errors import InputError, SchemaError
 from dask_batchinfer.fingerprint import code_token, value_token
-from dask_batchinfer.pipeline.convert import check_nulls, float_tensor
+from dask_batchinfer.model.convert import check_nulls, float_tensor
 
 __all__ = ["PRECISIONS", "ModelSpec", "OutputType", "output_dtype"]
 
@@ -89,7 +89,7 @@ class ModelSpec:
         ``collate`` reads, where preprocessing runs: on the CPU pool of a
         mixed cluster, before the partition travels to the model worker
         (e.g. tokenising texts into int32 token ids, see
-        :mod:`dask_batchinfer.pipeline.tokens`). It must keep every row, in
+        :mod:`dask_batchinfer.model.tokens`). It must keep every row, in
         order, and fail on the rows it cannot prepare (they are then found
         and named, or quarantined, like rows that ``preprocess`` fails on).
         ``collate`` then receives the prepared frame whole.

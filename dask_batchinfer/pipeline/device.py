@@ -1,7 +1,7 @@
 """Model inputs on their way to the device: sliced, reordered, padded, pinned, copied.
 
 Inputs are whatever ``ModelSpec.collate`` made of a partition: a tensor, an
-array, a list, a pandas object, :class:`~dask_batchinfer.pipeline.tokens.TokenIds`,
+array, a list, a pandas object, :class:`~dask_batchinfer.model.tokens.TokenIds`,
 or a dict of those. On CUDA each batch is collated into pinned memory and
 copied on a side stream while the previous batch computes.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dask_batchinfer.pipeline.tokens import TokenIds
+from dask_batchinfer.model.tokens import TokenIds
 
 __all__ = ["on_device", "pin", "slice_inputs", "take_inputs", "to_device"]
 
