@@ -95,7 +95,7 @@ def run_job(
         Folder to write to (``s3://`` or a local path). Each input partition
         becomes ``part-<name>-<id>.parquet`` (inside hive folders with
         ``partition_on``) plus a marker in ``_committed/``; ``_SUCCESS`` is
-        written when all are committed. See the README's "Output layout". A
+        written when all are committed. See the user guide's "Output layout". A
         local path is made absolute on the client; on a cluster of other
         machines it must be storage that every worker mounts at the same path
         (checked before any work: :class:`ClusterError` otherwise).
