@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from dask_batchinfer.html import page, plot_result, plural, result_html
+from dask_batchinfer.html import page, plot_result, plural, result_html, worker_labels
 
 __all__ = ["JobResult"]
 
@@ -231,8 +231,9 @@ class JobResult:
         return plot_result(self.to_json(), path)
 
     def __str__(self) -> str:
+        labels = worker_labels(list(self.model_load_seconds))
         loads = ", ".join(
-            f"{worker} {seconds:.2f}s"
+            f"{labels[worker]} {seconds:.2f}s"
             for worker, seconds in sorted(self.model_load_seconds.items())
         )
         head = f"dask-batchinfer job: {self.model}"
