@@ -53,8 +53,8 @@ def _run(args: argparse.Namespace) -> int:
 
             planned = plan(args.input, model, preprocess=preprocess, keep=args.keep or None,
                            client=client, storage_options=args.storage_options,
-                           columns=args.columns, filters=args.filters,
-                           format=args.format)  # fmt: skip
+                           columns=args.columns, filters=args.filters, format=args.format,
+                           partition_on=args.partition_on or None, pools=pools)  # fmt: skip
             print(json.dumps(planned.summary(), indent=1) if args.json else planned)
             return EXIT_OK
         result = run_job(

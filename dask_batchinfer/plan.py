@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dask_batchinfer import _config, secrets
@@ -91,6 +91,8 @@ def plan(
     columns: Sequence[str] | None = None,
     filters: Any = None,
     format: str | None = None,
+    partition_on: Sequence[str] | str | None = None,
+    pools: Mapping[str, str] | bool | None = None,
 ) -> Plan:
     """Measure a sample of the input on the cluster and project the full job.
 
@@ -99,6 +101,9 @@ def plan(
     source, model, preprocess, keep, client, storage_options, columns, filters, format
         As for :func:`~dask_batchinfer.run_job`: the plan reads what the job
         would (the same columns, only the rows ``filters`` keep).
+    partition_on, pools
+        As for :func:`~dask_batchinfer.run_job`: checked as the job would
+        check them, and the sample runs on the pools the job would use.
     sample_partitions : int, optional
         Partitions to measure, spread over the input (default: two per
         thread that runs partitions, at least 3, at most all of them). More
@@ -129,10 +134,12 @@ def plan(
             "(environment, AWS profiles) or use run_job"
         )
     job = ReadOptions.build(keep=keep, columns=columns, filters=filters, format=format)
-    read = read_columns(model, keep=job.keep, columns=job.columns, preprocess=preprocess)
+    read = read_columns(model, keep=job.keep, partition_on=_names(partition_on),
+                        columns=job.columns, preprocess=preprocess)  # fmt: skip
     ddf, groups = open_source(source, options, public, columns=read, filters=job.filters,
                               format=job.format)  # fmt: skip
-    shape = job_columns(ddf._meta, model, keep=job.keep, preprocess=preprocess, columns=job.columns)
+    shape = job_columns(ddf._meta, model, keep=job.keep, partition_on=partition_on,
+                        preprocess=preprocess, columns=job.columns)  # fmt: skip
     settings = StageSettings(model=model, preprocess=preprocess, keep=shape.keep,
                              schema=shape.schema)  # fmt: skip
     sizes = _batch_sizes(model, batch_sizes)
@@ -141,11 +148,15 @@ def plan(
     start = time.perf_counter()
     with connect(client, choose_engine(input_bytes(groups))) as c:
         cluster_seconds = time.perf_counter() - start
-        pools = detect_pools(c, None)
-        sample = _Sample(c, pools, ddf, groups, settings, sizes)
-        with warm_up(c, settings.model, pools):  # its plugin is removed after; the model stays
+        found = detect_pools(c, pools)
+        sample = _Sample(c, found, ddf, groups, settings, sizes)
+        with warm_up(c, settings.model, found):  # its plugin is removed after; the model stays
             sample.run(sample_partitions)
     return sample.project(cluster_seconds)
+
+
+def _names(names: Sequence[str] | str | None) -> list[str] | None:
+    return [names] if isinstance(names, str) else (list(names) if names else None)
 
 
 class _Sample:

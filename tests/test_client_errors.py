@@ -58,6 +58,8 @@ def _catalogue(folder):
          ["batch_size=-3", "positive integer"]),
         ("plan", lambda: dbi.plan(source, _typo_model()),
          ["in.parquet", "did you mean 'f3'"]),
+        ("plan partition_on", lambda: dbi.plan(source, tiny_model(), partition_on=["scor"]),
+         ["partition_on=['scor']", "did you mean 'score'"]),
         ("predict keep", lambda: dbi.predict(_frame(folder), tiny_model(), keep=["userid"]),
          ["did you mean 'user_id'"]),
     ]  # fmt: skip
@@ -78,7 +80,7 @@ def _frames(err):
     return frames
 
 
-@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("case", range(12))
 def test_client_errors_name_the_fix_and_hide_the_package_frames(folder, case):
     name, call, expected = _catalogue(folder)[case]
     with pytest.raises((dbi.InputError, dbi.ModelLoadError)) as caught:

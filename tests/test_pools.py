@@ -253,3 +253,13 @@ def test_auto_on_a_gpu_machine_is_mixed_and_the_model_worker_overlaps(monkeypatc
         if w["partition"] != i["partition"] and w["start"] < i["end"] and i["start"] < w["end"]
     ]
     assert overlapped, "no write ran beside another partition's model stage"
+
+
+def test_plan_runs_on_the_pools_the_job_would_use(mixed, tmp_path):
+    """plan() (and --dry-run) take pools= as run_job does: the model pool, or every worker."""
+    make_features(400).to_parquet(tmp_path / "in.parquet")
+    spec = tiny_model(seed=12)
+    pooled = dbi.plan(str(tmp_path / "in.parquet"), spec, client=mixed, sample_partitions=1)
+    everywhere = dbi.plan(str(tmp_path / "in.parquet"), spec, client=mixed, sample_partitions=1,
+                          pools=False)  # fmt: skip
+    assert (pooled.workers, everywhere.workers) == (1, 3)
