@@ -24,7 +24,7 @@ from typing import Any
 
 from dask_batchinfer.cli_options import build_parser
 from dask_batchinfer.errors import BadRowsError, BatchInferError, InputError, OutputLockedError
-from dask_batchinfer.jobfile import load_job_file, load_model, load_object
+from dask_batchinfer.jobfile import load_job_file, load_object, model_from_reference
 from dask_batchinfer.progress import stderr_handler
 
 __all__ = ["main"]
@@ -36,7 +36,7 @@ REQUIRED = ("input", "output", "model")
 def _run(args: argparse.Namespace) -> int:
     from dask_batchinfer.job.run import run_job
 
-    model = load_model(args.model)
+    model = model_from_reference(args.model)
     if args.batch_size is not None:
         model = model.with_options(batch_size=args.batch_size)
     preprocess = load_object(args.preprocess, "preprocess") if args.preprocess else None

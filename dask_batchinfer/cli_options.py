@@ -1,8 +1,8 @@
 """The options of the ``dask-batchinfer`` command, in argument groups.
 
-Choices come from where they are defined (:data:`dask_batchinfer.options.MODES`,
+Choices come from where they are defined (:data:`dask_batchinfer.options.JOB_MODES`,
 :data:`~dask_batchinfer.options.ON_ERROR`, :data:`dask_batchinfer.cluster.KINDS`,
-:data:`dask_batchinfer.progress.MODES`), so the command cannot drift from the API.
+:data:`dask_batchinfer.progress.PROGRESS_MODES`), so the command cannot drift from the API.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 from dask_batchinfer.cluster import KINDS as CLUSTER_KINDS
 from dask_batchinfer.io.read import FINGERPRINTS, FORMATS
 from dask_batchinfer.jobfile import json_list, json_object
-from dask_batchinfer.options import MODES, ON_ERROR
-from dask_batchinfer.progress import MODES as PROGRESS_MODES
+from dask_batchinfer.options import JOB_MODES, ON_ERROR
+from dask_batchinfer.progress import PROGRESS_MODES
 
 __all__ = ["build_parser"]
 
@@ -161,7 +161,7 @@ def _demo_parser(commands: Any) -> None:
 def _job_arguments(group: Any) -> None:
     group.add_argument(
         "--mode",
-        choices=MODES,
+        choices=JOB_MODES,
         default="resume",
         help="resume (default): skip partitions already committed with the same inputs, "
         "model and code, run the rest; overwrite: recompute everything, the old output "

@@ -12,7 +12,7 @@ from typing import Any
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.model.spec import ModelSpec
 
-__all__ = ["json_list", "json_object", "load_job_file", "load_model", "load_object"]
+__all__ = ["json_list", "json_object", "load_job_file", "load_object", "model_from_reference"]
 
 
 def load_object(reference: str, what: str) -> Any:
@@ -37,7 +37,7 @@ def load_object(reference: str, what: str) -> Any:
     return obj
 
 
-def load_model(reference: str) -> ModelSpec:
+def model_from_reference(reference: str) -> ModelSpec:
     """A ModelSpec, or a function returning one, named as ``module:attribute``."""
     obj = load_object(reference, "model")
     if not isinstance(obj, ModelSpec) and callable(obj):

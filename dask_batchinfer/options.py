@@ -2,7 +2,7 @@
 
 Nothing here touches a cluster or a file: a bad option fails in
 milliseconds with a message that names the option, the value and the fix.
-The command line takes its choices from here (:data:`MODES`, :data:`ON_ERROR`).
+The command line takes its choices from here (:data:`JOB_MODES`, :data:`ON_ERROR`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from dask_batchinfer.io.fs import absolute_url
 from dask_batchinfer.io.read import FINGERPRINTS, FORMATS
 from dask_batchinfer.progress import resolve_mode
 
-__all__ = ["MODES", "ON_ERROR", "JobOptions", "ReadOptions", "check_not_nested"]
+__all__ = ["JOB_MODES", "ON_ERROR", "JobOptions", "ReadOptions", "check_not_nested"]
 
 #: ``run_job(mode=...)``: what to do with an output folder that holds data.
-MODES = ("resume", "overwrite", "error")
+JOB_MODES = ("resume", "overwrite", "error")
 #: ``run_job(on_error=...)``: what a row the model or ``preprocess`` fails on does.
 ON_ERROR = ("raise", "quarantine")
 
@@ -174,7 +174,7 @@ def _upload(upload: Any) -> tuple[str, ...]:
 
 
 def _check_choices(**given: Any) -> None:
-    choices = {"mode": MODES, "on_error": ON_ERROR, "fingerprint": FINGERPRINTS,
+    choices = {"mode": JOB_MODES, "on_error": ON_ERROR, "fingerprint": FINGERPRINTS,
                "format": (None, *FORMATS)}  # fmt: skip
     for name, value in given.items():
         if value not in choices[name]:

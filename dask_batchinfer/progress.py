@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["LOG_FORMAT", "Progress", "make_progress", "resolve_mode", "stderr_handler"]
 
 logger = logging.getLogger("dask_batchinfer.progress")
-MODES = ("auto", "bar", "log", "off")
+PROGRESS_MODES = ("auto", "bar", "log", "off")
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
 
@@ -114,8 +114,8 @@ def resolve_mode(progress: bool | str | None) -> str:
         progress = "auto"
     if progress is False or progress is None:
         return "off"
-    if progress not in MODES:
-        raise InputError(f"progress={progress!r}: expected True, False or one of {MODES}")
+    if progress not in PROGRESS_MODES:
+        raise InputError(f"progress={progress!r}: expected True, False or one of {PROGRESS_MODES}")
     if progress != "auto":
         return str(progress)
     if _in_notebook() or sys.stderr.isatty():

@@ -12,7 +12,7 @@ from dask_batchinfer.worker import configure_torch_threads
 if TYPE_CHECKING:
     from dask_batchinfer.model.spec import ModelSpec
 
-__all__ = ["load_model", "resolve_device", "warm_up"]
+__all__ = ["load_model", "resolve_device", "run_example"]
 
 
 def load_model(spec: ModelSpec) -> cache.LoadedModel:
@@ -48,7 +48,7 @@ def _load(spec: ModelSpec) -> cache.LoadedModel:
             model = torch.compile(model)
         loaded = cache.LoadedModel(spec.cache_key, spec.name or "", model, device, 0.0)
         if spec.compile:
-            warm_up(spec, loaded)  # compile now, not on the first partition
+            run_example(spec, loaded)  # compile now, not on the first partition
     except Exception as err:
         module = getattr(spec.load, "__module__", "?")
         loader = f"{module}.{getattr(spec.load, '__qualname__', spec.load)}"
@@ -59,7 +59,7 @@ def _load(spec: ModelSpec) -> cache.LoadedModel:
     return loaded
 
 
-def warm_up(spec: ModelSpec, loaded: cache.LoadedModel) -> None:
+def run_example(spec: ModelSpec, loaded: cache.LoadedModel) -> None:
     """Run ``spec.example()`` through the model (at load time, e.g. to compile it)."""
     if spec.example is None:
         return
