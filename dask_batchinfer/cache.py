@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from dask_batchinfer import _config
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "LRU",
     "LoadedModel",
     "clear",
     "evict",
@@ -51,6 +52,44 @@ class Keyed(Protocol):
 
 
 Spec = TypeVar("Spec", bound=Keyed)
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """A least-recently-used mapping of at most ``size()`` entries (xarray's ``LRUCache``).
+
+    ``get`` counts as a use; ``put`` drops the least recently used entries past
+    the size and returns them, for the caller to release outside its lock. Not
+    synchronised: callers hold their own lock.
+    """
+
+    def __init__(self, size: Callable[[], int]) -> None:
+        self.size = size
+        self._entries: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> list[V]:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        dropped = []
+        while len(self._entries) > max(1, self.size()):
+            dropped.append(self._entries.popitem(last=False)[1])
+        return dropped
+
+    def pop(self, key: K) -> V | None:
+        return self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclasses.dataclass
@@ -72,7 +111,7 @@ class LoadedModel:
 
 _registry_lock = threading.Lock()
 _load_locks: dict[str, threading.Lock] = {}
-_models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+_models: LRU[str, LoadedModel] = LRU(lambda: int(_config.get("cached-models")))
 _stats: dict[str, dict[str, Any]] = {}
 _helpers: dict[Any, Any] = {}
 
@@ -95,23 +134,24 @@ def get_or_load(spec: Spec, load: Callable[[Spec], LoadedModel]) -> LoadedModel:
     Concurrent first uses of one spec load it once; the load's time and count
     are recorded (see :func:`local_stats`).
     """
-    loaded = _models.get(spec.cache_key)
-    if loaded is not None:
-        with _registry_lock:
-            if spec.cache_key in _models:
-                _models.move_to_end(spec.cache_key)
-        return loaded
     with _registry_lock:
+        loaded = _models.get(spec.cache_key)
+        if loaded is not None:
+            return loaded
         key_lock = _load_locks.setdefault(spec.cache_key, threading.Lock())
     with key_lock:
-        loaded = _models.get(spec.cache_key)
+        with _registry_lock:
+            loaded = _models.get(spec.cache_key)
         if loaded is None:
             start = time.perf_counter()
             loaded = load(spec)
             loaded.load_seconds = time.perf_counter() - start
             _record_load(spec, loaded)
-            _models[spec.cache_key] = loaded
-            _trim()
+            with _registry_lock:  # at most batchinfer.cached-models: the oldest go
+                dropped = _models.put(spec.cache_key, loaded)
+            if dropped:
+                del dropped
+                _release_gpu_memory()
     return loaded
 
 
@@ -130,18 +170,6 @@ def helper(key: Any, make: Callable[[], Any]) -> Any:
         if key not in _helpers:
             _helpers[key] = make()
     return _helpers[key]
-
-
-def _trim() -> None:
-    """Keep at most ``batchinfer.cached-models`` models (at least the one just loaded)."""
-    limit = max(1, int(_config.get("cached-models")))
-    dropped = False
-    with _registry_lock:
-        while len(_models) > limit:
-            _models.popitem(last=False)
-            dropped = True
-    if dropped:
-        _release_gpu_memory()
 
 
 def _record_load(spec: Keyed, loaded: LoadedModel) -> None:
@@ -175,7 +203,7 @@ def evict(spec: Keyed | str) -> bool:
     release its GPU memory."""
     key = spec if isinstance(spec, str) else spec.cache_key
     with _registry_lock:
-        dropped = _models.pop(key, None) is not None
+        dropped = _models.pop(key) is not None
     if dropped:
         _release_gpu_memory()
     return dropped

@@ -16,11 +16,11 @@ import hashlib
 import os
 import sys
 import threading
-from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
 import cloudpickle
 
+from dask_batchinfer.cache import LRU
 from dask_batchinfer.errors import ModelLoadError
 from dask_batchinfer.worker import worker_address
 
@@ -28,8 +28,7 @@ __all__ = ["Packed", "forget_all", "missing_module_hint", "unpack"]
 
 T = TypeVar("T")
 
-_CACHE_SIZE = 16
-_cache: OrderedDict[str, Any] = OrderedDict()
+_cache: LRU[str, Any] = LRU(lambda: 16)  # unpickled objects by content
 _lock = threading.Lock()
 
 
@@ -73,17 +72,15 @@ class Packed(Generic[T]):
             When this process cannot import a module the object needs.
         """
         with _lock:
-            if self.token in _cache:
-                _cache.move_to_end(self.token)
-                return _cache[self.token]  # type: ignore[no-any-return]
+            found = _cache.get(self.token)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
         try:
             obj = cloudpickle.loads(self.blob)
         except (ImportError, AttributeError) as err:
             raise _not_importable(err) from err
         with _lock:
-            _cache[self.token] = obj
-            while len(_cache) > _CACHE_SIZE:
-                _cache.popitem(last=False)
+            _cache.put(self.token, obj)
         return obj  # type: ignore[no-any-return]
 
 
