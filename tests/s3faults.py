@@ -32,9 +32,14 @@ class FaultProxy:
         seed: int = 0,
         fail_get: Callable[[str], bool] | None = None,
         fail_put: Callable[[str], bool] | None = None,
+        max_streak: int = 3,
     ) -> None:
         self.upstream = urlsplit(upstream)
         self.rate = put_failure_rate
+        # random faults are transient: never more than max_streak in a row on one key (the
+        # retry layer tries 6 times); a key that always fails is fail_put's business
+        self.max_streak = max_streak
+        self.streaks: dict[str, int] = {}
         self.fail_get = fail_get
         self.fail_put = fail_put
         self.failed_gets = 0
@@ -111,7 +116,8 @@ class FaultProxy:
             return True
         with self.lock:
             self.puts += 1
-            fail = self.random.random() < self.rate
+            fail = self.random.random() < self.rate and self.streaks.get(path, 0) < self.max_streak
+            self.streaks[path] = self.streaks.get(path, 0) + 1 if fail else 0
             self.injected += fail
             return fail
 
