@@ -13,9 +13,9 @@ per-row Python runs. Then:
 - **Out of memory**: a batch that raises ``torch.cuda.OutOfMemoryError`` is
   split in halves and retried, down to one row; the worker remembers the
   largest size that fitted (``LoadedModel.max_batch``) for later batches.
-- **GPU**: the partition's input tensors are pinned once and each batch is
-  copied on a side stream while the previous one computes; outputs stay on the
-  device until the partition is done (one copy back).
+- **GPU**: each batch is collated into pinned memory and copied on a side
+  stream while the previous one computes (:mod:`~dask_batchinfer.pipeline.device`);
+  outputs stay on the device until the partition is done (one copy back).
 - ``precision`` other than fp32 runs ``predict`` under ``torch.autocast``
   (``"auto"``: fp16 on a GPU, fp32 on CPU).
 """
@@ -35,7 +35,7 @@ import pyarrow as pa
 from dask_batchinfer.cache import LoadedModel
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.model.spec import ModelSpec
-from dask_batchinfer.pipeline.device import on_device, pin, slice_inputs, take_inputs
+from dask_batchinfer.pipeline.device import on_device, slice_inputs, take_inputs
 
 __all__ = ["BatchStats", "run_loaded"]
 
@@ -293,8 +293,6 @@ def run_loaded(
     turn = loaded.lock if loaded.device != "cpu" else contextlib.nullcontext()  # on the GPU
     with turn, torch.inference_mode(), _autocast(spec, loaded.device):
         started = time.perf_counter()  # the turn is ours: waiting for it is not counted
-        if loaded.device.startswith("cuda"):
-            inputs = pin(inputs)
         # length-sorted batches run longest first; their outputs are kept in sorted order
         run = ranges[::-1] if order is not None else ranges
         done: list[list[dict[str, Any]]] = []

@@ -16,7 +16,7 @@ import pandas as pd
 
 from dask_batchinfer.model.tokens import TokenIds
 
-__all__ = ["on_device", "pin", "slice_inputs", "take_inputs", "to_device"]
+__all__ = ["on_device", "slice_inputs", "take_inputs", "to_device"]
 
 
 def slice_inputs(inputs: Any, start: int, stop: int) -> Any:
@@ -45,13 +45,14 @@ def take_inputs(inputs: Any, order: np.ndarray) -> Any:
     return [inputs[i] for i in order]
 
 
-def pin(inputs: Any) -> Any:
+def _pin(inputs: Any) -> Any:
+    """``inputs``' CPU tensors in pinned memory (one batch at a time: see :func:`on_device`)."""
     import torch
 
     if isinstance(inputs, torch.Tensor) and inputs.device.type == "cpu":
         return inputs.pin_memory()
     if isinstance(inputs, Mapping):
-        return {name: pin(value) for name, value in inputs.items()}
+        return {name: _pin(value) for name, value in inputs.items()}
     return inputs
 
 
@@ -97,7 +98,7 @@ def on_device(inputs: Any, ranges: list[tuple[int, int]], device: str) -> Iterat
     compute_stream = torch.cuda.current_stream()
 
     def send(start: int, stop: int) -> Any:
-        batch = pin(_host(slice_inputs(inputs, start, stop)))  # collated in pinned memory
+        batch = _pin(_host(slice_inputs(inputs, start, stop)))  # collated in pinned memory
         with torch.cuda.stream(copy_stream):
             return to_device(batch, device)
 
