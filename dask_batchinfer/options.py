@@ -20,7 +20,14 @@ from dask_batchinfer.io.fs import absolute_url
 from dask_batchinfer.io.read import FINGERPRINTS, FORMATS
 from dask_batchinfer.progress import resolve_mode
 
-__all__ = ["JOB_MODES", "ON_ERROR", "JobOptions", "ReadOptions", "check_not_nested"]
+__all__ = [
+    "JOB_MODES",
+    "ON_ERROR",
+    "JobOptions",
+    "ReadOptions",
+    "check_not_nested",
+    "column_names",
+]
 
 #: ``run_job(mode=...)``: what to do with an output folder that holds data.
 JOB_MODES = ("resume", "overwrite", "error")
@@ -99,8 +106,8 @@ class JobOptions:
             mode=mode,
             on_error=on_error,
             max_bad_rows=max_bad_rows,
-            keep=_names("keep", keep),
-            partition_on=_names("partition_on", partition_on),
+            keep=column_names("keep", keep),
+            partition_on=column_names("partition_on", partition_on),
             pools=pools,
             client=client,
             progress=resolve_mode(progress),
@@ -112,7 +119,7 @@ class JobOptions:
                                        _config.get("partition-timeout")),
             fingerprint=fingerprint,
             upload=_upload(upload),
-            columns=_names("columns", columns),
+            columns=column_names("columns", columns),
             filters=_filters(filters),
             format=format,
             **_configured(),
@@ -145,7 +152,8 @@ class ReadOptions:
               format: str | None = None) -> ReadOptions:  # fmt: skip
         __tracebackhide__ = True  # IPython shows the user's frame and the error
         _check_choices(format=format)
-        return cls(_names("keep", keep), _names("columns", columns), _filters(filters), format)
+        keep, columns = column_names("keep", keep), column_names("columns", columns)
+        return cls(keep, columns, _filters(filters), format)
 
 
 def _output(output: Any) -> str:
@@ -241,7 +249,8 @@ def _seconds(option: str, value: Any, default: Any) -> float | None:
     return float(seconds)
 
 
-def _names(option: str, value: Sequence[str] | str | None) -> tuple[str, ...] | None:
+def column_names(option: str, value: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """``value`` (a name or a list of names) as a tuple, checked; ``option`` names it in errors."""
     if value is None:
         return None
     names = [value] if isinstance(value, str) else list(value)

@@ -33,7 +33,7 @@ from dask_batchinfer.io.read import InputFile, open_source
 from dask_batchinfer.job.executor import submit_read
 from dask_batchinfer.job.planner import partitions_of
 from dask_batchinfer.model.spec import ModelSpec
-from dask_batchinfer.options import ReadOptions
+from dask_batchinfer.options import ReadOptions, column_names
 from dask_batchinfer.packed import Packed
 from dask_batchinfer.pipeline.rows import Preprocess
 from dask_batchinfer.pipeline.stages import StageSettings, measure_task
@@ -134,7 +134,8 @@ def plan(
             "(environment, AWS profiles) or use run_job"
         )
     job = ReadOptions.build(keep=keep, columns=columns, filters=filters, format=format)
-    read = read_columns(model, keep=job.keep, partition_on=_names(partition_on),
+    partition_on = column_names("partition_on", partition_on)
+    read = read_columns(model, keep=job.keep, partition_on=partition_on,
                         columns=job.columns, preprocess=preprocess)  # fmt: skip
     ddf, groups = open_source(source, options, public, columns=read, filters=job.filters,
                               format=job.format)  # fmt: skip
@@ -153,10 +154,6 @@ def plan(
         with warm_up(c, settings.model, found):  # its plugin is removed after; the model stays
             sample.run(sample_partitions)
     return sample.project(cluster_seconds)
-
-
-def _names(names: Sequence[str] | str | None) -> list[str] | None:
-    return [names] if isinstance(names, str) else (list(names) if names else None)
 
 
 class _Sample:
