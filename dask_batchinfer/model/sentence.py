@@ -18,11 +18,7 @@ __all__ = ["sentence_encoder"]
 def _load_sentence_transformer(
     path: str | None, dim: int, max_seq_length: int | None, half_on_gpu: bool = False
 ) -> Any:
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network on a worker
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no tqdm bars in worker logs
+    _offline()
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
 
@@ -46,6 +42,15 @@ def _load_sentence_transformer(
     return model
 
 
+def _offline() -> None:
+    """Hugging Face libraries never reach for the network on a worker, nor draw tqdm bars."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def _model_path(path: str | None) -> str:
     if path is not None:
         return path
@@ -59,8 +64,7 @@ def _load_tokenizer(path: str | None, max_seq_length: int | None) -> tuple[Any, 
     import json
     import os
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    _offline()
     from transformers import AutoTokenizer
 
     folder = _model_path(path)
