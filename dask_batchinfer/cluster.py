@@ -111,7 +111,6 @@ def local_cluster(
     """
     if kind not in KINDS:
         raise InputError(f"local_cluster(kind={kind!r}): expected one of {KINDS}")
-    check_main_guard("local_cluster()")
     if gpu is not None:
         kind = "gpu" if gpu else "cpu"
     _positive(n_workers=n_workers, threads_per_worker=threads_per_worker)
@@ -119,7 +118,8 @@ def local_cluster(
     if kind == "mixed" or (kind == "auto" and gpus):
         kwargs.setdefault("model_workers", n_workers)
         kwargs.setdefault("model_threads", threads_per_worker)
-        return mixed_cluster(**kwargs)
+        return mixed_cluster(**kwargs)  # which checks the main guard itself
+    check_main_guard("local_cluster()")
     cpus = os.cpu_count() or 1
     kwargs.setdefault("host", _config.get("host"))
     kwargs.setdefault("dashboard_address", f"{kwargs['host']}:0")

@@ -56,10 +56,10 @@ def encode(table: pa.Table) -> bytes:
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
     """The columns worth dictionary-encoding: all but floating point values and lists of them."""
+    nested = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
     columns = []
     for field in schema:
         kind = field.type
-        nested = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
         while any(test(kind) for test in nested):
             kind = kind.value_type
         if not pa.types.is_floating(kind):
