@@ -74,34 +74,51 @@ def _timed(step: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
+def _prepare(spec: Any, frame: Any) -> Any:
+    """The CPU pool's step: tokenise a partition."""
+    from dask_batchinfer.pipeline.preprocess import preprocess_partition
+
+    return preprocess_partition(frame, keep=("id",), model=spec)
+
+
+def _infer(spec: Any, prepared: Any) -> Any:
+    """The model worker's infer stage on a prepared partition: its output frame."""
+    from dask_batchinfer.pipeline.infer import infer_features
+
+    result, _ = infer_features(prepared.features, prepared.kept, model=spec, prepared=True)
+    return result
+
+
+def _write_output(result: Any, out: str, stem: str, schema: Any) -> None:
+    """The model worker's write: the partition's Parquet file."""
+    import fsspec
+
+    from dask_batchinfer.io.parquet import write_partition
+
+    write_partition(result, fs=fsspec.filesystem("file"), root=out, stem=stem, schema=schema)
+
+
 def measure(spec: Any, folder: str, out: str) -> tuple[dict[str, float], int, int]:
     """Every partition through each step in turn, in this process, on one thread.
 
     Returns seconds per step (summed), the prepared partitions' pickled bytes
     and the documents. The first partition warms up and is not counted.
     """
-    import fsspec
     import pandas as pd
     import pyarrow as pa
 
-    from dask_batchinfer.io.parquet import write_partition
-    from dask_batchinfer.pipeline.infer import infer_features
-    from dask_batchinfer.pipeline.preprocess import preprocess_partition
-
-    fs = fsspec.filesystem("file")
     os.makedirs(out, exist_ok=True)
     seconds = dict.fromkeys(("prepare", "transfer", "infer", "write"), 0.0)
     size = docs = 0
-    for i, name in enumerate(["warm-up", *sorted(os.listdir(folder))]):
-        frame = pd.read_parquet(os.path.join(folder, name if i else sorted(os.listdir(folder))[0]))
-        prepared, prepare = _timed(preprocess_partition, frame, keep=("id",), model=spec)
+    names = sorted(os.listdir(folder))
+    for i, name in enumerate([names[0], *names]):  # the first run of the first file warms up
+        frame = pd.read_parquet(os.path.join(folder, name))  # reading is not timed
+        prepared, prepare = _timed(_prepare, spec, frame)
         data, dump = _timed(pickle.dumps, prepared, protocol=5)
         prepared, load = _timed(pickle.loads, data)
-        (result, _), infer = _timed(infer_features, prepared.features, prepared.kept,
-                                    model=spec, prepared=True)  # fmt: skip
-        schema = pa.Schema.from_pandas(result, preserve_index=False)
-        _, write = _timed(write_partition, result, fs=fs, root=out, stem=f"part-{i}",
-                          schema=schema)  # fmt: skip
+        result, infer = _timed(_infer, spec, prepared)
+        schema = pa.Schema.from_pandas(result, preserve_index=False)  # not timed, as before
+        _, write = _timed(_write_output, result, out, f"part-{i}", schema)
         if i:
             for step, took in zip(seconds, (prepare, dump + load, infer, write), strict=True):
                 seconds[step] += took
@@ -117,31 +134,21 @@ def two_threads(spec: Any, folder: str, out: str) -> tuple[float, int]:
     """
     import concurrent.futures
 
-    import fsspec
     import pandas as pd
     import pyarrow as pa
 
-    from dask_batchinfer.io.parquet import write_partition
-    from dask_batchinfer.pipeline.infer import infer_features
-    from dask_batchinfer.pipeline.preprocess import preprocess_partition
-
-    fs = fsspec.filesystem("file")
     os.makedirs(out, exist_ok=True)
-    names = sorted(os.listdir(folder))
-    shipped = [pickle.dumps(preprocess_partition(pd.read_parquet(os.path.join(folder, name)),
-                                                 keep=("id",), model=spec), protocol=5)
-               for name in names]  # fmt: skip
+    shipped = [pickle.dumps(_prepare(spec, pd.read_parquet(os.path.join(folder, name))),
+                            protocol=5) for name in sorted(os.listdir(folder))]  # fmt: skip
 
     def model_worker(i: int) -> int:
-        prepared = pickle.loads(shipped[i])
-        result, _ = infer_features(prepared.features, prepared.kept, model=spec, prepared=True)
-        schema = pa.Schema.from_pandas(result, preserve_index=False)
-        write_partition(result, fs=fs, root=out, stem=f"two-{i}", schema=schema)
+        result = _infer(spec, pickle.loads(shipped[i]))
+        _write_output(result, out, f"two-{i}", pa.Schema.from_pandas(result, preserve_index=False))
         return len(result)
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        docs = sum(pool.map(model_worker, range(len(names))))
+        docs = sum(pool.map(model_worker, range(len(shipped))))
     return time.perf_counter() - start, docs
 
 
