@@ -13,9 +13,9 @@ Examples
 from __future__ import annotations
 
 from dask_batchinfer import _config  # noqa: F401  (registers the batchinfer.* defaults)
-from dask_batchinfer.cache import model_stats
-from dask_batchinfer.cluster import local_cluster
-from dask_batchinfer.engine import shutdown
+from dask_batchinfer.cli.status import output_status
+from dask_batchinfer.cluster.engine import shutdown
+from dask_batchinfer.cluster.local import local_cluster
 from dask_batchinfer.errors import (
     BadRowsError,
     BatchInferError,
@@ -29,6 +29,7 @@ from dask_batchinfer.errors import (
 )
 from dask_batchinfer.io.files import read_files
 from dask_batchinfer.io.read import read_output
+from dask_batchinfer.job.plan import Plan, plan
 from dask_batchinfer.job.run import run_job
 from dask_batchinfer.model import (
     ModelSpec,
@@ -39,11 +40,10 @@ from dask_batchinfer.model import (
     sentence_encoder,
 )
 from dask_batchinfer.pipeline.images import decode_images, image_tensor
-from dask_batchinfer.plan import Plan, plan
 from dask_batchinfer.predict import predict
-from dask_batchinfer.report import JobResult
-from dask_batchinfer.status import output_status
+from dask_batchinfer.report.result import JobResult
 from dask_batchinfer.version import __version__
+from dask_batchinfer.worker.cache import model_stats
 
 __all__ = [
     "BadRowsError",

@@ -2,6 +2,6 @@
 
 import sys
 
-from dask_batchinfer.cli import main
+from dask_batchinfer.cli.main import main
 
 sys.exit(main())

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dask_batchinfer.errors import InputError
+from dask_batchinfer.job.schema import check_inputs, check_keep, check_spec, output_meta
 from dask_batchinfer.model.spec import ModelSpec
-from dask_batchinfer.packed import Packed
 from dask_batchinfer.pipeline.rows import Preprocess
 from dask_batchinfer.pipeline.stages import StageSettings, predict_partition
-from dask_batchinfer.schema import check_inputs, check_keep, check_spec, output_meta
+from dask_batchinfer.worker.packed import Packed
 
 if TYPE_CHECKING:
     import dask.dataframe as dd

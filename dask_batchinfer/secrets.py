@@ -3,7 +3,7 @@
 ``run_job(..., storage_options={"key": ..., "secret": ...})`` splits the
 options: the secret ones (``key``, ``secret``, ``token``, passwords, anything
 named like an access key or credential, at any depth) go to the workers once,
-in a worker plugin (:class:`dask_batchinfer.plugins.CredentialsPlugin`), and
+in a worker plugin (:class:`dask_batchinfer.cluster.plugins.CredentialsPlugin`), and
 the tasks carry only a reference to them. A task's
 ``repr`` (which distributed logs when a task fails) and the pickled graph
 therefore never hold a credential. :func:`redact` scrubs them from text we

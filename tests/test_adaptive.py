@@ -10,7 +10,7 @@ import dask
 import pytest
 
 import dask_batchinfer as dbi
-from dask_batchinfer.cluster import Pools
+from dask_batchinfer.cluster.local import Pools
 from dask_batchinfer.job.demand import WAITING, Demand
 from dask_batchinfer.testing import make_features, sleepy_preprocess, tiny_model
 

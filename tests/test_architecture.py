@@ -194,6 +194,37 @@ def test_no_import_cycles_between_folders():
     assert cycles(folder_graph()) == []
 
 
+#: The data flow, bottom up: a place imports only places below it. Top-level
+#: modules not named here (errors, _config, secrets, ...) sit at the bottom,
+#: except the public face and the lazy path at the top.
+LAYERS = "worker io model pipeline cluster report job cli testing predict __main__".split()
+TOP = PACKAGE
+
+
+def layer(node: str) -> int:
+    """A node of :func:`folder_graph`'s floor in :data:`LAYERS` (0: the base modules)."""
+    if node == TOP:
+        return len(LAYERS) + 1
+    name = node.split(".")[1]
+    return LAYERS.index(name) + 1 if name in LAYERS else 0
+
+
+def upward_imports() -> list[str]:
+    """``a -> b`` for every folder-level import that does not run down the data flow
+    (base modules import only each other)."""
+    found = []
+    for a, targets in sorted(folder_graph().items()):
+        for b in sorted(targets):
+            if layer(b) >= layer(a) and not layer(a) == layer(b) == 0:
+                found.append(f"{a} -> {b}")
+    return found
+
+
+def test_folders_import_only_down_the_data_flow():
+    """worker/ < io/ < model/ < pipeline/ < cluster/ < report/ < job/ < cli/: never upwards."""
+    assert upward_imports() == []
+
+
 def test_no_private_imports_across_modules():
     assert private_imports() == []
 
@@ -217,4 +248,5 @@ if __name__ == "__main__":
         out.write(f"  {size:5d}  {name}\n")
     out.write(f"import cycles: {cycles()}\n")
     out.write(f"folder cycles: {cycles(folder_graph())}\n")
+    out.write(f"upward imports: {upward_imports()}\n")
     out.write("private imports:\n" + "".join(f"  {p}\n" for p in private_imports()))

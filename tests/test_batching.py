@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import dask_batchinfer as dbi
-from dask_batchinfer import cache
-from dask_batchinfer.demo import make_corpus
+from dask_batchinfer.cli.demo import make_corpus
 from dask_batchinfer.pipeline.batching import BatchStats, _budget_ranges
 from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.pipeline.loading import load_model
 from dask_batchinfer.testing import make_features, oom_model, tiny_model
+from dask_batchinfer.worker import cache
 
 
 def test_out_of_memory_splits_and_remembers():

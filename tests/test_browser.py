@@ -94,7 +94,7 @@ def _check_report(driver, result: dbi.JobResult, screenshot: Path) -> None:
     )
     assert len(bars) == sum(r["stage"] == "infer" for r in result.timeline)
     # each lane names its worker whole (or shortened, unambiguous), left of the bars
-    from dask_batchinfer.html import worker_labels
+    from dask_batchinfer.report.html import worker_labels
 
     workers = sorted({str(r["worker"]) for r in result.timeline})
     lanes = driver.execute_script(

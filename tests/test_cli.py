@@ -188,7 +188,7 @@ def test_dry_run_prints_a_plan_and_writes_nothing(cluster, tmp_path, write_input
 
 def test_errors_name_command_line_flags_not_python_keywords(tmp_path, capsys):
     """The command line's errors say --keep, --format, --no-pools: what the user types."""
-    from dask_batchinfer.cli import as_cli, main
+    from dask_batchinfer.cli.main import as_cli, main
 
     make_features(40).rename(columns={"id": "user_id"}).to_parquet(tmp_path / "in.parquet")
     args = ["run", "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"),
@@ -213,7 +213,7 @@ def test_errors_name_command_line_flags_not_python_keywords(tmp_path, capsys):
 
 def test_pool_errors_say_which_pools_are_missing(client):
     import dask_batchinfer as dbi
-    from dask_batchinfer.cluster import detect_pools
+    from dask_batchinfer.cluster.local import detect_pools
 
     with pytest.raises(dbi.InputError, match="lacks the preprocessing and the model pools"):
         detect_pools(client, {"preprocess": "CPU", "model": "GPU"})

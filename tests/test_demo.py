@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from dask_batchinfer.demo import make_corpus, run_demo, topic_coherence
+from dask_batchinfer.cli.demo import make_corpus, run_demo, topic_coherence
 
 
 def test_corpus_is_reproducible_and_varied():

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 import dask_batchinfer as dbi
-from dask_batchinfer.engine import choose_engine
+from dask_batchinfer.cluster.engine import choose_engine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ SCRIPT = r"""
 import json, os, sys
 import pandas as pd
 import dask_batchinfer as dbi
-from dask_batchinfer.engine import embedded_client
+from dask_batchinfer.cluster.engine import embedded_client
 from dask_batchinfer.testing import make_features, tiny_model
 
 folder, out = sys.argv[1], sys.argv[2]

@@ -22,7 +22,7 @@ import pytest
 from s3faults import FaultProxy
 
 import dask_batchinfer as dbi
-from dask_batchinfer.cli import EXIT_LOCKED, main
+from dask_batchinfer.cli.main import EXIT_LOCKED, main
 from dask_batchinfer.testing import (
     LOAD_LOG_ENV,
     make_features,

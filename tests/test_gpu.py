@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import dask_batchinfer as dbi
-from dask_batchinfer import cache
 from dask_batchinfer.pipeline.batching import BatchStats
 from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.pipeline.loading import load_model
 from dask_batchinfer.testing import hog_model, make_features, tiny_model
+from dask_batchinfer.worker import cache
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,7 +28,7 @@ def _cpu_scores(frame, seed):
 def test_gpu_count_sees_the_gpus():
     """With the gpu extra installed, dask-cuda sees the GPUs torch sees (else 0: no GPU kind)."""
     pytest.importorskip("dask_cuda")
-    assert dbi.cluster.gpu_count() == torch.cuda.device_count() >= 1
+    assert dbi.cluster.local.gpu_count() == torch.cuda.device_count() >= 1
 
 
 def test_pinned_prefetch_on_gpu_matches_cpu():
@@ -100,7 +100,7 @@ def test_local_cuda_cluster_job(tmp_path):
 
 def test_sentence_encoder_on_gpu_is_fp16_and_close_to_cpu():
     """Token ids padded per batch on the GPU, fp16 weights by default: within 2e-3 of fp32 CPU."""
-    from dask_batchinfer.demo import make_corpus
+    from dask_batchinfer.cli.demo import make_corpus
 
     corpus = make_corpus(600, seed=11)
     corpus.loc[::13, "text"] = corpus.loc[::13, "text"] * 30  # a few past the token limit
@@ -119,7 +119,7 @@ def test_default_local_cluster_with_a_gpu_is_mixed_and_tokenises_on_the_cpu_pool
     import pandas as pd
     from distributed import Client
 
-    from dask_batchinfer.demo import make_corpus
+    from dask_batchinfer.cli.demo import make_corpus
     from dask_batchinfer.testing import tokenizer_calls
 
     corpus = make_corpus(4000, seed=12)

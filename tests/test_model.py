@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import dask_batchinfer as dbi
-from dask_batchinfer import cache
 from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.pipeline.loading import load_model
 from dask_batchinfer.testing import factory_calls, make_features, make_mlp, tiny_model
+from dask_batchinfer.worker import cache
 
 
 def test_spec_token_is_stable_and_discriminating():
@@ -168,8 +168,8 @@ def test_missing_input_column_is_named():
 def test_the_model_cache_keeps_the_most_recently_used_models():
     import dask
 
-    from dask_batchinfer import cache
     from dask_batchinfer.pipeline.loading import load_model
+    from dask_batchinfer.worker import cache
 
     specs = [tiny_model(seed=s) for s in (101, 102, 103)]
     cache.clear()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import dask_batchinfer as dbi
-from dask_batchinfer.projection import Plan
+from dask_batchinfer.report.projection import Plan
 from dask_batchinfer.testing import make_features, slow_model, tiny_model
 
 

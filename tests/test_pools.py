@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 import dask_batchinfer as dbi
-from dask_batchinfer.cluster import detect_pools
-from dask_batchinfer.demo import make_corpus
+from dask_batchinfer.cli.demo import make_corpus
+from dask_batchinfer.cluster.local import detect_pools
 from dask_batchinfer.pipeline.infer import run_model
 from dask_batchinfer.testing import (
     make_features,
@@ -120,10 +120,11 @@ def test_local_cluster_kinds():
 
 
 @pytest.mark.skipif(
-    dbi.cluster.gpu_count() > 0, reason="a GPU is visible here (see test_gpu.py for GPU clusters)"
+    dbi.cluster.local.gpu_count() > 0,
+    reason="a GPU is visible here (see test_gpu.py for GPU clusters)",
 )
 def test_local_cluster_without_gpus():
-    assert dbi.cluster.gpu_count() == 0  # no dask-cuda / NVML here
+    assert dbi.cluster.local.gpu_count() == 0  # no dask-cuda / NVML here
     with pytest.raises(dbi.InputError, match=r"pip install 'dask-batchinfer\[gpu\]'"):
         dbi.local_cluster(kind="gpu")
     with dbi.local_cluster(n_workers=1, threads_per_worker=1,
@@ -212,7 +213,7 @@ def test_text_is_tokenised_on_the_cpu_pool_only(mixed, tmp_path):
 
 
 def test_mixed_shape_follows_the_machine():
-    from dask_batchinfer.cluster import mixed_shape
+    from dask_batchinfer.cluster.local import mixed_shape
 
     # (cpu workers, model workers, threads per model worker)
     assert mixed_shape(16, 1) == (15, 1, 2)  # the H200 machine: one GPU fed by 15 cores

@@ -194,10 +194,10 @@ def test_output_files_do_not_double_the_part_prefix(client, tmp_path):
 
 def test_progress_log_lines(client, tmp_path, inputs, caplog):
     inputs(files=10, rows=20)
-    with caplog.at_level(logging.INFO, logger="dask_batchinfer.progress"):
+    with caplog.at_level(logging.INFO, logger="dask_batchinfer.report.progress"):
         dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"),
                     progress="log")  # fmt: skip
-    lines = [r.getMessage() for r in caplog.records if r.name == "dask_batchinfer.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dask_batchinfer.report.progress"]
     assert "event=start partitions=10" in lines[0]
     assert "event=end partitions=10/10 rows=200" in lines[-1]
     progress = [line for line in lines if "event=progress" in line]
@@ -237,7 +237,7 @@ if __name__ == "__main__":
         logging.basicConfig(level=logging.INFO, format="user %(name)s %(message)s")
     with dbi.local_cluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster):
         dbi.run_job(sys.argv[1], tiny_model(), output=sys.argv[2])
-    logging.getLogger("dask_batchinfer.progress").info("after the job")
+    logging.getLogger("dask_batchinfer.report.progress").info("after the job")
 """
 
 
@@ -264,8 +264,8 @@ def test_script_outside_a_terminal_logs_progress_once(tmp_path, inputs, logging_
         )  # fmt: skip
     text = (tmp_path / "err").read_text()
     assert done.returncode == 0, text
-    lines = [line for line in text.splitlines() if "logger=dask_batchinfer.progress" in line
-             or line.startswith("user dask_batchinfer.progress")]  # fmt: skip
+    lines = [line for line in text.splitlines() if "logger=dask_batchinfer.report.progress" in line
+             or line.startswith("user dask_batchinfer.report.progress")]  # fmt: skip
     assert sum("event=start partitions=10 " in line for line in lines) == 1, text
     progress = [line for line in lines if "event=progress" in line]
     assert 5 <= len(progress) <= 10, text  # every 10%, each once
@@ -292,7 +292,7 @@ def test_one_file_reads_in_the_singular_and_the_spec_prints_on_one_line(client, 
 
 
 def test_timeline_labels_name_workers_whole_or_short_and_unambiguous():
-    from dask_batchinfer.html import timeline_svg, worker_labels
+    from dask_batchinfer.report.html import timeline_svg, worker_labels
 
     labels = worker_labels(["tcp://127.0.0.1:40123", "inproc://192.0.2.2/19988/4", "None",
                             "tcp://ip-10-0-0-5.eu-west-1.compute.internal:40123"])  # fmt: skip

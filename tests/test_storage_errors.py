@@ -13,7 +13,7 @@ import pytest
 from s3faults import FaultProxy
 
 import dask_batchinfer as dbi
-from dask_batchinfer.cli import EXIT_FAILED, main
+from dask_batchinfer.cli.main import EXIT_FAILED, main
 from dask_batchinfer.testing import make_features, tiny_model
 
 

@@ -233,7 +233,7 @@ def test_a_read_parquet_frame_source_says_resume_cannot_work(client, tmp_path, c
 
 
 def test_the_command_takes_format():
-    from dask_batchinfer.cli_options import build_parser
+    from dask_batchinfer.cli.flags import build_parser
 
     args = build_parser().parse_args(["run", "--input", "in/", "--format", "jsonl"])
     assert args.format == "jsonl"

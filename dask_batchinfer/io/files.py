@@ -35,7 +35,7 @@ from dask_batchinfer.io.inputs import (
 )
 from dask_batchinfer.io.layout import is_visible
 from dask_batchinfer.io.retry import retry
-from dask_batchinfer.worker import worker_address
+from dask_batchinfer.worker.process import worker_address
 
 __all__ = [
     "BYTES",

@@ -44,7 +44,7 @@ from dask_batchinfer.io.inputs import (
 from dask_batchinfer.io.layout import MANIFEST
 from dask_batchinfer.io.retry import retry
 from dask_batchinfer.io.text import read_text_source
-from dask_batchinfer.worker import worker_address
+from dask_batchinfer.worker.process import worker_address
 
 __all__ = [
     "FINGERPRINTS",

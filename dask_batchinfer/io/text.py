@@ -46,7 +46,7 @@ from dask_batchinfer.io.inputs import (
     split_compression,
 )
 from dask_batchinfer.io.retry import retry
-from dask_batchinfer.worker import worker_address
+from dask_batchinfer.worker.process import worker_address
 
 __all__ = ["read_text_files", "read_text_source"]
 

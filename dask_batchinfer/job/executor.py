@@ -24,7 +24,7 @@ from typing import Any
 
 from dask.optimization import cull
 
-from dask_batchinfer.cluster import Pools
+from dask_batchinfer.cluster.local import Pools
 from dask_batchinfer.errors import (
     BadRowsError,
     ClusterError,
@@ -33,8 +33,7 @@ from dask_batchinfer.errors import (
 )
 from dask_batchinfer.io.commit import Partition
 from dask_batchinfer.job.demand import Demand
-from dask_batchinfer.options import JobOptions
-from dask_batchinfer.packed import Packed
+from dask_batchinfer.job.options import JobOptions
 from dask_batchinfer.pipeline.rows import where
 from dask_batchinfer.pipeline.stages import (
     PartitionStats,
@@ -43,8 +42,9 @@ from dask_batchinfer.pipeline.stages import (
     preprocess_task,
     process_task,
 )
-from dask_batchinfer.progress import Progress
-from dask_batchinfer.worker import workers_killed
+from dask_batchinfer.report.progress import Progress
+from dask_batchinfer.worker.packed import Packed
+from dask_batchinfer.worker.process import workers_killed
 
 __all__ = ["Executor", "submit_read", "window_size"]
 

@@ -24,8 +24,8 @@ import fsspec
 
 from dask_batchinfer.errors import ClusterError, ModelLoadError
 from dask_batchinfer.io.fs import is_local_url
-from dask_batchinfer.packed import Packed, missing_module_hint
 from dask_batchinfer.version import __version__
+from dask_batchinfer.worker.packed import Packed, missing_module_hint
 
 __all__ = ["check_code", "check_shared_storage", "check_versions"]
 

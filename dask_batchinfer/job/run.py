@@ -1,10 +1,10 @@
 """``run_job()``: read, preprocess, infer, write partitioned Parquet, commit, exactly once.
 
-The whole job on one screen: check the options (:mod:`~dask_batchinfer.options`),
+The whole job on one screen: check the options (:mod:`~dask_batchinfer.job.options`),
 open the input (:mod:`~dask_batchinfer.io.read`), plan the partitions against
-the output (:mod:`~dask_batchinfer.job.planner`), run what is left
+the output (:mod:`~dask_batchinfer.job.worklist`), run what is left
 (:mod:`~dask_batchinfer.job.executor`), then commit (:mod:`~dask_batchinfer.io.commit`)
-and report (:mod:`~dask_batchinfer.job.result`).
+and report (:mod:`~dask_batchinfer.job.record`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dask_batchinfer import secrets
-from dask_batchinfer.cluster import Pools, check_cluster, detect_pools
-from dask_batchinfer.engine import choose_engine, connect, dashboard_link
+from dask_batchinfer.cluster.engine import choose_engine, connect, dashboard_link
+from dask_batchinfer.cluster.local import Pools, check_cluster, detect_pools
+from dask_batchinfer.cluster.plugins import credentials, shipped_code, warm_up
 from dask_batchinfer.errors import BadRowsError
 from dask_batchinfer.fingerprint import code_token
 from dask_batchinfer.io.commit import Committer
@@ -30,9 +31,9 @@ from dask_batchinfer.io.read import open_source
 from dask_batchinfer.io.retry import RetryStats
 from dask_batchinfer.job.demand import Demand
 from dask_batchinfer.job.executor import Executor, window_size
-from dask_batchinfer.job.planner import JobPlan, job_token, partitions_of, plan_job
+from dask_batchinfer.job.options import JobOptions, check_not_nested
 from dask_batchinfer.job.preflight import check_code, check_shared_storage, check_versions
-from dask_batchinfer.job.result import (
+from dask_batchinfer.job.record import (
     RunInfo,
     build_result,
     fail,
@@ -41,15 +42,14 @@ from dask_batchinfer.job.result import (
     save_report,
     with_phases,
 )
+from dask_batchinfer.job.schema import check_spec, job_columns, read_columns
+from dask_batchinfer.job.worklist import Worklist, job_token, partitions_of, worklist
 from dask_batchinfer.model.spec import ModelSpec
-from dask_batchinfer.options import JobOptions, check_not_nested
-from dask_batchinfer.packed import Packed
 from dask_batchinfer.pipeline.rows import Preprocess
 from dask_batchinfer.pipeline.stages import PartitionStats, StageSettings
-from dask_batchinfer.plugins import credentials, shipped_code, warm_up
-from dask_batchinfer.progress import make_progress
-from dask_batchinfer.report import JobResult
-from dask_batchinfer.schema import check_spec, job_columns, read_columns
+from dask_batchinfer.report.progress import make_progress
+from dask_batchinfer.report.result import JobResult
+from dask_batchinfer.worker.packed import Packed
 
 __all__ = ["run_job"]
 
@@ -148,7 +148,7 @@ def run_job(
         Show progress: partitions committed of total, rows/s, ETA and time
         per stage. Default (``batchinfer.progress: auto``): a widget in
         Jupyter, a bar in a terminal, a log line every 10% elsewhere (CI
-        logs, cron) on the logger ``dask_batchinfer.progress``: through the
+        logs, cron) on the logger ``dask_batchinfer.report.progress``: through the
         handlers logging has, or when it has none, on stderr for the job's
         duration. ``False`` for none. While no partition commits for
         ``batchinfer.progress-heartbeat`` (30 s), a heartbeat names the oldest
@@ -243,7 +243,7 @@ def run_job(
         run.mark("output state read")
         ddf = ddf.optimize()
         generation = uuid.uuid4().hex if options.mode == "overwrite" else ""
-        plan = plan_job(partitions_of(ddf.__dask_keys__(), groups,
+        work = worklist(partitions_of(ddf.__dask_keys__(), groups,
                                       job_token(model, preprocess, shape,
                                                 read=(read, options.filters)),
                                       generation),
@@ -255,36 +255,36 @@ def run_job(
         )  # fmt: skip
         local = isinstance(source, (str, os.PathLike)) and is_local_url(os.fspath(source))
         first = groups[0][0].path if groups and local else None  # the workers must see it too
-        return _run_plan(ddf, plan, settings, options, committer, run, lease, first)
+        return _run_plan(ddf, work, settings, options, committer, run, lease, first)
 
 
-def _run_plan(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptions,
+def _run_plan(ddf: Any, work: Worklist, settings: StageSettings, options: JobOptions,
               committer: Committer, run: RunInfo, lease: Lease,
               input_file: str | None = None) -> JobResult:  # fmt: skip
     """Run what the plan says, then commit: the job under its lease."""
     build = functools.partial(build_result, output=options.output, mode=options.mode,
-                              model=settings.model, plan=plan, run=run)  # fmt: skip
-    if plan.finished:  # nothing to run; undo what a later run that died left behind
+                              model=settings.model, work=work, run=run)  # fmt: skip
+    if work.finished:  # nothing to run; undo what a later run that died left behind
         result = build(stats=[])
-        result.files_removed = committer.restore_manifest(plan.slugs)
+        result.files_removed = committer.restore_manifest(work.slugs)
         return result
     stats: list[PartitionStats] = []
-    if plan.todo:
+    if work.todo:
         try:
-            _execute(ddf, plan, settings, options, committer, run, stats, input_file)
+            _execute(ddf, work, settings, options, committer, run, stats, input_file)
             lease.check()
         except Exception as err:
             fail(err, build(stats=stats), committer)
             raise
     result = build(stats=stats)
     lease.check()  # never write a manifest over a folder another job took over
-    _commit(result, plan, committer, options, run, manifest=functools.partial(
-        manifest, plan=plan, model=settings.model,
+    _commit(result, work, committer, options, run, manifest=functools.partial(
+        manifest, work=work, model=settings.model,
         preprocess_token=code_token(settings.preprocess)))  # fmt: skip
     return result
 
 
-def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptions,
+def _execute(ddf: Any, work: Worklist, settings: StageSettings, options: JobOptions,
              committer: Committer, run: RunInfo, stats: list[PartitionStats],
              input_file: str | None) -> None:  # fmt: skip
     """Run the plan's partitions on the cluster; ``stats`` gets each committed one's."""
@@ -295,7 +295,7 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
         credentials(c, options.credentials, options.secret_options),
         committer.tidy_on_failure(),
         # before waiting for a first worker: adapt(minimum=0) starts one for pending work
-        Demand(c, run.job, len(plan.todo), options.adaptive_lookahead) as demand,
+        Demand(c, run.job, len(work.todo), options.adaptive_lookahead) as demand,
     ):
         run.cluster_seconds = time.perf_counter() - connect_start
         run.mark("cluster")
@@ -305,17 +305,17 @@ def _execute(ddf: Any, plan: JobPlan, settings: StageSettings, options: JobOptio
         with _prepared(c, settings, options, run, input_file) as pools:
             run.mark("model loaded")
             run.startup = time.perf_counter() - run.wall_start
-            bar = make_progress(options.progress, total=len(plan.todo), job=run.job,
+            bar = make_progress(options.progress, total=len(work.todo), job=run.job,
                                 dashboard_link=run.dashboard_link)  # fmt: skip
             try:
                 executor = Executor(
                     c, ddf, pools, settings, window=functools.partial(window_size, options=options),
-                    bad_rows_allowed=options.bad_rows_allowed(plan.quarantined_before()),
+                    bad_rows_allowed=options.bad_rows_allowed(work.quarantined_before()),
                     progress=bar, stats=stats, timeout=options.partition_timeout,
                     heartbeat=options.heartbeat_seconds, no_workers=options.no_workers_timeout,
                     demand=demand,
                 )  # fmt: skip
-                executor.run(plan.todo)
+                executor.run(work.todo)
             finally:
                 bar.close()
     run.mark("cluster released")
@@ -336,7 +336,7 @@ def _prepared(c: Any, settings: StageSettings, options: JobOptions, run: RunInfo
             yield pools
 
 
-def _commit(result: JobResult, plan: JobPlan, committer: Committer, options: JobOptions,
+def _commit(result: JobResult, work: Worklist, committer: Committer, options: JobOptions,
             run: RunInfo, manifest: Callable[[JobResult], dict[str, Any]]) -> None:  # fmt: skip
     """Check the bad-row fraction, write ``_SUCCESS``, delete the stale files, save the report."""
     if options.too_many_bad_rows(result.rows_in, result.rows_quarantined):
@@ -354,7 +354,7 @@ def _commit(result: JobResult, plan: JobPlan, committer: Committer, options: Job
     run.mark("manifest")
     result.retries += retries.retries
     result.files_removed = committer.collect_garbage(
-        {f["path"] for f in result.files}, plan.slugs, set(result.error_files)
+        {f["path"] for f in result.files}, work.slugs, set(result.error_files)
     )
     run.mark("garbage collected")
     result.wall_seconds = time.perf_counter() - run.wall_start

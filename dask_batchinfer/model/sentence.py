@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dask_batchinfer import cache
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.model.tokens import TokenIds, collate_tokens, token_frame
+from dask_batchinfer.worker import cache
 
 __all__ = ["sentence_encoder"]
 

@@ -3,7 +3,7 @@
 A spec is a few hundred bytes that say *how* to get a model: a loader callable
 and its arguments, how to turn a pandas partition into model inputs, the batch
 predict function and the output columns. The loaded model itself lives in the
-per-process cache (:mod:`dask_batchinfer.cache`) and never enters a task graph.
+per-process cache (:mod:`dask_batchinfer.worker.cache`) and never enters a task graph.
 """
 
 from __future__ import annotations

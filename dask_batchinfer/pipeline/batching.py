@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dask_batchinfer.cache import LoadedModel
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.pipeline.device import on_device, slice_inputs, take_inputs
+from dask_batchinfer.worker.cache import LoadedModel
 
 __all__ = ["BatchStats", "run_loaded"]
 

@@ -17,7 +17,7 @@ from dask_batchinfer.pipeline.rows import (
     no_bad_rows,
     partition_error,
 )
-from dask_batchinfer.worker import configure_torch_threads
+from dask_batchinfer.worker.process import configure_torch_threads
 
 __all__ = ["infer_features", "run_model"]
 

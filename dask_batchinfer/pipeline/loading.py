@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dask_batchinfer import cache
 from dask_batchinfer.errors import ModelLoadError
 from dask_batchinfer.pipeline.batching import BatchStats, run_loaded
-from dask_batchinfer.worker import configure_torch_threads
+from dask_batchinfer.worker import cache
+from dask_batchinfer.worker.process import configure_torch_threads
 
 if TYPE_CHECKING:
     from dask_batchinfer.model.spec import ModelSpec

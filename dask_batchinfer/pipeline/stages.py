@@ -2,7 +2,7 @@
 
 Each stage takes its input, the partition, one :class:`StageSettings` and the
 partition's :class:`PartitionStats`, which it fills in. Tasks receive the
-settings :class:`~dask_batchinfer.packed.Packed` (the user's code as bytes that
+settings :class:`~dask_batchinfer.worker.packed.Packed` (the user's code as bytes that
 only workers open: the scheduler never needs the user's modules). ``predict()``,
 ``run_job()`` and ``plan()`` all run partitions through these functions; the
 task functions at the bottom are what ``run_job`` submits (one task for both
@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from dask_batchinfer import cache, secrets
+from dask_batchinfer import secrets
 from dask_batchinfer.errors import ClusterError
 from dask_batchinfer.io.commit import Marker, Partition, write_marker
 from dask_batchinfer.io.fs import is_local, url_to_fs
@@ -33,12 +33,13 @@ from dask_batchinfer.io.parquet import encode, write_errors, write_partition
 from dask_batchinfer.io.read import READ_TIMES
 from dask_batchinfer.io.retry import RetryStats
 from dask_batchinfer.model.spec import ModelSpec
-from dask_batchinfer.packed import Packed, unpack
 from dask_batchinfer.pipeline.batching import BatchStats
 from dask_batchinfer.pipeline.infer import infer_features
 from dask_batchinfer.pipeline.preprocess import Prepared, preprocess_partition
 from dask_batchinfer.pipeline.rows import Preprocess, unparsed_lines
-from dask_batchinfer.worker import worker_address
+from dask_batchinfer.worker import cache
+from dask_batchinfer.worker.packed import Packed, unpack
+from dask_batchinfer.worker.process import worker_address
 
 __all__ = [
     "ModelLoad",

@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from dask_batchinfer import cache, secrets
-from dask_batchinfer.cluster import Pools, model_workers
+from dask_batchinfer import secrets
+from dask_batchinfer.cluster.local import Pools, model_workers
 from dask_batchinfer.errors import ModelLoadError
-from dask_batchinfer.packed import Packed, forget_all
 from dask_batchinfer.pipeline.loading import load_model
-from dask_batchinfer.worker import workers_killed
+from dask_batchinfer.worker import cache
+from dask_batchinfer.worker.packed import Packed, forget_all
+from dask_batchinfer.worker.process import workers_killed
 
 if TYPE_CHECKING:
     from dask_batchinfer.model.spec import ModelSpec

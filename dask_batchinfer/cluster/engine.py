@@ -83,7 +83,7 @@ def choose_engine(input_bytes: int | None) -> str:
         return setting
     if interactive():  # the kernel is the user's hour of state: keep models out of it
         return "processes"
-    from dask_batchinfer.cluster import gpu_count
+    from dask_batchinfer.cluster.local import gpu_count
 
     limit = parse_bytes(_config.get("threads-engine-bytes"))
     small = input_bytes is not None and input_bytes <= limit
@@ -153,10 +153,10 @@ def embedded_client(engine: str) -> tuple[Any, bool]:
 
 
 def _start(engine: str) -> Any:
-    from dask_batchinfer.cluster import local_cluster
+    from dask_batchinfer.cluster.local import local_cluster
 
     if engine == "processes":
-        from dask_batchinfer.worker import check_main_guard
+        from dask_batchinfer.worker.process import check_main_guard
 
         check_main_guard("a job on the processes engine (a dask DataFrame source, an input over "
                          "batchinfer.threads-engine-bytes, or GPUs)")  # fmt: skip
@@ -223,6 +223,6 @@ def shutdown() -> None:
             engine, (cluster, client) = _embedded.popitem()
             _close(cluster, client)
             if engine == "threads":  # its worker kept the models in this process
-                from dask_batchinfer import cache
+                from dask_batchinfer.worker import cache
 
                 cache.clear()

@@ -18,7 +18,7 @@ from dask_batchinfer import _config, secrets
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.fs import absolute_url
 from dask_batchinfer.io.read import FINGERPRINTS, FORMATS
-from dask_batchinfer.progress import resolve_mode
+from dask_batchinfer.report.progress import resolve_mode
 
 __all__ = [
     "JOB_MODES",

@@ -1,8 +1,8 @@
 """The options of the ``dask-batchinfer`` command, in argument groups.
 
-Choices come from where they are defined (:data:`dask_batchinfer.options.JOB_MODES`,
-:data:`~dask_batchinfer.options.ON_ERROR`, :data:`dask_batchinfer.cluster.KINDS`,
-:data:`dask_batchinfer.progress.PROGRESS_MODES`), so the command cannot drift from the API.
+Choices come from where they are defined (:data:`dask_batchinfer.job.options.JOB_MODES`,
+:data:`~dask_batchinfer.job.options.ON_ERROR`, :data:`dask_batchinfer.cluster.local.KINDS`,
+:data:`dask_batchinfer.report.progress.PROGRESS_MODES`), so the command cannot drift from the API.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dask_batchinfer.cluster import KINDS as CLUSTER_KINDS
+from dask_batchinfer.cli.jobfile import json_list, json_object
+from dask_batchinfer.cluster.local import KINDS as CLUSTER_KINDS
 from dask_batchinfer.io.read import FINGERPRINTS, FORMATS
-from dask_batchinfer.jobfile import json_list, json_object
-from dask_batchinfer.options import JOB_MODES, ON_ERROR
-from dask_batchinfer.progress import PROGRESS_MODES
+from dask_batchinfer.job.options import JOB_MODES, ON_ERROR
+from dask_batchinfer.report.progress import PROGRESS_MODES
 
 __all__ = ["build_parser"]
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from dask_batchinfer.job.run import run_job
 from dask_batchinfer.model import sentence_encoder
-from dask_batchinfer.report import JobResult
+from dask_batchinfer.report.result import JobResult
 
 __all__ = ["make_corpus", "run_demo", "topic_coherence"]
 

@@ -24,22 +24,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dask_batchinfer import _config, secrets
-from dask_batchinfer.cache import model_stats
-from dask_batchinfer.cluster import Pools, detect_pools, model_workers
-from dask_batchinfer.engine import choose_engine, connect
+from dask_batchinfer.cluster.engine import choose_engine, connect
+from dask_batchinfer.cluster.local import Pools, detect_pools, model_workers
+from dask_batchinfer.cluster.plugins import warm_up
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.inputs import input_bytes
 from dask_batchinfer.io.read import InputFile, open_source
 from dask_batchinfer.job.executor import submit_read
-from dask_batchinfer.job.planner import partitions_of
+from dask_batchinfer.job.options import ReadOptions, column_names
+from dask_batchinfer.job.schema import check_spec, job_columns, read_columns
+from dask_batchinfer.job.worklist import partitions_of
 from dask_batchinfer.model.spec import ModelSpec
-from dask_batchinfer.options import ReadOptions, column_names
-from dask_batchinfer.packed import Packed
 from dask_batchinfer.pipeline.rows import Preprocess
 from dask_batchinfer.pipeline.stages import StageSettings, measure_task
-from dask_batchinfer.plugins import warm_up
-from dask_batchinfer.projection import Plan
-from dask_batchinfer.schema import check_spec, job_columns, read_columns
+from dask_batchinfer.report.projection import Plan
+from dask_batchinfer.worker.cache import model_stats
+from dask_batchinfer.worker.packed import Packed
 
 __all__ = ["Plan", "plan"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from dask_batchinfer.html import page, plot_result, plural, result_html, worker_labels
+from dask_batchinfer.report.html import page, plot_result, plural, result_html, worker_labels
 
 __all__ = ["JobResult"]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from dask_batchinfer import _config
 from dask_batchinfer.errors import ClusterError, InputError
-from dask_batchinfer.worker import check_main_guard
+from dask_batchinfer.worker.process import check_main_guard
 
 __all__ = [
     "check_cluster",

@@ -22,10 +22,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from dask_batchinfer.cli_options import build_parser
+from dask_batchinfer.cli.flags import build_parser
+from dask_batchinfer.cli.jobfile import load_job_file, load_object, model_from_reference
 from dask_batchinfer.errors import BadRowsError, BatchInferError, InputError, OutputLockedError
-from dask_batchinfer.jobfile import load_job_file, load_object, model_from_reference
-from dask_batchinfer.progress import stderr_handler
+from dask_batchinfer.report.progress import stderr_handler
 
 __all__ = ["main"]
 
@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
         if client is None and args.cluster != "auto":  # auto: the job's engine (engine.py)
             client = stack.enter_context(_start_cluster(args))
         if args.dry_run:
-            from dask_batchinfer.plan import plan
+            from dask_batchinfer.job.plan import plan
 
             planned = plan(args.input, model, preprocess=preprocess, keep=args.keep or None,
                            client=client, storage_options=args.storage_options,
@@ -95,7 +95,7 @@ def _log_event(job: str, event: str, **fields: Any) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from dask_batchinfer.status import format_status, output_status
+    from dask_batchinfer.cli.status import format_status, output_status
 
     summary = output_status(args.output, args.storage_options)
     print(json.dumps(summary, indent=1, default=str) if args.json else format_status(summary))
@@ -118,7 +118,7 @@ def _bad_rows_limit(value: float | None) -> int | float | None:
 def _start_cluster(args: argparse.Namespace) -> Iterator[Any]:
     from distributed import Client
 
-    from dask_batchinfer.cluster import local_cluster
+    from dask_batchinfer.cluster.local import local_cluster
 
     options: dict[str, Any] = {}
     if args.cluster == "mixed":
@@ -131,7 +131,7 @@ def _start_cluster(args: argparse.Namespace) -> Iterator[Any]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from dask_batchinfer.demo import run_demo
+    from dask_batchinfer.cli.demo import run_demo
 
     for name in ("docs", "partitions"):
         if getattr(args, name) < 1:

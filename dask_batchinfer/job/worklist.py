@@ -1,4 +1,4 @@
-"""A job's plan: its partitions, their fingerprints, which are done and which to run.
+"""A job's worklist: its partitions, their fingerprints, which are done and which to run.
 
 Pure functions of the input's layout and the output folder's state: no
 cluster, no I/O, so every resume rule is testable on its own.
@@ -16,16 +16,16 @@ from dask_batchinfer.errors import InputError
 from dask_batchinfer.fingerprint import code_token, partition_slug
 from dask_batchinfer.io.commit import Marker, OutputState, Partition
 from dask_batchinfer.io.read import InputFile
+from dask_batchinfer.job.schema import Columns
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.pipeline.rows import Preprocess
-from dask_batchinfer.schema import Columns
 from dask_batchinfer.version import __version__
 
-__all__ = ["JobPlan", "job_token", "partitions_of", "plan_job"]
+__all__ = ["Worklist", "job_token", "partitions_of", "worklist"]
 
 
 @dataclasses.dataclass(frozen=True)
-class JobPlan:
+class Worklist:
     """What a job must do.
 
     Attributes
@@ -96,8 +96,8 @@ def partitions_of(
     return partitions
 
 
-def plan_job(partitions: list[Partition], state: OutputState, mode: str,
-             output: str = "") -> JobPlan:  # fmt: skip
+def worklist(partitions: list[Partition], state: OutputState, mode: str,
+             output: str = "") -> Worklist:  # fmt: skip
     """Split ``partitions`` into done and to do against the output's ``state``.
 
     Only ``mode="resume"`` keeps committed partitions; a committed partition
@@ -120,4 +120,4 @@ def plan_job(partitions: list[Partition], state: OutputState, mode: str,
             invalidated += 1
     todo = [p for p in partitions if p.slug not in done]
     finished = mode == "resume" and not todo and state.manifest_matches(job_fingerprint)
-    return JobPlan(partitions, job_fingerprint, done, todo, invalidated, finished)
+    return Worklist(partitions, job_fingerprint, done, todo, invalidated, finished)

@@ -1,4 +1,4 @@
-"""The job plan, without a cluster: which partitions are done, which run, when a job is finished."""
+"""The job work, without a cluster: which partitions are done, which run, when a job is finished."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import dask_batchinfer as dbi
 from dask_batchinfer.io.commit import Marker, OutputState
 from dask_batchinfer.io.read import InputFile
-from dask_batchinfer.job.planner import partitions_of, plan_job
+from dask_batchinfer.job.worklist import partitions_of, worklist
 
 
 def _files(*names: str) -> list[list[InputFile]]:
@@ -42,10 +42,10 @@ def test_partitions_are_named_after_their_files_and_fingerprinted():
 def test_resume_keeps_committed_partitions_and_counts_invalidated_ones():
     a, b, c = partitions_of([0, 1, 2], _files("a.parquet", "b.parquet", "c.parquet"), "t")
     state = _state(_marker(a), _marker(b, fingerprint="an older model"))
-    plan = plan_job([a, b, c], state, "resume")
-    assert list(plan.done) == ["a"] and [p.slug for p in plan.todo] == ["b", "c"]
-    assert plan.invalidated == 1 and not plan.finished
-    overwrite = plan_job([a, b, c], state, "overwrite")
+    work = worklist([a, b, c], state, "resume")
+    assert list(work.done) == ["a"] and [p.slug for p in work.todo] == ["b", "c"]
+    assert work.invalidated == 1 and not work.finished
+    overwrite = worklist([a, b, c], state, "overwrite")
     assert overwrite.done == {} and len(overwrite.todo) == 3 and overwrite.invalidated == 2
 
 
@@ -53,27 +53,27 @@ def test_a_committed_partition_whose_file_vanished_runs_again():
     (a,) = partitions_of([0], _files("a.parquet"), "t")
     state = _state(_marker(a))
     state.files.clear()  # deleted by hand
-    assert [p.slug for p in plan_job([a], state, "resume").todo] == ["a"]
+    assert [p.slug for p in worklist([a], state, "resume").todo] == ["a"]
 
 
 def test_finished_only_when_the_manifest_is_this_jobs():
     parts = partitions_of([0, 1], _files("a.parquet", "b.parquet"), "t")
     markers = [_marker(p) for p in parts]
-    plan = plan_job(parts, _state(*markers), "resume")
-    assert not plan.todo and not plan.finished  # committed, but no manifest yet
-    manifest = {"job_fingerprint": plan.job_fingerprint,
+    work = worklist(parts, _state(*markers), "resume")
+    assert not work.todo and not work.finished  # committed, but no manifest yet
+    manifest = {"job_fingerprint": work.job_fingerprint,
                 "files": [{"path": path} for m in markers for path, _ in m.files]}  # fmt: skip
-    assert plan_job(parts, _state(*markers, manifest=manifest), "resume").finished
+    assert worklist(parts, _state(*markers, manifest=manifest), "resume").finished
     stale = dict(manifest, job_fingerprint="another job")
-    assert not plan_job(parts, _state(*markers, manifest=stale), "resume").finished
-    assert plan_job(parts, _state(*markers, manifest=manifest), "resume").quarantined_before() == 0
+    assert not worklist(parts, _state(*markers, manifest=stale), "resume").finished
+    assert worklist(parts, _state(*markers, manifest=manifest), "resume").quarantined_before() == 0
 
 
 def test_mode_error_refuses_a_folder_that_is_not_empty():
     (a,) = partitions_of([0], _files("a.parquet"), "t")
     with pytest.raises(dbi.InputError, match="'out/' exists.*mode='error'"):
-        plan_job([a], _state(_marker(a)), "error", "out/")
-    assert plan_job([a], _state(), "error", "out/").todo == [a]
+        worklist([a], _state(_marker(a)), "error", "out/")
+    assert worklist([a], _state(), "error", "out/").todo == [a]
 
 
 def test_marker_json_round_trip_and_foreign_files():

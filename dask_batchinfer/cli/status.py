@@ -6,11 +6,11 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-from dask_batchinfer.html import plural
 from dask_batchinfer.io.commit import load_state
 from dask_batchinfer.io.fs import read_json, url_to_fs
 from dask_batchinfer.io.layout import MANIFEST, REPORT_JSON
 from dask_batchinfer.io.lease import describe, is_alive, lease_timeout, read_lease
+from dask_batchinfer.report.html import plural
 
 __all__ = ["format_status", "output_status"]
 

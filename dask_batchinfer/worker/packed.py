@@ -20,9 +20,9 @@ from typing import Any, Generic, TypeVar
 
 import cloudpickle
 
-from dask_batchinfer.cache import LRU
 from dask_batchinfer.errors import ModelLoadError
-from dask_batchinfer.worker import worker_address
+from dask_batchinfer.worker.cache import LRU
+from dask_batchinfer.worker.process import worker_address
 
 __all__ = ["Packed", "forget_all", "missing_module_hint", "unpack"]
 

@@ -22,10 +22,10 @@ from typing import Any
 from dask_batchinfer import secrets
 from dask_batchinfer.io.commit import Committer, Marker
 from dask_batchinfer.io.retry import RetryStats
-from dask_batchinfer.job.planner import JobPlan
+from dask_batchinfer.job.worklist import Worklist
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.pipeline.stages import ModelLoad, PartitionStats
-from dask_batchinfer.report import JobResult
+from dask_batchinfer.report.result import JobResult
 from dask_batchinfer.version import __version__
 
 __all__ = [
@@ -86,21 +86,21 @@ def _model_loads(stats: list[PartitionStats]) -> dict[str, ModelLoad]:
     return loads
 
 
-def _committed(plan: JobPlan, stats: list[PartitionStats]) -> list[Marker]:
-    markers = dict(plan.done)
+def _committed(work: Worklist, stats: list[PartitionStats]) -> list[Marker]:
+    markers = dict(work.done)
     markers.update({s.marker.slug: s.marker for s in stats if s.marker is not None})
-    return [markers[p.slug] for p in plan.partitions if p.slug in markers]
+    return [markers[p.slug] for p in work.partitions if p.slug in markers]
 
 
-def build_result(*, output: str, mode: str, model: ModelSpec, plan: JobPlan,
+def build_result(*, output: str, mode: str, model: ModelSpec, work: Worklist,
                  stats: list[PartitionStats], run: RunInfo) -> JobResult:  # fmt: skip
-    """The result of a job from its plan, this run's partition statistics and measurements."""
-    committed = _committed(plan, stats)
+    """The result of a job from its work, this run's partition statistics and measurements."""
+    committed = _committed(work, stats)
     loads = _model_loads(stats)
     result = JobResult(
         output=output, model=model.name or "", mode=mode,
-        partitions=len(plan.partitions), partitions_run=len(stats),
-        partitions_skipped=len(plan.done), partitions_invalidated=plan.invalidated,
+        partitions=len(work.partitions), partitions_run=len(stats),
+        partitions_skipped=len(work.done), partitions_invalidated=work.invalidated,
         rows_in=sum(m.rows_in for m in committed), rows_out=sum(m.rows_out for m in committed),
         rows_quarantined=sum(m.rows_quarantined for m in committed),
         rows_truncated=sum(m.rows_truncated for m in committed),
@@ -157,17 +157,17 @@ def _stage_sums(stats: list[PartitionStats]) -> dict[str, Any]:
     }
 
 
-def manifest(result: JobResult, plan: JobPlan, model: ModelSpec, preprocess_token: str) -> dict:
+def manifest(result: JobResult, work: Worklist, model: ModelSpec, preprocess_token: str) -> dict:
     """The ``_SUCCESS`` manifest of a finished job."""
     return {
         "version": __version__,
-        "job_fingerprint": plan.job_fingerprint,
+        "job_fingerprint": work.job_fingerprint,
         "model": model.name,
         "model_token": model.token,
         "preprocess_token": preprocess_token,
         "input": [
             {"slug": p.slug, "source": p.source, "fingerprint": p.fingerprint}
-            for p in plan.partitions
+            for p in work.partitions
         ],  # fmt: skip
         "started": result.started,
         "finished": result.finished,

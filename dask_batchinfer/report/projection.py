@@ -1,4 +1,4 @@
-"""``Plan``: what :func:`~dask_batchinfer.plan` measured, and what it projects from that.
+"""``Plan``: what :func:`~dask_batchinfer.job.plan` measured, and what it projects from that.
 
 Pure: the projections (list scheduling of partitions of the mean measured
 size over the cluster's threads, at any batch size tried) and the text and
@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.html import plan_html
+from dask_batchinfer.report.html import plan_html
 
 __all__ = ["Plan"]
 

@@ -1,0 +1,1 @@
+"""The ``dask-batchinfer`` command: flags, job files, ``status`` and ``demo``."""

@@ -1,0 +1,1 @@
+"""What users see: the job's result, its HTML, plots, progress and the plan's projection."""

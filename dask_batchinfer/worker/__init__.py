@@ -1,0 +1,1 @@
+"""What lives in a worker process: the model cache, packed user code, process facts."""
