@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean gpu-bundle gpu-check bench bench-smoke
+.PHONY: demo test lint install clean docs gpu-bundle gpu-check bench bench-smoke
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check dask_batchinfer tests
 	$(BIN)/ruff format --check dask_batchinfer tests
 	$(BIN)/mypy dask_batchinfer
+
+# docs/reference.md from the option declarations, the parser and batchinfer.yaml
+docs: $(STAMP)
+	$(BIN)/python -m dask_batchinfer.cli.reference > docs/reference.md
 
 clean:
 	rm -rf $(VENV) batchinfer-demo-output .pytest_cache

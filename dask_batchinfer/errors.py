@@ -80,8 +80,9 @@ class PartitionTimeoutError(PartitionError):
         The timeout it exceeded.
     """
 
-    def __init__(self, message: str, *, partition: int, source: str | None = None,
-                 seconds: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self, message: str, *, partition: int, source: str | None = None, seconds: float = 0.0
+    ) -> None:
         super().__init__(message, partition=partition, source=source)
         self.seconds = seconds
 
@@ -125,8 +126,10 @@ def did_you_mean(missing: Sequence[str], choices: Sequence[str]) -> str:
     """``" (did you mean 'f3'?)"`` for names close to ``choices`` (``difflib``), or ``""``."""
     import difflib
 
-    pairs = [(name, difflib.get_close_matches(str(name), [str(c) for c in choices], n=1,
-                                              cutoff=0.6)) for name in missing]  # fmt: skip
+    pairs = [
+        (name, difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6))
+        for name in missing
+    ]
     found = [(name, close[0]) for name, close in pairs if close]
     if not found:
         return ""

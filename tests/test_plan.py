@@ -110,6 +110,5 @@ def test_plan_renders_and_validates(client, tmp_path, write_inputs):
         dbi.plan(str(tmp_path / "in"), tiny_model(), client=client, columns=["nope"])
     with pytest.raises(dbi.InputError, match="format='xml'"):
         dbi.plan(str(tmp_path / "in"), tiny_model(), client=client, format="xml")
-    with pytest.raises(dbi.InputError, match="credentials"):
-        dbi.plan(str(tmp_path / "in"), tiny_model(), client=client,
-                 storage_options={"secret": "x"})  # fmt: skip
+    with pytest.raises(dbi.InputError, match=r"unknown option\(s\) \['kep'\]; known: .*'keep'"):
+        dbi.plan(str(tmp_path / "in"), tiny_model(), client=client, kep=["id"])

@@ -229,7 +229,7 @@ def test_auto_on_a_gpu_machine_is_mixed_and_the_model_worker_overlaps(monkeypatc
     partitions in flight, so one writes while another runs the model."""
     from distributed import Client
 
-    monkeypatch.setattr(dbi.cluster, "gpu_count", lambda: 1)  # no GPU here: the count only
+    monkeypatch.setattr(dbi.cluster.local, "gpu_count", lambda: 1)  # no GPU here: the count only
     with dbi.local_cluster(silence_logs=logging.WARNING) as cluster, \
             Client(cluster, set_as_default=False) as c:  # fmt: skip
         c.wait_for_workers(2)

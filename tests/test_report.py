@@ -194,10 +194,10 @@ def test_output_files_do_not_double_the_part_prefix(client, tmp_path):
 
 def test_progress_log_lines(client, tmp_path, inputs, caplog):
     inputs(files=10, rows=20)
-    with caplog.at_level(logging.INFO, logger="dask_batchinfer.report.progress"):
+    with caplog.at_level(logging.INFO, logger="dask_batchinfer.progress"):
         dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(tmp_path / "out"),
                     progress="log")  # fmt: skip
-    lines = [r.getMessage() for r in caplog.records if r.name == "dask_batchinfer.report.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dask_batchinfer.progress"]
     assert "event=start partitions=10" in lines[0]
     assert "event=end partitions=10/10 rows=200" in lines[-1]
     progress = [line for line in lines if "event=progress" in line]
@@ -237,7 +237,7 @@ if __name__ == "__main__":
         logging.basicConfig(level=logging.INFO, format="user %(name)s %(message)s")
     with dbi.local_cluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster):
         dbi.run_job(sys.argv[1], tiny_model(), output=sys.argv[2])
-    logging.getLogger("dask_batchinfer.report.progress").info("after the job")
+    logging.getLogger("dask_batchinfer.progress").info("after the job")
 """
 
 
@@ -264,8 +264,8 @@ def test_script_outside_a_terminal_logs_progress_once(tmp_path, inputs, logging_
         )  # fmt: skip
     text = (tmp_path / "err").read_text()
     assert done.returncode == 0, text
-    lines = [line for line in text.splitlines() if "logger=dask_batchinfer.report.progress" in line
-             or line.startswith("user dask_batchinfer.report.progress")]  # fmt: skip
+    lines = [line for line in text.splitlines() if "logger=dask_batchinfer.progress" in line
+             or line.startswith("user dask_batchinfer.progress")]  # fmt: skip
     assert sum("event=start partitions=10 " in line for line in lines) == 1, text
     progress = [line for line in lines if "event=progress" in line]
     assert 5 <= len(progress) <= 10, text  # every 10%, each once

@@ -98,6 +98,11 @@ def test_canary_credentials_appear_nowhere(client, s3, tmp_path, caplog, write_i
             result = dbi.run_job("s3://batchinfer-test/in", spec, output="s3://batchinfer-test/out",
                                  keep=["id"], storage_options=_options(endpoint))  # fmt: skip
             texts += [str(result), repr(result), str(result.summary())]
+            # a plan takes the same credentials, through the same plugin
+            planned = dbi.plan("s3://batchinfer-test/in", spec, keep=["id"],
+                               storage_options=_options(endpoint))  # fmt: skip
+            assert planned.rows == 200 and planned.rows_exact
+            texts += [str(planned), repr(planned)]
             # a forced failure: a row the model cannot read, in a third file
             broken = make_features(100, seed=10, start_id=200).astype({"f3": "str"})
             broken.loc[broken.index[7], "f3"] = "n/a"

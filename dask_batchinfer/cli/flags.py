@@ -1,8 +1,10 @@
 """The options of the ``dask-batchinfer`` command, in argument groups.
 
-Choices come from where they are defined (:data:`dask_batchinfer.job.options.JOB_MODES`,
-:data:`~dask_batchinfer.job.options.ON_ERROR`, :data:`dask_batchinfer.cluster.local.KINDS`,
-:data:`dask_batchinfer.report.progress.PROGRESS_MODES`), so the command cannot drift from the API.
+A job option's flag is made from its declaration in
+:class:`~dask_batchinfer.job.options.JobOptions` (name, help, choices, type);
+only what the command adds by itself (``--input``, ``--model``, ``--job``,
+the local cluster's shape, output format) is written here. So the command, job
+files and ``docs/reference.md`` cannot drift from the API.
 """
 
 from __future__ import annotations
@@ -10,20 +12,64 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from dask_batchinfer import _config
 from dask_batchinfer.cli.jobfile import json_list, json_object
 from dask_batchinfer.cluster.local import KINDS as CLUSTER_KINDS
-from dask_batchinfer.io.read import FINGERPRINTS, FORMATS
-from dask_batchinfer.job.options import JOB_MODES, ON_ERROR
-from dask_batchinfer.report.progress import PROGRESS_MODES
+from dask_batchinfer.job.options import Declared, declared
 
-__all__ = ["build_parser"]
+__all__ = ["bad_rows", "build_parser", "option_flags"]
+
+
+def bad_rows(text: str) -> int | float:
+    """An argparse type: ``--max-bad-rows`` as a count (N >= 1, whole) or a fraction (N < 1)."""
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+    if value < 1:
+        return value
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"{text}: a count must be a whole number")
+    return int(value)
+
+
+#: The parsers a declaration's ``flag["type"]`` may name.
+TYPES = {"json_list": json_list, "json_object": json_object, "bad_rows": bad_rows}
+
+
+def option_flags() -> dict[str, Declared]:
+    """Each job option with a flag of its own: ``{"partition_timeout": ..., "client": ...}``."""
+    return {d.name: d for d in declared() if d.flag is not None}
+
+
+def _add_declared(group: Any, name: str) -> None:
+    """The flags of the job options declared in group ``name``."""
+    for d in declared():
+        if d.group == name and d.flag is not None:
+            group.add_argument(d.flag_name, help=_help(d), **_settings(d))
+
+
+def _settings(d: Declared) -> dict[str, Any]:
+    settings = {k: v for k, v in d.flag.items() if k != "name"} if d.flag else {}
+    settings["dest"] = d.dest
+    if isinstance(settings.get("type"), str):
+        settings["type"] = TYPES[settings["type"]]
+    return settings
+
+
+def _help(d: Declared) -> str:
+    """The declared help, with the default and the configuration key that sets it."""
+    if d.config:
+        default = f"batchinfer.{d.config}, {_config.get(d.config)}"
+        return f"{d.help} (default: {default})".replace(", None)", ": none)")
+    return d.help + (f" (default: {d.default})" if d.default is not None else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dask-batchinfer`` parser: ``run``, ``status`` and ``demo``."""
     parser = argparse.ArgumentParser(
         prog="dask-batchinfer",
-        description="Offline batch inference on Dask: Parquet in, partitioned Parquet out.",
+        description="Offline batch inference on Dask: files in, partitioned Parquet out.",
         epilog="Exit codes: 0 success, 1 job failed, 2 usage error, 3 too many bad rows, "
         "4 (status) output partial or last run failed, 5 another job holds the output.",
     )
@@ -31,45 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run a batch inference job",
-        description="Read Parquet input, run a model on every row, write partitioned Parquet.",
+        description="Read Parquet, CSV, JSON Lines or plain files, run a model on every row, "
+        "write partitioned Parquet, exactly once.",
     )
     io = run.add_argument_group("input and output")
-    _io_arguments(io)
-    _reading_arguments(io)
+    _input_arguments(io)
+    _add_declared(io, "input and output")
+    _add_declared(run.add_argument_group("reading"), "reading")
     job = run.add_argument_group("job")
+    _add_declared(job, "job")
     _job_arguments(job)
-    _timeout_argument(job)
-    _cluster_arguments(run.add_argument_group("cluster"))
-    _display_arguments(run.add_argument_group("display"))
-    status = commands.add_parser(
-        "status",
-        help="summarise an output folder (complete, partial, failed) from its manifest",
-        description="Read an output's manifest, markers and last report; print a summary. "
-        "Exit code 0 when complete, 4 when partial or the last run failed, 5 while a job "
-        "is running on it, 2 when missing.",
+    cluster = run.add_argument_group("cluster")
+    _add_declared(cluster, "cluster")
+    _cluster_arguments(cluster)
+    display = run.add_argument_group("display")
+    _add_declared(display, "display")
+    display.add_argument(
+        "--json", action="store_true", help="print the result summary as JSON instead of text"
     )
-    status.add_argument("output", metavar="OUTPUT", help="the output folder (local or s3://)")
-    status.add_argument("--json", action="store_true", help="print the summary as JSON")
-    status.add_argument("--storage-options", type=json_object, metavar="JSON",
-                        help="fsspec options, as for run")  # fmt: skip
-
+    display.add_argument(
+        "--quiet", action="store_true", help="no progress and no log lines; errors only"
+    )
+    _status_parser(commands)
     _demo_parser(commands)
     return parser
 
 
-def _io_arguments(group: Any) -> None:
+def _input_arguments(group: Any) -> None:
     group.add_argument(
         "--input",
         metavar="PATH",
         help="Parquet file or folder (hive folders such as date=2026-11-29/ are columns), CSV "
         "or JSON Lines files (.csv, .jsonl, .csv.gz ...), or a glob of files read as rows "
         "(path, size, bytes); local or s3://bucket/prefix",
-    )
-    group.add_argument(
-        "--output",
-        metavar="PATH",
-        help="output folder, local or s3://; gets part-<input>-<id>.parquet files, a _SUCCESS "
-        "manifest and a _report.json/_report.html",
     )
     group.add_argument(
         "--model",
@@ -87,41 +127,35 @@ def _io_arguments(group: Any) -> None:
         metavar="MODULE:ATTR",
         help="function DataFrame -> DataFrame run on each partition before the model",
     )
+
+
+def _job_arguments(group: Any) -> None:
     group.add_argument(
-        "--keep",
-        nargs="+",
-        default=[],
-        metavar="COLUMN",
-        help="input columns to write beside the predictions, e.g. ids",
+        "--job",
+        metavar="FILE",
+        help="a TOML or YAML job file holding any of these options; options given on the "
+        "command line win",
     )
     group.add_argument(
-        "--partition-on",
-        nargs="+",
-        default=[],
-        metavar="COLUMN",
-        help="write hive folders by these columns, e.g. country=FR/",
+        "--dry-run",
+        action="store_true",
+        help="measure a sample of partitions and print the projected time, the recommended "
+        "batch size and the output size; write nothing",
     )
 
 
-def _reading_arguments(group: Any) -> None:
-    group.add_argument(
-        "--format",
-        choices=FORMATS,
-        help="how to read --input (default: by its name; a folder is Parquet)",
+def _status_parser(commands: Any) -> None:
+    status = commands.add_parser(
+        "status",
+        help="summarise an output folder (complete, partial, failed) from its manifest",
+        description="Read an output's manifest, markers and last report; print a summary. "
+        "Exit code 0 when complete, 4 when partial or the last run failed, 5 while a job "
+        "is running on it, 2 when missing.",
     )
-    group.add_argument(
-        "--columns",
-        nargs="+",
-        metavar="COLUMN",
-        help="input columns --preprocess needs (default: all with --preprocess); without "
-        "--preprocess only the model's input columns, --keep and --partition-on are read",
-    )
-    group.add_argument(
-        "--filters",
-        type=json_list,
-        metavar="JSON",
-        help='rows to read, as in dask.dataframe.read_parquet: \'[["date", "==", "2026-11-29"]]\' '
-        "(hive folders and row groups that cannot match are not read)",
+    status.add_argument("output", metavar="OUTPUT", help="the output folder (local or s3://)")
+    status.add_argument("--json", action="store_true", help="print the summary as JSON")
+    status.add_argument(
+        "--storage-options", type=json_object, metavar="JSON", help="fsspec options, as for run"
     )
 
 
@@ -158,74 +192,7 @@ def _demo_parser(commands: Any) -> None:
     )
 
 
-def _job_arguments(group: Any) -> None:
-    group.add_argument(
-        "--mode",
-        choices=JOB_MODES,
-        default="resume",
-        help="resume (default): skip partitions already committed with the same inputs, "
-        "model and code, run the rest; overwrite: recompute everything, the old output "
-        "stays readable until the new one commits; error: refuse an existing output",
-    )
-    group.add_argument(
-        "--on-error",
-        choices=ON_ERROR,
-        default="raise",
-        help="raise (default): fail on the first row the model cannot take, naming file, "
-        "partition, row and cause; quarantine: write such rows to OUTPUT/_errors/ and go on",
-    )
-    group.add_argument(
-        "--max-bad-rows",
-        type=float,
-        metavar="N",
-        help="with --on-error quarantine: fail (exit code 3) past N bad rows (N >= 1) or past "
-        "a fraction N of the rows (N < 1)",
-    )
-    group.add_argument(
-        "--job",
-        metavar="FILE",
-        help="a TOML or YAML job file holding any of these options (and storage_options); "
-        "options given on the command line win",
-    )
-    group.add_argument(
-        "--storage-options",
-        type=json_object,
-        metavar="JSON",
-        help='fsspec options for input and output, e.g. \'{"endpoint_url": "http://..."}\'; '
-        "leave credentials to the environment or AWS profiles",
-    )
-    group.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="measure a sample of partitions and print the projected time, the recommended "
-        "batch size and the output size; write nothing",
-    )
-
-
-def _timeout_argument(group: Any) -> None:
-    group.add_argument(
-        "--fingerprint",
-        choices=FINGERPRINTS,
-        default="metadata",
-        help="what identifies an input file for resume: metadata (default: size and mtime, "
-        "or the S3 ETag) or content (a digest of its Parquet footer: for tools that keep "
-        "mtimes when they rewrite files)",
-    )
-    group.add_argument(
-        "--partition-timeout",
-        metavar="SECONDS",
-        help="cancel a partition running longer than this and retry it once, then fail the "
-        "job naming its file (default: no limit; batchinfer.partition-timeout)",
-    )
-
-
 def _cluster_arguments(group: Any) -> None:
-    group.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; "
-        "default: start a local cluster for this job",
-    )
     group.add_argument(
         "--cluster",
         choices=CLUSTER_KINDS,
@@ -250,13 +217,6 @@ def _cluster_arguments(group: Any) -> None:
         help="model-pool workers with --cluster mixed (default: one per GPU, else 1)",
     )
     group.add_argument(
-        "--upload",
-        action="append",
-        metavar="PATH",
-        help="a local .py module or package folder to ship to the workers for this job "
-        "(repeatable), for a cluster that does not have your model's code installed",
-    )
-    group.add_argument(
         "--pool-resources",
         nargs=2,
         metavar=("PREPROCESS", "MODEL"),
@@ -267,19 +227,4 @@ def _cluster_arguments(group: Any) -> None:
         "--no-pools",
         action="store_true",
         help="ignore worker resources: every worker runs every stage (pools=False)",
-    )
-
-
-def _display_arguments(group: Any) -> None:
-    group.add_argument(
-        "--progress",
-        choices=PROGRESS_MODES,
-        default="auto",
-        help="auto (default): a bar in a terminal, key=value log lines otherwise (CI, cron)",
-    )
-    group.add_argument(
-        "--json", action="store_true", help="print the result summary as JSON instead of text"
-    )
-    group.add_argument(
-        "--quiet", action="store_true", help="no progress and no log lines; errors only"
     )

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from dask_batchinfer.cli.flags import build_parser
+from dask_batchinfer.cli.flags import build_parser, option_flags
 from dask_batchinfer.cli.jobfile import load_job_file, load_object, model_from_reference
 from dask_batchinfer.errors import BadRowsError, BatchInferError, InputError, OutputLockedError
 from dask_batchinfer.report.progress import stderr_handler
@@ -40,48 +40,34 @@ def _run(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         model = model.with_options(batch_size=args.batch_size)
     preprocess = load_object(args.preprocess, "preprocess") if args.preprocess else None
-    pools: dict[str, str] | bool | None = False if args.no_pools else None
+    options = {name: getattr(args, d.dest) for name, d in option_flags().items()}
+    options["pools"] = False if args.no_pools else None
     if args.pool_resources:
-        pools = dict(zip(("preprocess", "model"), args.pool_resources, strict=True))
-    progress: str | bool = False if args.quiet else args.progress
+        options["pools"] = dict(zip(("preprocess", "model"), args.pool_resources, strict=True))
+    if args.quiet:
+        options["progress"] = False
     with contextlib.ExitStack() as stack:
-        client: Any = args.scheduler
-        if client is None and args.cluster != "auto":  # auto: the job's engine (engine.py)
-            client = stack.enter_context(_start_cluster(args))
+        if options["client"] is None and args.cluster != "auto":  # auto: the job's engine
+            options["client"] = stack.enter_context(_start_cluster(args))
         if args.dry_run:
             from dask_batchinfer.job.plan import plan
 
-            planned = plan(args.input, model, preprocess=preprocess, keep=args.keep or None,
-                           client=client, storage_options=args.storage_options,
-                           columns=args.columns, filters=args.filters, format=args.format,
-                           partition_on=args.partition_on or None, pools=pools)  # fmt: skip
+            planned = plan(args.input, model, preprocess=preprocess, **options)
             print(json.dumps(planned.summary(), indent=1) if args.json else planned)
             return EXIT_OK
-        result = run_job(
-            args.input,
-            model,
-            output=args.output,
-            preprocess=preprocess,
-            keep=args.keep or None,
-            partition_on=args.partition_on or None,
-            mode=args.mode,
-            client=client,
-            pools=pools,
-            on_error=args.on_error,
-            max_bad_rows=_bad_rows_limit(args.max_bad_rows),
-            storage_options=args.storage_options,
-            progress=progress,
-            partition_timeout=args.partition_timeout,
-            fingerprint=args.fingerprint,
-            upload=args.upload,
-            columns=args.columns,
-            filters=args.filters,
-            format=args.format,
-        )
-    _log_event(result.job, "finished", status=result.status, partitions_run=result.partitions_run,
-               partitions_skipped=result.partitions_skipped, rows_in=result.rows_in,
-               rows_out=result.rows_out, rows_quarantined=result.rows_quarantined,
-               wall_s=round(result.wall_seconds, 2), output=result.output)  # fmt: skip
+        result = run_job(args.input, model, preprocess=preprocess, **options)
+    _log_event(
+        result.job,
+        "finished",
+        status=result.status,
+        partitions_run=result.partitions_run,
+        partitions_skipped=result.partitions_skipped,
+        rows_in=result.rows_in,
+        rows_out=result.rows_out,
+        rows_quarantined=result.rows_quarantined,
+        wall_s=round(result.wall_seconds, 2),
+        output=result.output,
+    )
     if not args.quiet:
         print(json.dumps(result.summary(), indent=1) if args.json else result)
     return EXIT_OK
@@ -89,8 +75,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _log_event(job: str, event: str, **fields: Any) -> None:
     """One greppable ``key=value`` line on the ``dask_batchinfer`` logger."""
-    text = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) and ' ' in v else v}"
-                    for k, v in fields.items())  # fmt: skip
+    text = " ".join(
+        f"{k}={json.dumps(v) if isinstance(v, str) and ' ' in v else v}" for k, v in fields.items()
+    )
     logging.getLogger("dask_batchinfer").info("job=%s event=%s %s", job or "-", event, text)
 
 
@@ -104,14 +91,6 @@ def _status(args: argparse.Namespace) -> int:
     if summary["state"] == "running":
         return EXIT_LOCKED
     return EXIT_OK if summary["state"] == "complete" else EXIT_INCOMPLETE
-
-
-def _bad_rows_limit(value: float | None) -> int | float | None:
-    if value is None or value < 1:
-        return value
-    if value != int(value):
-        raise InputError(f"--max-bad-rows {value}: a count must be a whole number")
-    return int(value)
 
 
 @contextlib.contextmanager
@@ -177,13 +156,7 @@ def _notes(err: BaseException) -> str:
 
 
 #: Python keywords of run_job that error messages name, and their flags.
-FLAGS = {
-    "keep": "--keep", "partition_on": "--partition-on", "columns": "--columns",
-    "filters": "--filters", "format": "--format", "on_error": "--on-error",
-    "max_bad_rows": "--max-bad-rows", "partition_timeout": "--partition-timeout",
-    "storage_options": "--storage-options", "preprocess": "--preprocess", "mode": "--mode",
-    "fingerprint": "--fingerprint", "upload": "--upload", "output": "--output",
-}  # fmt: skip
+FLAGS = {name: d.flag_name for name, d in option_flags().items()} | {"preprocess": "--preprocess"}
 _KEYWORD = re.compile(
     r"(?<![\w.(])(?<!, )\b(?P<name>" + "|".join(FLAGS) + r")="
     r"(?P<value>'[^']*'|\"[^\"]*\"|\[[^\]]*\]|\([^)]*\)|[\w.+-]+)?"
@@ -234,8 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dask-batchinfer: job failed: {as_cli(str(err))}{_notes(err)}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as err:  # storage: permission denied, no such bucket, retries exhausted
-        print(f"dask-batchinfer: job failed: {type(err).__name__}: {err}{_notes(err)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"dask-batchinfer: job failed: {type(err).__name__}: {err}{_notes(err)}",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("dask-batchinfer: interrupted; a re-run resumes", file=sys.stderr)

@@ -32,8 +32,14 @@ def output_status(output: str, storage_options: Mapping[str, Any] | None = None)
     lease = read_lease(fs, root) if state.exists or fs.exists(root) else None
     running = lease is not None and is_alive(lease, lease_timeout())
     if not state.exists and not running:
-        return {"output": output, "state": "missing", "partitions_committed": 0,
-                "rows_in": 0, "rows_out": 0, "rows_quarantined": 0}  # fmt: skip
+        return {
+            "output": output,
+            "state": "missing",
+            "partitions_committed": 0,
+            "rows_in": 0,
+            "rows_out": 0,
+            "rows_quarantined": 0,
+        }
     markers = list(state.markers.values())
     report = read_json(fs, posixpath.join(root, REPORT_JSON))
     manifest = state.manifest

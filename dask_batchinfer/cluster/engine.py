@@ -144,8 +144,9 @@ def embedded_client(engine: str) -> tuple[Any, bool]:
             _close(*_embedded.pop(engine))
         cluster = _start(engine)
         client = Client(cluster, set_as_default=False)
-        logger.info("started a %s cluster (%s); dashboard at %s", engine, cluster,
-                    dashboard_link(client))  # fmt: skip
+        logger.info(
+            "started a %s cluster (%s); dashboard at %s", engine, cluster, dashboard_link(client)
+        )
         if reuse:
             _embedded[engine] = (cluster, client)
             _register_exit()
@@ -158,8 +159,10 @@ def _start(engine: str) -> Any:
     if engine == "processes":
         from dask_batchinfer.worker.process import check_main_guard
 
-        check_main_guard("a job on the processes engine (a dask DataFrame source, an input over "
-                         "batchinfer.threads-engine-bytes, or GPUs)")  # fmt: skip
+        check_main_guard(
+            "a job on the processes engine (a dask DataFrame source, an input over "
+            "batchinfer.threads-engine-bytes, or GPUs)"
+        )
         limit = _config.get("memory-limit")
         return local_cluster(**({"memory_limit": limit} if limit is not None else {}))
     from distributed import LocalCluster
@@ -167,9 +170,13 @@ def _start(engine: str) -> Any:
     # in-process transport (inproc://): no sockets between the client and the worker; its
     # HTTP server (metrics, health) would listen on every interface unless told where
     host = _config.get("host")
-    return LocalCluster(n_workers=1, threads_per_worker=os.cpu_count() or 1, processes=False,
-                        dashboard_address=f"{host}:0",
-                        worker_dashboard_address=f"{host}:0")  # fmt: skip
+    return LocalCluster(
+        n_workers=1,
+        threads_per_worker=os.cpu_count() or 1,
+        processes=False,
+        dashboard_address=f"{host}:0",
+        worker_dashboard_address=f"{host}:0",
+    )
 
 
 def dashboard_link(client: Any) -> str:

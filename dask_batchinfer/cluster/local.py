@@ -142,9 +142,14 @@ def local_cluster(
     return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, **kwargs)
 
 
-def mixed_shape(cpus: int, gpus: int, cpu_workers: int | None = None,
-                model_workers: int | None = None, cpu_threads: int = 1,
-                model_threads: int | None = None) -> tuple[int, int, int]:  # fmt: skip
+def mixed_shape(
+    cpus: int,
+    gpus: int,
+    cpu_workers: int | None = None,
+    model_workers: int | None = None,
+    cpu_threads: int = 1,
+    model_threads: int | None = None,
+) -> tuple[int, int, int]:
     """``(cpu_workers, model_workers, model_threads)`` of a mixed cluster on this machine.
 
     One model worker per GPU (1 without GPUs), each with 2 task threads on a
@@ -184,8 +189,12 @@ def mixed_cluster(
     """
     from distributed import Nanny, Scheduler, SpecCluster
 
-    _positive(cpu_workers=cpu_workers, model_workers=model_workers,
-              cpu_threads=cpu_threads, model_threads=model_threads)  # fmt: skip
+    _positive(
+        cpu_workers=cpu_workers,
+        model_workers=model_workers,
+        cpu_threads=cpu_threads,
+        model_threads=model_threads,
+    )
     check_main_guard("mixed_cluster()")
     host = host or _config.get("host")
     gpus = gpu_count()
@@ -256,8 +265,9 @@ class Pools:
         total = sum(w["nthreads"] for w in workers.values())
         if not self.mixed:
             return dataclasses.replace(self, model_threads=total, total_threads=total)
-        model = sum(w["nthreads"] for w in workers.values()
-                    if self.model in (w.get("resources") or {}))  # fmt: skip
+        model = sum(
+            w["nthreads"] for w in workers.values() if self.model in (w.get("resources") or {})
+        )
         return dataclasses.replace(self, model_threads=model, total_threads=total)
 
 
@@ -297,14 +307,17 @@ def detect_pools(client: Any, pools: Mapping[str, str] | bool | None = None) -> 
     if not cpu and not model and not explicit:
         return Pools(None, None, total, total)
     missing = [
-        (pool, f"no worker has the resource {name!r} (the {pool} pool); start some with "
-               f"`{command} --resources '{name}=1'`")
+        (
+            pool,
+            f"no worker has the resource {name!r} (the {pool} pool); start some with "
+            f"`{command} --resources '{name}=1'`",
+        )
         for name, found, pool, command in (
             (cpu_name, cpu, "preprocessing", "dask worker SCHEDULER"),
             (model_name, model, "model", "dask cuda worker SCHEDULER"),
         )
         if not found
-    ]  # fmt: skip
+    ]
     if missing:
         lacks = " and the ".join(pool for pool, _ in missing)
         raise InputError(

@@ -75,8 +75,9 @@ class ModelWarmup(WorkerPlugin):
 
     idempotent = True
 
-    def __init__(self, spec: Packed[ModelSpec], cache_key: str, resource: str | None = None,
-                 job: str = "") -> None:  # fmt: skip
+    def __init__(
+        self, spec: Packed[ModelSpec], cache_key: str, resource: str | None = None, job: str = ""
+    ) -> None:
         self.spec = spec
         self.cache_key = cache_key
         self.resource = resource
@@ -89,8 +90,9 @@ class ModelWarmup(WorkerPlugin):
         # In the background: a worker that joins must not wait on a model load (nor die
         # in it) while it starts; its first task waits on the cache's load lock instead.
         if self._wanted(worker):
-            threading.Thread(target=_load_quietly, args=(self.spec,), daemon=True,
-                             name=f"{self.name}-load").start()  # fmt: skip
+            threading.Thread(
+                target=_load_quietly, args=(self.spec,), daemon=True, name=f"{self.name}-load"
+            ).start()
 
 
 def _load_quietly(spec: Packed[ModelSpec]) -> None:
@@ -134,10 +136,17 @@ def warm_up(client: Any, model: ModelSpec, pools: Pools, job: str = "") -> Itera
         resources = {pools.model: 1} if pools.mixed else None
         tag = uuid.uuid4().hex[:8]
         futures = [
-            client.submit(_load_task, packed, workers=[address], allow_other_workers=True,
-                          resources=resources, pure=False, key=f"batchinfer-load-{tag}-{i}")
+            client.submit(
+                _load_task,
+                packed,
+                workers=[address],
+                allow_other_workers=True,
+                resources=resources,
+                pure=False,
+                key=f"batchinfer-load-{tag}-{i}",
+            )
             for i, address in enumerate(workers)
-        ]  # fmt: skip
+        ]
         try:
             client.gather(futures)
         except KilledWorker as err:
@@ -232,8 +241,9 @@ def shipped_code(client: Any, paths: list[str], job: str = "") -> Iterator[None]
         failed = _failures(responses)
         if failed:
             count, worker, error = failed
-            raise ModelLoadError(f"could not ship {paths} to {count} worker(s), e.g. {worker}: "
-                                 f"{error}")  # fmt: skip
+            raise ModelLoadError(
+                f"could not ship {paths} to {count} worker(s), e.g. {worker}: {error}"
+            )
         yield
 
 

@@ -152,8 +152,9 @@ class Marker:
             return None
 
 
-def write_marker(fs: fsspec.AbstractFileSystem, root: str, marker: Marker,
-                 stats: RetryStats | None = None) -> None:  # fmt: skip
+def write_marker(
+    fs: fsspec.AbstractFileSystem, root: str, marker: Marker, stats: RetryStats | None = None
+) -> None:
     """Commit a partition: write its marker, after its files are in place."""
     write_json(fs, root, f"{COMMITTED}/{marker.slug}.json", marker.to_json(), stats)
 
@@ -256,8 +257,9 @@ class Committer:
             return 0
         return self.collect_garbage(listed, keep_slugs, set(manifest.get("errors", [])))
 
-    def collect_garbage(self, keep_files: Set[str], keep_slugs: Set[str],
-                        keep_errors: Set[str] = frozenset()) -> int:  # fmt: skip
+    def collect_garbage(
+        self, keep_files: Set[str], keep_slugs: Set[str], keep_errors: Set[str] = frozenset()
+    ) -> int:
         """Delete visible data files not in ``keep_files``, other slugs' markers and staging.
 
         Returns the number of data files deleted.
@@ -269,9 +271,11 @@ class Committer:
         doomed = (
             [posixpath.join(root, rel) for rel in stale]
             + [posixpath.join(root, rel) for rel in sorted(state.error_files - set(keep_errors))]
-            + [posixpath.join(root, COMMITTED, f"{slug}.json")
-               for slug in sorted(set(state.markers) - set(keep_slugs))]
-        )  # fmt: skip
+            + [
+                posixpath.join(root, COMMITTED, f"{slug}.json")
+                for slug in sorted(set(state.markers) - set(keep_slugs))
+            ]
+        )
         for path in doomed:
             retry(functools.partial(fs.rm, path), what=f"removing {path}")
         staging = posixpath.join(root, STAGING)
@@ -283,8 +287,9 @@ class Committer:
         remove_empty_dirs(fs, root)
         return len(stale)
 
-    def save_report(self, payload: Mapping[str, Any], html: str,
-                    stats: RetryStats | None = None) -> None:  # fmt: skip
+    def save_report(
+        self, payload: Mapping[str, Any], html: str, stats: RetryStats | None = None
+    ) -> None:
         """Write ``_report.json`` and ``_report.html`` beside the output (atomically)."""
         write_json(self.fs, self.root, REPORT_JSON, payload, stats)
         write_bytes(self.fs, self.root, REPORT_HTML, html.encode(), stats)

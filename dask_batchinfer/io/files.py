@@ -91,8 +91,11 @@ def list_files(fs: fsspec.AbstractFileSystem, pattern_or_folder: str) -> list[In
         fs.invalidate_cache(target)
         if retry(lambda: fs.isfile(target), what=f"checking {target}"):
             info = retry(lambda: fs.info(target), what=f"reading {target}")
-            return [InputFile(target, posixpath.basename(target), int(info.get("size", 0)),
-                              file_version(info))]  # fmt: skip
+            return [
+                InputFile(
+                    target, posixpath.basename(target), int(info.get("size", 0)), file_version(info)
+                )
+            ]
         if not retry(lambda: fs.isdir(target), what=f"checking {target}"):
             raise InputError(f"input {pattern_or_folder!r} does not exist")
         root = target

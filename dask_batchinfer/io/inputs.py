@@ -104,9 +104,10 @@ def arrow_types(kind: pa.DataType) -> pd.ArrowDtype | None:
     """
     nested = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_struct(kind)
     binary = (
-        pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+        pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
         or pa.types.is_fixed_size_binary(kind)
-    )  # fmt: skip
+    )
     return pd.ArrowDtype(kind) if nested or binary or pa.types.is_fixed_size_list(kind) else None
 
 
@@ -241,8 +242,9 @@ def group_by_config(files: list[InputFile]) -> list[list[InputFile]]:
     ``batchinfer.min-partitions`` partitions: what every whole-file reader does."""
     from dask.utils import parse_bytes
 
-    target = grouping_bytes(files, parse_bytes(_config.get("partition-size")),
-                            int(_config.get("min-partitions")))  # fmt: skip
+    target = grouping_bytes(
+        files, parse_bytes(_config.get("partition-size")), int(_config.get("min-partitions"))
+    )
     return group_files(files, target)
 
 

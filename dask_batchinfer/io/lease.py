@@ -127,8 +127,10 @@ class Lease:
                 os.unlink(staged)
             return
         try:
-            retry(lambda: self.fs.pipe_file(self.path, self._payload(), mode="create"),
-                  what=f"creating the lease {self.path}")  # fmt: skip
+            retry(
+                lambda: self.fs.pipe_file(self.path, self._payload(), mode="create"),
+                what=f"creating the lease {self.path}",
+            )
         except FileExistsError:
             raise
         except OSError as err:

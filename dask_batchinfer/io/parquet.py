@@ -49,8 +49,11 @@ def encode(table: pa.Table) -> bytes:
     and 4% smaller.
     """
     buffer = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(None), buffer,
-                   use_dictionary=_dictionary_columns(table.schema))  # fmt: skip
+    pq.write_table(
+        table.replace_schema_metadata(None),
+        buffer,
+        use_dictionary=_dictionary_columns(table.schema),
+    )
     return buffer.getvalue()
 
 

@@ -65,13 +65,15 @@ def read_target(value: Any) -> Target:
         try:
             return Target(rows=max(1, int(float(text[:-4].strip().replace("_", "")))))
         except ValueError as err:
-            raise InputError(f"batchinfer.partition-size={value!r}: expected e.g. "
-                             f"'32MiB' or '500000 rows'") from err  # fmt: skip
+            raise InputError(
+                f"batchinfer.partition-size={value!r}: expected e.g. '32MiB' or '500000 rows'"
+            ) from err
     try:
         return Target(nbytes=max(1, int(parse_bytes(value))))
     except (ValueError, TypeError) as err:
-        raise InputError(f"batchinfer.partition-size={value!r}: expected e.g. '32MiB' or "
-                         f"'500000 rows'") from err  # fmt: skip
+        raise InputError(
+            f"batchinfer.partition-size={value!r}: expected e.g. '32MiB' or '500000 rows'"
+        ) from err
 
 
 def check_filters(filters: Any, schema: pa.Schema, where: str) -> ds.Expression | None:
@@ -85,8 +87,11 @@ def check_filters(filters: Any, schema: pa.Schema, where: str) -> ds.Expression 
             f"filters={filters!r}: expected [(column, op, value), ...] or a list of such lists "
             f"(as in pyarrow and dask.dataframe.read_parquet): {err}"
         ) from err
-    clauses = filters if isinstance(filters[0], (list, tuple)) and isinstance(
-        filters[0][0], (list, tuple)) else [filters]  # fmt: skip
+    clauses = (
+        filters
+        if isinstance(filters[0], (list, tuple)) and isinstance(filters[0][0], (list, tuple))
+        else [filters]
+    )
     names = {clause[0] for conjunction in clauses for clause in conjunction}
     missing = sorted(str(n) for n in names - set(schema.names))
     if missing:
@@ -102,8 +107,9 @@ def _keys(fragment: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(ds.get_partition_keys(fragment.partition_expression).items()))
 
 
-def _decoded_sizes(metadata: pq.FileMetaData, ids: Sequence[int],
-                   columns: set[str] | None) -> list[int]:  # fmt: skip
+def _decoded_sizes(
+    metadata: pq.FileMetaData, ids: Sequence[int], columns: set[str] | None
+) -> list[int]:
     """Uncompressed bytes of each row group in ``ids``, over ``columns`` (None: all)."""
     sizes = []
     for i in ids:
@@ -111,15 +117,19 @@ def _decoded_sizes(metadata: pq.FileMetaData, ids: Sequence[int],
         if columns is None:
             sizes.append(group.total_byte_size)
             continue
-        sizes.append(sum(
-            group.column(j).total_uncompressed_size for j in range(group.num_columns)
-            if group.column(j).path_in_schema.split(".")[0] in columns
-        ))  # fmt: skip
+        sizes.append(
+            sum(
+                group.column(j).total_uncompressed_size
+                for j in range(group.num_columns)
+                if group.column(j).path_in_schema.split(".")[0] in columns
+            )
+        )
     return sizes
 
 
-def _split_file(file: InputFile, fragment: Any, ids: list[int], target: Target,
-                columns: set[str] | None) -> list[InputFile]:  # fmt: skip
+def _split_file(
+    file: InputFile, fragment: Any, ids: list[int], target: Target, columns: set[str] | None
+) -> list[InputFile]:
     """Consecutive row groups up to ``target`` each; a huge single row group by rows."""
     metadata = fragment.metadata
     sizes = _decoded_sizes(metadata, ids, columns)
@@ -135,8 +145,10 @@ def _split_file(file: InputFile, fragment: Any, ids: list[int], target: Target,
                 run, weight = [], 0
             parts = min(math.ceil(w / target.limit), n // MIN_SPLIT_ROWS)
             bounds = [round(k * n / parts) for k in range(parts + 1)]
-            pieces += [dataclasses.replace(file, row_groups=(i,), rows=(a, b))
-                       for a, b in zip(bounds, bounds[1:], strict=False)]  # fmt: skip
+            pieces += [
+                dataclasses.replace(file, row_groups=(i,), rows=(a, b))
+                for a, b in zip(bounds, bounds[1:], strict=False)
+            ]
             continue
         if run and weight + w > target.limit:
             pieces.append(dataclasses.replace(file, row_groups=tuple(run)))
@@ -151,9 +163,14 @@ def _split_file(file: InputFile, fragment: Any, ids: list[int], target: Target,
 
 
 def plan_parquet(
-    fs: Any, root: str, files: list[InputFile], target: Target, filters: Any = None,
-    columns: Sequence[str] | None = None, group_bytes: int | None = None,
-) -> tuple[pa.Schema, list[list[InputFile]]]:  # fmt: skip
+    fs: Any,
+    root: str,
+    files: list[InputFile],
+    target: Target,
+    filters: Any = None,
+    columns: Sequence[str] | None = None,
+    group_bytes: int | None = None,
+) -> tuple[pa.Schema, list[list[InputFile]]]:
     """The input's schema (hive keys included) and its partitions, each a list of pieces.
 
     Parameters
@@ -171,8 +188,13 @@ def plan_parquet(
         the target's bytes).
     """
     __tracebackhide__ = True  # IPython shows the user's frame and the error
-    dataset = ds.dataset([f.path for f in files], filesystem=fs, format="parquet",
-                         partitioning="hive", partition_base_dir=root)  # fmt: skip
+    dataset = ds.dataset(
+        [f.path for f in files],
+        filesystem=fs,
+        format="parquet",
+        partitioning="hive",
+        partition_base_dir=root,
+    )
     schema = dataset.schema
     expression = check_filters(filters, schema, f"the input {root!r}")
     read = None if columns is None else set(columns)

@@ -68,10 +68,14 @@ Piece = tuple[str, tuple[int, ...] | None, tuple[int, int] | None, tuple[tuple[s
 
 
 def _read_files(
-    pieces: list[Piece], *, protocol: str, storage_options: Mapping[str, Any],
-    columns: list[str] | None = None, filters: Any = None,
+    pieces: list[Piece],
+    *,
+    protocol: str,
+    storage_options: Mapping[str, Any],
+    columns: list[str] | None = None,
+    filters: Any = None,
     key_types: Mapping[str, pa.DataType] | None = None,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     # Local files through Arrow's own filesystem (native, threaded reads); others through fsspec.
     started = time.time()
     fs = (
@@ -95,8 +99,12 @@ def _read_files(
     return frame
 
 
-def _read_piece(piece: Piece, fs: fsspec.AbstractFileSystem | None, columns: list[str] | None,
-                key_types: Mapping[str, pa.DataType]) -> pa.Table:  # fmt: skip
+def _read_piece(
+    piece: Piece,
+    fs: fsspec.AbstractFileSystem | None,
+    columns: list[str] | None,
+    key_types: Mapping[str, pa.DataType],
+) -> pa.Table:
     """One file, or some of its row groups (or rows), with its hive keys as columns."""
     path, row_groups, rows, keys = piece
     names = {k for k, _ in keys}
@@ -174,10 +182,16 @@ def read_parquet_files(
     # Group small files only as far as keeps enough partitions for the cluster to share the work.
     with reading(files[0].path, "the schema of"):
         schema, groups = plan_parquet(
-            fs, root.rstrip("/"), files, target, filters, columns,
-            group_bytes=grouping_bytes(files, target.nbytes or 1,
-                                       int(_config.get("min-partitions"))),
-        )  # fmt: skip
+            fs,
+            root.rstrip("/"),
+            files,
+            target,
+            filters,
+            columns,
+            group_bytes=grouping_bytes(
+                files, target.nbytes or 1, int(_config.get("min-partitions"))
+            ),
+        )
     if not groups:
         raise InputError(f"filters={filters!r} match no file or row group under {url!r}")
     names = schema.names if columns is None else [c for c in columns if c in schema.names]
@@ -237,18 +251,32 @@ def open_source(
         url = absolute_url(os.fspath(source))
         kind = format or input_format(url)
         if filters and kind != "parquet":
-            raise InputError(f"filters= applies to Parquet inputs, not to {kind} input {url!r}; "
-                             f"filter in preprocess instead")  # fmt: skip
+            raise InputError(
+                f"filters= applies to Parquet inputs, not to {kind} input {url!r}; "
+                f"filter in preprocess instead"
+            )
         if kind == "files":
-            return read_files_source(url, storage_options, task_options=task_options,
-                                     fingerprint=fingerprint)  # fmt: skip
+            return read_files_source(
+                url, storage_options, task_options=task_options, fingerprint=fingerprint
+            )
         if kind in TEXT_FORMATS:
-            return read_text_source(url, storage_options, task_options=task_options,
-                                    fingerprint=fingerprint, format=kind,
-                                    columns=columns, on_error=on_error)  # fmt: skip
-        return read_parquet_files(url, storage_options, task_options=task_options,
-                                  fingerprint=fingerprint, columns=columns,
-                                  filters=filters)  # fmt: skip
+            return read_text_source(
+                url,
+                storage_options,
+                task_options=task_options,
+                fingerprint=fingerprint,
+                format=kind,
+                columns=columns,
+                on_error=on_error,
+            )
+        return read_parquet_files(
+            url,
+            storage_options,
+            task_options=task_options,
+            fingerprint=fingerprint,
+            columns=columns,
+            filters=filters,
+        )
     raise InputError(
         f"source must be a dask DataFrame or a Parquet path (local or s3://), got "
         f"{type(source).__name__}"

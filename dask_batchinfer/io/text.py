@@ -58,9 +58,14 @@ def _open(fs: fsspec.AbstractFileSystem, path: str) -> pa.NativeFile:
     return pa.input_stream(fs.open(path, "rb"), compression=codec)
 
 
-def _read_table(stream: pa.NativeFile, format: str, schema: pa.Schema | None,
-                columns: list[str] | None, bad_rows: list[Any],
-                skip_bad: bool = False) -> pa.Table:  # fmt: skip
+def _read_table(
+    stream: pa.NativeFile,
+    format: str,
+    schema: pa.Schema | None,
+    columns: list[str] | None,
+    bad_rows: list[Any],
+    skip_bad: bool = False,
+) -> pa.Table:
     """One file's table, its columns typed (and chosen) by ``schema`` when given.
 
     A CSV row with the wrong number of fields is appended to ``bad_rows``, and
@@ -77,13 +82,13 @@ def _read_table(stream: pa.NativeFile, format: str, schema: pa.Schema | None,
     convert = pcsv.ConvertOptions(
         column_types=None if schema is None else {f.name: f.type for f in schema},
         include_columns=columns if columns is not None or schema is None else schema.names,
-    )  # fmt: skip
+    )
     return pcsv.read_csv(
         stream,
         read_options=pcsv.ReadOptions(use_threads=False),  # serial: errors know their row
         parse_options=pcsv.ParseOptions(
             delimiter="\t" if format == "tsv" else ",", invalid_row_handler=invalid
-        ),  # fmt: skip
+        ),
         convert_options=convert,
     )
 
@@ -91,9 +96,14 @@ def _read_table(stream: pa.NativeFile, format: str, schema: pa.Schema | None,
 BadLines = list[tuple[str, int | None, str]]  # (file, line, message) of lines set aside
 
 
-def _read_file(fs: fsspec.AbstractFileSystem, path: str, format: str, schema: pa.Schema | None,
-               columns: list[str] | None,
-               bad_lines: BadLines | None = None) -> pa.Table:  # fmt: skip
+def _read_file(
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    format: str,
+    schema: pa.Schema | None,
+    columns: list[str] | None,
+    bad_lines: BadLines | None = None,
+) -> pa.Table:
     """One file's table; with ``bad_lines``, CSV rows that do not parse are skipped
     and appended to it as ``(path, line, message)``."""
     bad_rows: list[Any] = []
@@ -121,16 +131,19 @@ def _header(fs: fsspec.AbstractFileSystem, path: str, format: str) -> list[str] 
         return None
 
 
-def _parse_error(err: Exception, path: str, bad_rows: list[Any],
-                 names: Sequence[str] | None) -> InputError:  # fmt: skip
+def _parse_error(
+    err: Exception, path: str, bad_rows: list[Any], names: Sequence[str] | None
+) -> InputError:
     """``err`` as an :class:`InputError` naming the file, the line, the column (of ``names``,
     the file's columns); Arrow's own message names the row of a value that does not fit."""
     message = str(err)
     if bad_rows:
         row = bad_rows[-1]
         line = f" line {row.number}" if row.number is not None else ""
-        return InputError(f"cannot read CSV input {path!r}{line}: {_bad_row_text(row)} "
-                          f"(on_error='quarantine' sets such lines aside)")  # fmt: skip
+        return InputError(
+            f"cannot read CSV input {path!r}{line}: {_bad_row_text(row)} "
+            f"(on_error='quarantine' sets such lines aside)"
+        )
     number = _COLUMN_NUMBER.search(message)
     if number and names is not None and int(number.group(1)) < len(names):
         message = f"column {names[int(number.group(1))]!r}: {message}"
@@ -143,9 +156,15 @@ def _bad_row_text(row: Any) -> str:
 
 
 def read_text_files(
-    paths: list[str], *, protocol: str, storage_options: Mapping[str, Any], format: str,
-    schema: pa.Schema, columns: list[str] | None = None, on_error: str = "raise",
-) -> pd.DataFrame:  # fmt: skip
+    paths: list[str],
+    *,
+    protocol: str,
+    storage_options: Mapping[str, Any],
+    format: str,
+    schema: pa.Schema,
+    columns: list[str] | None = None,
+    on_error: str = "raise",
+) -> pd.DataFrame:
     """Read CSV, TSV or JSON Lines files (compressed or not) into one frame, in order.
 
     Every file is read with ``schema``'s column types; ``columns`` are the

@@ -53,8 +53,9 @@ class Demand:
         scheduler gives each placeholder.
     """
 
-    def __init__(self, client: Any, job: str, waiting: int, limit: int,
-                 task: str = "process") -> None:  # fmt: skip
+    def __init__(
+        self, client: Any, job: str, waiting: int, limit: int, task: str = "process"
+    ) -> None:
         self.client, self.job, self.task = client, job, task
         self.futures: list[Any] = []
         self._numbers = itertools.count()
@@ -65,9 +66,12 @@ class Demand:
             return
         numbers = [next(self._numbers) for _ in range(count)]
         self.futures += self.client.map(
-            waiting_partition, numbers, resources={WAITING: 1}, pure=False,
+            waiting_partition,
+            numbers,
+            resources={WAITING: 1},
+            pure=False,
             key=[f"{self.task}-batchinfer-{self.job}-waiting-{n}" for n in numbers],
-        )  # fmt: skip
+        )
 
     def retarget(self, task: str) -> None:
         """Cost the placeholders as ``task`` (e.g. ``"infer"`` on a mixed cluster)."""

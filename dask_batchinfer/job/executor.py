@@ -110,12 +110,22 @@ class Executor:
         Placeholders of the partitions not yet submitted, released as they are.
     """
 
-    def __init__(self, client: Any, ddf: Any, pools: Pools, settings: StageSettings, *,
-                 window: Callable[[Pools], int], bad_rows_allowed: int | None = None,
-                 progress: Progress | None = None,
-                 stats: list[PartitionStats] | None = None, timeout: float | None = None,
-                 heartbeat: float = 30.0, no_workers: float | None = None,
-                 demand: Demand | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        client: Any,
+        ddf: Any,
+        pools: Pools,
+        settings: StageSettings,
+        *,
+        window: Callable[[Pools], int],
+        bad_rows_allowed: int | None = None,
+        progress: Progress | None = None,
+        stats: list[PartitionStats] | None = None,
+        timeout: float | None = None,
+        heartbeat: float = 30.0,
+        no_workers: float | None = None,
+        demand: Demand | None = None,
+    ) -> None:
         self.client = client
         self.graph = dict(ddf.__dask_graph__())
         self.keys = ddf.__dask_keys__()
@@ -149,10 +159,22 @@ class Executor:
         if not pools.mixed:
             done = c.submit(process_task, read, partition, self.shipped, key=f"{self.task}-{name}")
         else:
-            staged = c.submit(preprocess_task, read, partition, self.shipped, resources=cpu,
-                              key=f"preprocess-{name}")  # fmt: skip
-            done = c.submit(infer_write_task, staged, partition, self.shipped,
-                            resources={pools.model: 1}, key=f"{self.task}-{name}")  # fmt: skip
+            staged = c.submit(
+                preprocess_task,
+                read,
+                partition,
+                self.shipped,
+                resources=cpu,
+                key=f"preprocess-{name}",
+            )
+            done = c.submit(
+                infer_write_task,
+                staged,
+                partition,
+                self.shipped,
+                resources={pools.model: 1},
+                key=f"{self.task}-{name}",
+            )
         return done
 
     def run(self, todo: list[Partition]) -> list[PartitionStats]:
@@ -179,8 +201,9 @@ class Executor:
         if self.demand is not None:
             self.demand.shrink(len(queue))
 
-    def _launch(self, partition: Partition, flying: dict[Any, _Flight], attempt: int = 1,
-                killed: int = 0) -> None:  # fmt: skip
+    def _launch(
+        self, partition: Partition, flying: dict[Any, _Flight], attempt: int = 1, killed: int = 0
+    ) -> None:
         future = self._submit(partition, attempt)
         flying[future] = _Flight(partition, time.monotonic(), attempt, killed)
 
@@ -206,9 +229,11 @@ class Executor:
                 raise self._killer(flight, err) from err
             # Workers killed from outside (preemption, an OOM killer, a restart) can hit the
             # same partition several times in a row: one more try before blaming it.
-            logger.warning("%s: its workers died %d times; submitting it once more",
-                           where(flight.partition.number, flight.partition.source),
-                           workers_killed())  # fmt: skip
+            logger.warning(
+                "%s: its workers died %d times; submitting it once more",
+                where(flight.partition.number, flight.partition.source),
+                workers_killed(),
+            )
             self._launch(flight.partition, flying, flight.attempt + 1, killed=workers_killed())
             return
         finally:
@@ -236,8 +261,10 @@ class Executor:
                     f"{where(p.number, p.source)} ran longer than partition_timeout="
                     f"{self.timeout:g} s twice (on two attempts): a hung or very slow "
                     f"partition. Look at its input, or raise partition_timeout",
-                    partition=p.number, source=p.source, seconds=self.timeout,
-                )  # fmt: skip
+                    partition=p.number,
+                    source=p.source,
+                    seconds=self.timeout,
+                )
             place = where(flight.partition.number, flight.partition.source)
             logger.warning("%s ran %.0f s, past partition_timeout: retrying once", place, age)
             self._launch(flight.partition, flying, flight.attempt + 1, flight.killed)

@@ -1,38 +1,99 @@
-"""``JobOptions``: every argument of a job checked once, on the client, before any work.
+"""``JobOptions``: every option of a job declared once, and checked once on the client.
 
-Nothing here touches a cluster or a file: a bad option fails in
-milliseconds with a message that names the option, the value and the fix.
-The command line takes its choices from here (:data:`JOB_MODES`, :data:`ON_ERROR`).
+Each field of :class:`JobOptions` carries its declaration (:func:`option`):
+the check, the help text, the command line flag, the ``batchinfer.*`` key
+that gives its default. From these come the ``run`` command's flags
+(:mod:`dask_batchinfer.cli.flags`), the keys a job file may hold, the error
+messages' flag names, and the tables of ``docs/reference.md``; a test holds
+``run_job``'s and ``plan``'s keywords to them. A new option is one field here
+plus its use.
+
+Nothing here touches a cluster or a file: a bad option fails in milliseconds
+with a message that names the option, the value and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
-
-import fsspec
 
 from dask_batchinfer import _config, secrets
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.io.fs import absolute_url
 from dask_batchinfer.io.read import FINGERPRINTS, FORMATS
-from dask_batchinfer.report.progress import resolve_mode
+from dask_batchinfer.job import checks
+from dask_batchinfer.report.progress import PROGRESS_MODES, resolve_mode
 
 __all__ = [
     "JOB_MODES",
     "ON_ERROR",
+    "Declared",
     "JobOptions",
-    "ReadOptions",
-    "check_not_nested",
-    "column_names",
+    "arguments",
+    "declared",
+    "given_options",
+    "option",
 ]
 
 #: ``run_job(mode=...)``: what to do with an output folder that holds data.
 JOB_MODES = ("resume", "overwrite", "error")
 #: ``run_job(on_error=...)``: what a row the model or ``preprocess`` fails on does.
 ON_ERROR = ("raise", "quarantine")
+
+
+@dataclasses.dataclass(frozen=True)
+class Declared:
+    """One option as declared: what the command line, job files and docs are made from.
+
+    ``argument``: a keyword of ``run_job`` (False: set by configuration only).
+    ``flag``: the command line flag's argparse settings (None: no flag of its
+    own); its ``type`` may name a parser of :mod:`dask_batchinfer.cli.jobfile`.
+    ``config``: the ``batchinfer.*`` key that gives the default.
+    """
+
+    name: str
+    default: Any
+    help: str
+    group: str
+    check: Callable[[str, Any], Any]
+    argument: bool = True
+    flag: dict[str, Any] | None = None
+    config: str | None = None
+
+    @property
+    def dest(self) -> str:
+        """The command line's and a job file's name for it (``scheduler`` for ``client``)."""
+        return (self.flag or {}).get("dest", self.name)
+
+    @property
+    def flag_name(self) -> str | None:
+        """``--partition-timeout`` for ``partition_timeout`` (None without a flag)."""
+        if self.flag is None:
+            return None
+        return self.flag.get("name", "--" + self.name.replace("_", "-"))
+
+
+def option(
+    default: Any,
+    help: str,
+    group: str,
+    check: Callable[[str, Any], Any],
+    *,
+    argument: bool = True,
+    flag: dict[str, Any] | None = None,
+    config: str | None = None,
+) -> Any:
+    """A :class:`JobOptions` field with its declaration in the field's metadata."""
+    meta = {"declared": (default, help, group, check, argument, flag, config)}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _unchecked(option: str, value: Any) -> Any:
+    return value
+
+
+_COLUMNS = {"nargs": "+", "metavar": "COLUMN"}
+_SECONDS = {"metavar": "SECONDS"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,85 +106,220 @@ class JobOptions:
     ``credentials``, sent to the workers once in a plugin).
     """
 
-    output: str
-    mode: str = "resume"
-    on_error: str = "raise"
-    max_bad_rows: int | float | None = None
-    keep: tuple[str, ...] | None = None
-    partition_on: tuple[str, ...] | None = None
-    pools: Mapping[str, str] | bool | None = None
-    client: Any = None
-    progress: str = "off"
-    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    # input and output
+    output: str | None = option(
+        None,
+        "output folder, local or s3://; gets part-<input>-<id>.parquet files, a _SUCCESS "
+        "manifest and a _report.json/_report.html",
+        "input and output",
+        checks.output_url,
+        flag={"metavar": "PATH"},
+    )
+    keep: tuple[str, ...] | None = option(
+        None,
+        "input columns to write beside the predictions, e.g. ids",
+        "input and output",
+        checks.column_names,
+        flag=_COLUMNS,
+    )
+    partition_on: tuple[str, ...] | None = option(
+        None,
+        "write hive folders by these columns, e.g. country=FR/",
+        "input and output",
+        checks.column_names,
+        flag=_COLUMNS,
+    )
+    # reading
+    format: str | None = option(
+        None,
+        "how to read the input (default: by its name; a folder is Parquet)",
+        "reading",
+        checks.choice((None, *FORMATS)),
+        flag={"choices": FORMATS},
+    )
+    columns: tuple[str, ...] | None = option(
+        None,
+        "input columns preprocess needs (default: all with preprocess); without "
+        "preprocess only the model's input columns, keep and partition_on are read",
+        "reading",
+        checks.column_names,
+        flag=_COLUMNS,
+    )
+    filters: Any = option(
+        None,
+        'rows to read, as in dask.dataframe.read_parquet: [["date", "==", "2026-11-29"]] '
+        "(hive folders and row groups that cannot match are not read)",
+        "reading",
+        checks.dnf_filters,
+        flag={"type": "json_list", "metavar": "JSON"},
+    )
+    fingerprint: str = option(
+        "metadata",
+        "what identifies an input file for resume: metadata (size and mtime, or "
+        "the S3 ETag) or content (a digest of its Parquet footer: for tools that keep mtimes "
+        "when they rewrite files)",
+        "reading",
+        checks.choice(FINGERPRINTS),
+        flag={"choices": FINGERPRINTS},
+    )
+    storage_options: Mapping[str, Any] = option(
+        None,
+        'fsspec options for input and output, e.g. {"endpoint_url": "http://..."}; '
+        "credentials in them reach the workers once, in a plugin (better: the environment)",
+        "reading",
+        _unchecked,
+        flag={"type": "json_object", "metavar": "JSON"},
+    )
+    # job
+    mode: str = option(
+        "resume",
+        "resume: skip partitions already committed with the same inputs, model and "
+        "code, run the rest; overwrite: recompute everything, the old output stays readable "
+        "until the new one commits; error: refuse an existing output",
+        "job",
+        checks.choice(JOB_MODES),
+        flag={"choices": JOB_MODES},
+    )
+    on_error: str = option(
+        "raise",
+        "raise: fail on the first row the model cannot take, naming file, partition, "
+        "row and cause; quarantine: write such rows to OUTPUT/_errors/ and go on",
+        "job",
+        checks.choice(ON_ERROR),
+        flag={"choices": ON_ERROR},
+    )
+    max_bad_rows: int | float | None = option(
+        None,
+        "with quarantine: fail (exit code 3) past N bad rows (a count) or past a "
+        "fraction N of the rows (N < 1)",
+        "job",
+        checks.bad_rows_limit,
+        flag={"type": "bad_rows", "metavar": "N"},
+    )
+    partition_timeout: float | None = option(
+        None,
+        "cancel a partition running longer than this (seconds or '10 minutes') and retry "
+        "it once, then fail the job naming its file",
+        "job",
+        checks.seconds,
+        flag=_SECONDS,
+        config="partition-timeout",
+    )
+    # cluster
+    client: Any = option(
+        None,
+        "scheduler address of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (a "
+        "distributed.Client in Python); default: the job's engine (batchinfer.engine)",
+        "cluster",
+        checks.cluster_client,
+        flag={"name": "--scheduler", "dest": "scheduler", "metavar": "ADDRESS"},
+    )
+    pools: Mapping[str, str] | bool | None = option(
+        None,
+        "which workers do what: None (resources preprocess and model when workers carry "
+        "them), {'preprocess': NAME, 'model': NAME}, or False (every worker every stage); "
+        "flags --pool-resources and --no-pools",
+        "cluster",
+        checks.pools_choice,
+    )
+    upload: tuple[str, ...] = option(
+        None,
+        "a local .py module or package folder to ship to the workers for this job "
+        "(repeatable), for a cluster that does not have your model's code installed",
+        "cluster",
+        checks.upload_paths,
+        flag={"action": "append", "metavar": "PATH"},
+    )
+    # display
+    progress: str = option(
+        None,
+        "auto: a widget in Jupyter, a bar in a terminal, key=value log lines otherwise "
+        "(CI, cron); bar; log; off",
+        "display",
+        lambda _, value: resolve_mode(value),
+        flag={"choices": PROGRESS_MODES},
+        config="progress",
+    )
+    # configuration only
+    inflight_per_thread: int = option(
+        2,
+        "partitions in flight per worker thread",
+        "configuration",
+        checks.integer,
+        argument=False,
+        config="inflight-per-thread",
+    )
+    prefetch_per_model_thread: int = option(
+        2,
+        "partitions preprocessed ahead of inference per model-pool thread",
+        "configuration",
+        checks.integer,
+        argument=False,
+        config="prefetch-per-model-thread",
+    )
+    adaptive_lookahead: int = option(
+        1000,
+        "placeholder tasks shown to an adaptive cluster",
+        "configuration",
+        checks.integer,
+        argument=False,
+        config="adaptive-lookahead",
+    )
+    heartbeat_seconds: float = option(
+        30.0,
+        "progress heartbeat while no partition commits",
+        "configuration",
+        checks.seconds,
+        argument=False,
+        config="progress-heartbeat",
+    )
+    no_workers_timeout: float | None = option(
+        None,
+        "fail a job whose cluster has had no worker for this long",
+        "configuration",
+        checks.seconds,
+        argument=False,
+        config="no-workers-timeout",
+    )
+    # derived from storage_options
     task_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     secret_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     credentials: str | None = None
-    inflight_per_thread: int = 2
-    prefetch_per_model_thread: int = 2
-    adaptive_lookahead: int = 1000
-    partition_timeout: float | None = None
-    heartbeat_seconds: float = 30.0
-    no_workers_timeout: float | None = 180.0
-    fingerprint: str = "metadata"
-    upload: tuple[str, ...] = ()
-    columns: tuple[str, ...] | None = None
-    filters: Any = None
-    format: str | None = None
 
     @classmethod
-    def build(
-        cls,
-        *,
-        output: Any,
-        mode: str = "resume",
-        on_error: str = "raise",
-        max_bad_rows: Any = None,
-        keep: Sequence[str] | str | None = None,
-        partition_on: Sequence[str] | str | None = None,
-        pools: Any = None,
-        client: Any = None,
-        progress: bool | str | None = None,
-        storage_options: Mapping[str, Any] | None = None,
-        partition_timeout: Any = None,
-        fingerprint: str = "metadata",
-        upload: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
-        columns: Sequence[str] | str | None = None,
-        filters: Any = None,
-        format: str | None = None,
-    ) -> JobOptions:
+    def build(cls, **given: Any) -> JobOptions:
         """Check every option; raise :class:`InputError` naming the first bad one."""
         __tracebackhide__ = True  # IPython shows the user's frame and the error
-        _check_choices(mode=mode, on_error=on_error, format=format, fingerprint=fingerprint)
-        _check_max_bad_rows(max_bad_rows)
-        _check_pools(pools)
-        _check_client(client)
-        full = dict(storage_options or {})
+        values = {}
+        for d in declared():
+            value = given.pop(d.name, None)
+            if value is None and d.config is not None:
+                value = _config.get(d.config)
+            values[d.name] = d.default if value is None else d.check(d.name, value)
+        if given:
+            raise InputError(f"unknown option(s) {sorted(given)}; known: {arguments()}")
+        return cls(**values)._with_secrets()
+
+    def _with_secrets(self) -> JobOptions:
+        """``storage_options`` split into what tasks carry and the credentials."""
+        full = dict(self.storage_options or {})
         public, secret = secrets.split(full)
         secrets.remember(secret)  # redacted from every error this process prints
         reference = secrets.new_reference() if secret else None
-        return cls(
-            output=_output(output),
-            mode=mode,
-            on_error=on_error,
-            max_bad_rows=max_bad_rows,
-            keep=column_names("keep", keep),
-            partition_on=column_names("partition_on", partition_on),
-            pools=pools,
-            client=client,
-            progress=resolve_mode(progress),
+        return dataclasses.replace(
+            self,
             storage_options=full,
-            task_options=public | ({secrets.REFERENCE: reference} if reference else {}),
             secret_options=secret,
             credentials=reference,
-            partition_timeout=_seconds("partition_timeout", partition_timeout,
-                                       _config.get("partition-timeout")),
-            fingerprint=fingerprint,
-            upload=_upload(upload),
-            columns=column_names("columns", columns),
-            filters=_filters(filters),
-            format=format,
-            **_configured(),
-        )  # fmt: skip
+            task_options=public | ({secrets.REFERENCE: reference} if reference else {}),
+            upload=self.upload or (),
+        )
+
+    def output_url(self) -> str:
+        """The output folder, which a job (unlike a plan) must have."""
+        if self.output is None:
+            raise InputError("output must be a local path or URL, got None")
+        return self.output
 
     def bad_rows_allowed(self, already: int) -> int | None:
         """Rows this run may still quarantine (a count limit), given ``already`` committed."""
@@ -137,158 +333,21 @@ class JobOptions:
         return isinstance(limit, float) and rows_in > 0 and rows_quarantined / rows_in > limit
 
 
-@dataclasses.dataclass(frozen=True)
-class ReadOptions:
-    """What ``plan()`` reads, checked as :meth:`JobOptions.build` checks them."""
-
-    keep: tuple[str, ...] | None
-    columns: tuple[str, ...] | None
-    filters: Any
-    format: str | None
-
-    @classmethod
-    def build(cls, *, keep: Sequence[str] | str | None = None,
-              columns: Sequence[str] | str | None = None, filters: Any = None,
-              format: str | None = None) -> ReadOptions:  # fmt: skip
-        __tracebackhide__ = True  # IPython shows the user's frame and the error
-        _check_choices(format=format)
-        keep, columns = column_names("keep", keep), column_names("columns", columns)
-        return cls(keep, columns, _filters(filters), format)
+def declared() -> list[Declared]:
+    """Every declared option of :class:`JobOptions`, in order."""
+    return [
+        Declared(f.name, *f.metadata["declared"])
+        for f in dataclasses.fields(JobOptions)
+        if "declared" in f.metadata
+    ]
 
 
-def _output(output: Any) -> str:
-    if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
-        raise InputError(f"output must be a local path or URL, got {output!r}")
-    return absolute_url(os.fspath(output))
+def given_options(call: Mapping[str, Any]) -> dict[str, Any]:
+    """The job options among a call's arguments (``locals()`` at the top of ``run_job``)."""
+    names = set(arguments())
+    return {name: value for name, value in call.items() if name in names}
 
 
-def _upload(upload: Any) -> tuple[str, ...]:
-    """Local ``.py`` files and package folders to ship to the workers, absolute."""
-    if upload is None:
-        return ()
-    paths = [upload] if isinstance(upload, (str, os.PathLike)) else list(upload)
-    checked = []
-    for path in paths:
-        full = os.path.abspath(os.fspath(path)).rstrip("/")
-        is_module = os.path.isfile(full) and full.endswith(".py")
-        is_package = os.path.isfile(os.path.join(full, "__init__.py"))
-        if not (is_module or is_package):
-            raise InputError(
-                f"upload={os.fspath(path)!r}: expected a local .py module or a package "
-                f"folder (with __init__.py) to ship to the workers"
-            )
-        checked.append(full)
-    return tuple(checked)
-
-
-def _check_choices(**given: Any) -> None:
-    choices = {"mode": JOB_MODES, "on_error": ON_ERROR, "fingerprint": FINGERPRINTS,
-               "format": (None, *FORMATS)}  # fmt: skip
-    for name, value in given.items():
-        if value not in choices[name]:
-            raise InputError(f"{name}={value!r}: expected one of {choices[name]}")
-
-
-def _configured() -> dict[str, Any]:
-    """The options that come from ``batchinfer.*`` settings only."""
-    return {
-        "inflight_per_thread": int(_config.get("inflight-per-thread")),
-        "prefetch_per_model_thread": int(_config.get("prefetch-per-model-thread")),
-        "adaptive_lookahead": int(_config.get("adaptive-lookahead")),
-        "heartbeat_seconds": float(
-            _seconds("progress-heartbeat", None, _config.get("progress-heartbeat")) or 30.0
-        ),
-        "no_workers_timeout": _seconds("no-workers-timeout", None,
-                                       _config.get("no-workers-timeout")),
-    }  # fmt: skip
-
-
-def _filters(filters: Any) -> Any:
-    """DNF filters as plain lists of tuples (hashable into the job's fingerprint)."""
-    if not filters:
-        return None
-    if not isinstance(filters, (list, tuple)) or not all(isinstance(f, (list, tuple))
-                                                          for f in filters):  # fmt: skip
-        raise InputError(
-            f"filters={filters!r}: expected [(column, op, value), ...] (AND) or a list of such "
-            f"lists (OR of ANDs), as in dask.dataframe.read_parquet"
-        )
-    nested = isinstance(filters[0][0], (list, tuple))
-    clauses = [list(map(tuple, c)) for c in filters] if nested else [list(map(tuple, filters))]
-    for clause in (c for conjunction in clauses for c in conjunction):
-        if len(clause) != 3 or not isinstance(clause[0], str):
-            raise InputError(f"filters: {clause!r} is not (column, op, value)")
-    return clauses if nested else clauses[0]
-
-
-def _check_max_bad_rows(value: Any) -> None:
-    if value is None:
-        return
-    if (
-        isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
-        or (isinstance(value, float) and not 0 <= value < 1)  # NaN too
-    ):  # fmt: skip
-        raise InputError(
-            f"max_bad_rows={value!r}: expected a count (int >= 0) or a fraction (float in [0, 1))"
-        )
-
-
-def _seconds(option: str, value: Any, default: Any) -> float | None:
-    """A duration in seconds (a number, or text such as ``"10 minutes"``); None for off."""
-    from dask.utils import parse_timedelta
-
-    value = default if value is None else value
-    if value is None or value is False:
-        return None
-    try:
-        seconds = parse_timedelta(value, default="s")
-    except (TypeError, ValueError, KeyError) as err:
-        raise InputError(f"{option}={value!r}: expected seconds, e.g. 600 or '10 minutes'") from err
-    if seconds is None or not seconds > 0:
-        raise InputError(f"{option}={value!r}: expected a positive duration in seconds")
-    return float(seconds)
-
-
-def column_names(option: str, value: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    """``value`` (a name or a list of names) as a tuple, checked; ``option`` names it in errors."""
-    if value is None:
-        return None
-    names = [value] if isinstance(value, str) else list(value)
-    if not all(isinstance(name, str) for name in names):
-        raise InputError(f"{option}={value!r}: expected a column name or a list of them")
-    return tuple(names)
-
-
-def _check_pools(pools: Any) -> None:
-    if pools is None or isinstance(pools, bool):
-        return
-    if not isinstance(pools, Mapping) or set(pools) != {"preprocess", "model"}:
-        raise InputError(
-            f"pools={pools!r}: expected {{'preprocess': RESOURCE, 'model': RESOURCE}}, "
-            f"True, False or None"
-        )
-
-
-def _check_client(client: Any) -> None:
-    from distributed import Client
-
-    if client is not None and not isinstance(client, (str, Client)):
-        raise InputError(
-            f"client must be a distributed.Client, a scheduler address or None, got {client!r}"
-        )
-
-
-def check_not_nested(source: Any, options: JobOptions) -> None:
-    """Refuse an output inside the input, or an input inside the output."""
-    if not isinstance(source, (str, os.PathLike)):
-        return
-    in_fs, in_root = fsspec.core.url_to_fs(os.fspath(source), **options.storage_options)
-    out_fs, out_root = fsspec.core.url_to_fs(options.output, **options.storage_options)
-    if in_fs.protocol != out_fs.protocol:
-        return
-    a, b = in_root.rstrip("/") + "/", out_root.rstrip("/") + "/"
-    if a.startswith(b) or b.startswith(a):
-        raise InputError(
-            f"output {options.output!r} and input {os.fspath(source)!r} overlap; the job "
-            f"deletes stale files under its output, so write to a folder outside the input"
-        )
+def arguments() -> list[str]:
+    """The options a job takes as keywords (``run_job``'s, ``plan``'s, a job file's keys)."""
+    return [d.name for d in declared() if d.argument]

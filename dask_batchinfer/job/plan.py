@@ -20,19 +20,18 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from dask_batchinfer import _config, secrets
+from dask_batchinfer import _config
 from dask_batchinfer.cluster.engine import choose_engine, connect
-from dask_batchinfer.cluster.local import Pools, detect_pools, model_workers
-from dask_batchinfer.cluster.plugins import warm_up
+from dask_batchinfer.cluster.local import Pools, model_workers
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.io.inputs import input_bytes
-from dask_batchinfer.io.read import InputFile, open_source
+from dask_batchinfer.io.read import InputFile
 from dask_batchinfer.job.executor import submit_read
-from dask_batchinfer.job.options import ReadOptions, column_names
-from dask_batchinfer.job.schema import check_spec, job_columns, read_columns
+from dask_batchinfer.job.options import JobOptions
+from dask_batchinfer.job.prepare import prepare
 from dask_batchinfer.job.worklist import partitions_of
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.pipeline.rows import Preprocess
@@ -83,27 +82,16 @@ def plan(
     model: ModelSpec,
     *,
     preprocess: Preprocess | None = None,
-    keep: Sequence[str] | str | None = None,
-    client: Any = None,
     sample_partitions: int | None = None,
     batch_sizes: Sequence[int] | None = None,
-    storage_options: dict[str, Any] | None = None,
-    columns: Sequence[str] | None = None,
-    filters: Any = None,
-    format: str | None = None,
-    partition_on: Sequence[str] | str | None = None,
-    pools: Mapping[str, str] | bool | None = None,
+    **options: Any,
 ) -> Plan:
     """Measure a sample of the input on the cluster and project the full job.
 
     Parameters
     ----------
-    source, model, preprocess, keep, client, storage_options, columns, filters, format
-        As for :func:`~dask_batchinfer.run_job`: the plan reads what the job
-        would (the same columns, only the rows ``filters`` keep).
-    partition_on, pools
-        As for :func:`~dask_batchinfer.run_job`: checked as the job would
-        check them, and the sample runs on the pools the job would use.
+    source, model, preprocess
+        As for :func:`~dask_batchinfer.run_job`.
     sample_partitions : int, optional
         Partitions to measure, spread over the input (default: two per
         thread that runs partitions, at least 3, at most all of them). More
@@ -112,6 +100,13 @@ def plan(
         Batch sizes to try (default: the spec's batch size / 4, x1 and x4).
         The spec's is always tried: the projections are of the job as it
         will run, at the spec's batch size.
+    **options
+        Any option of :func:`~dask_batchinfer.run_job` (``keep``, ``columns``,
+        ``filters``, ``format``, ``partition_on``, ``client``, ``pools``,
+        ``storage_options``, ``upload``, ...), checked as the job checks them:
+        the sample reads the columns and rows the job would, on the pools it
+        would use, with its uploads and credentials. ``output`` is optional
+        and nothing is written to it.
 
     Returns
     -------
@@ -125,33 +120,19 @@ def plan(
     >>> p.recommended_batch_size, p.recommended_projected_seconds  # doctest: +SKIP
     """
     __tracebackhide__ = True  # IPython shows the user's frame and the error
-    model = check_spec(model)
-    options = dict(storage_options or {})
-    public, secret = secrets.split(options)
-    if secret:
-        raise InputError(
-            "plan() takes no credentials in storage_options; let the workers find them "
-            "(environment, AWS profiles) or use run_job"
-        )
-    job = ReadOptions.build(keep=keep, columns=columns, filters=filters, format=format)
-    partition_on = column_names("partition_on", partition_on)
-    read = read_columns(model, keep=job.keep, partition_on=partition_on,
-                        columns=job.columns, preprocess=preprocess)  # fmt: skip
-    ddf, groups = open_source(source, options, public, columns=read, filters=job.filters,
-                              format=job.format)  # fmt: skip
-    shape = job_columns(ddf._meta, model, keep=job.keep, partition_on=partition_on,
-                        preprocess=preprocess, columns=job.columns)  # fmt: skip
-    settings = StageSettings(model=model, preprocess=preprocess, keep=shape.keep,
-                             schema=shape.schema)  # fmt: skip
-    sizes = _batch_sizes(model, batch_sizes)
+    job = prepare(source, model, preprocess, JobOptions.build(**options))
+    sizes = _batch_sizes(job.model, batch_sizes)
     if sample_partitions is not None and sample_partitions < 1:
         raise InputError(f"sample_partitions={sample_partitions!r}: expected a positive integer")
     start = time.perf_counter()
-    with connect(client, choose_engine(input_bytes(groups))) as c:
+    name = "plan-" + uuid.uuid4().hex[:8]
+    settings = job.settings(name)
+    with connect(job.options.client, choose_engine(job.input_bytes)) as c:
         cluster_seconds = time.perf_counter() - start
-        found = detect_pools(c, pools)
-        sample = _Sample(c, found, ddf, groups, settings, sizes)
-        with warm_up(c, settings.model, found):  # its plugin is removed after; the model stays
+        with job.on_cluster(
+            c, name, settings, writes=False
+        ) as pools:  # its plugins go after; the model stays
+            sample = _Sample(c, pools, job.ddf, job.groups, settings, sizes)
             sample.run(sample_partitions)
     return sample.project(cluster_seconds)
 
@@ -159,8 +140,15 @@ def plan(
 class _Sample:
     """The partitions ``plan()`` runs on the cluster, and what they measured."""
 
-    def __init__(self, client: Any, pools: Pools, ddf: Any, groups: list[list[InputFile]] | None,
-                 settings: StageSettings, batch_sizes: list[int]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        client: Any,
+        pools: Pools,
+        ddf: Any,
+        groups: list[list[InputFile]] | None,
+        settings: StageSettings,
+        batch_sizes: list[int],
+    ) -> None:
         self.client, self.pools, self.ddf, self.groups = client, pools, ddf, groups
         self.settings, self.batch_sizes = settings, batch_sizes
         self.threads = pools.model_threads if pools.mixed else pools.total_threads
@@ -182,10 +170,17 @@ class _Sample:
         self.sampled = _sample_indices(n, min(n, k + self.threads))
         resources = {self.pools.model: 1} if self.pools.mixed else None
         futures = [
-            c.submit(measure_task, submit_read(c, graph, keys[i]), partitions[i],
-                     Packed(self.settings), self.batch_sizes, pure=False, resources=resources)
+            c.submit(
+                measure_task,
+                submit_read(c, graph, keys[i]),
+                partitions[i],
+                Packed(self.settings),
+                self.batch_sizes,
+                pure=False,
+                resources=resources,
+            )
             for i in self.sampled
-        ]  # fmt: skip
+        ]
         self.every = c.gather(futures)
 
     def project(self, cluster_seconds: float) -> Plan:
@@ -196,8 +191,10 @@ class _Sample:
         sample_rows = sum(m["rows"] for m in measured)
         if sample_rows == 0:
             raise InputError("the sampled partitions are empty; nothing to measure")
-        infer = {b: max(sum(m["infer_seconds"][b] for m in measured), 1e-9) / sample_rows
-                 for b in self.batch_sizes}  # fmt: skip
+        infer = {
+            b: max(sum(m["infer_seconds"][b] for m in measured), 1e-9) / sample_rows
+            for b in self.batch_sizes
+        }
         size = _spec_batch_size(self.settings.model)  # always among those tried
         per_row = {
             stage: sum(m[f"{stage}_seconds"] for m in measured) / sample_rows
@@ -205,25 +202,40 @@ class _Sample:
         }
         per_row["infer"] = infer[size]
         per_row = {k: per_row[k] for k in ("read", "preprocess", "infer", "write")}
-        partition_seconds = {b: [
-            m["read_seconds"] + m["preprocess_seconds"] + m["infer_seconds"][b]
-            + m["write_seconds"] for m in measured
-        ] for b in self.batch_sizes}  # fmt: skip
+        partition_seconds = {
+            b: [
+                m["read_seconds"]
+                + m["preprocess_seconds"]
+                + m["infer_seconds"][b]
+                + m["write_seconds"]
+                for m in measured
+            ]
+            for b in self.batch_sizes
+        }
         rows_exact = len(self.sampled) == n
         rows = all_rows if rows_exact else self._estimated_rows(all_rows)
         return Plan(
-            partitions=n, rows=int(rows), rows_exact=rows_exact,
-            sample_partitions=len(measured), sample_rows=sample_rows, threads=self.threads,
-            workers=self.workers, cluster_seconds=cluster_seconds,
-            model_load_seconds=self.load_seconds, stage_seconds_per_row=per_row,
-            batch_sizes={b: round(1 / t, 1) for b, t in infer.items()}, batch_size=size,
+            partitions=n,
+            rows=int(rows),
+            rows_exact=rows_exact,
+            sample_partitions=len(measured),
+            sample_rows=sample_rows,
+            threads=self.threads,
+            workers=self.workers,
+            cluster_seconds=cluster_seconds,
+            model_load_seconds=self.load_seconds,
+            stage_seconds_per_row=per_row,
+            batch_sizes={b: round(1 / t, 1) for b, t in infer.items()},
+            batch_size=size,
             recommended_batch_size=min(infer, key=lambda b: infer[b]),
             uncertainty=_uncertainty(partition_seconds[size], measured),
             output_bytes=int(sum(m["bytes"] for m in every) / max(all_rows, 1) * rows),
             cpu_threads=self.pools.total_threads - self.pools.model_threads
-            if self.pools.mixed else 0,
-            infer_seconds_per_row=infer, partition_seconds=partition_seconds,
-        )  # fmt: skip
+            if self.pools.mixed
+            else 0,
+            infer_seconds_per_row=infer,
+            partition_seconds=partition_seconds,
+        )
 
     def _estimated_rows(self, all_rows: int) -> float:
         """Rows of the whole input: from file sizes (bytes per row of the sample), or the mean."""

@@ -50,12 +50,13 @@ def check_versions(client: Any) -> None:
     """
     answers = client.run(_version, on_error="return")
     other = {
-        w: f"no dask-batchinfer ({type(v).__name__}: {v})" if isinstance(v, ImportError)
+        w: f"no dask-batchinfer ({type(v).__name__}: {v})"
+        if isinstance(v, ImportError)
         else f"dask-batchinfer {v}"
         for w, v in answers.items()
         if not isinstance(v, BaseException) or isinstance(v, ImportError)
         if v != __version__
-    }  # fmt: skip
+    }
     if other:
         worker, version = next(iter(other.items()))
         raise ClusterError(

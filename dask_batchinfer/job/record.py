@@ -92,32 +92,50 @@ def _committed(work: Worklist, stats: list[PartitionStats]) -> list[Marker]:
     return [markers[p.slug] for p in work.partitions if p.slug in markers]
 
 
-def build_result(*, output: str, mode: str, model: ModelSpec, work: Worklist,
-                 stats: list[PartitionStats], run: RunInfo) -> JobResult:  # fmt: skip
+def build_result(
+    *,
+    output: str,
+    mode: str,
+    model: ModelSpec,
+    work: Worklist,
+    stats: list[PartitionStats],
+    run: RunInfo,
+) -> JobResult:
     """The result of a job from its work, this run's partition statistics and measurements."""
     committed = _committed(work, stats)
     loads = _model_loads(stats)
     result = JobResult(
-        output=output, model=model.name or "", mode=mode,
-        partitions=len(work.partitions), partitions_run=len(stats),
-        partitions_skipped=len(work.done), partitions_invalidated=work.invalidated,
-        rows_in=sum(m.rows_in for m in committed), rows_out=sum(m.rows_out for m in committed),
+        output=output,
+        model=model.name or "",
+        mode=mode,
+        partitions=len(work.partitions),
+        partitions_run=len(stats),
+        partitions_skipped=len(work.done),
+        partitions_invalidated=work.invalidated,
+        rows_in=sum(m.rows_in for m in committed),
+        rows_out=sum(m.rows_out for m in committed),
         rows_quarantined=sum(m.rows_quarantined for m in committed),
         rows_truncated=sum(m.rows_truncated for m in committed),
         rows_computed=sum(s.rows_in for s in stats),
         error_files=[path for m in committed for path, _ in m.errors],
-        files=[{"path": path, "rows": rows, "partition": m.slug}
-               for m in committed for path, rows in m.files],
+        files=[
+            {"path": path, "rows": rows, "partition": m.slug}
+            for m in committed
+            for path, rows in m.files
+        ],
         wall_seconds=0.0,
         model_load_seconds={w: s.load_seconds for w, s in loads.items()},
         model_loads={w: s.loads for w, s in loads.items()},
-        started=run.started, job=run.job, startup_seconds=run.startup,
-        cluster_seconds=run.cluster_seconds, dashboard_link=run.dashboard_link,
+        started=run.started,
+        job=run.job,
+        startup_seconds=run.startup,
+        cluster_seconds=run.cluster_seconds,
+        dashboard_link=run.dashboard_link,
         timeline=sorted((r for s in stats for r in s.timeline), key=lambda r: r["start"]),
         first_commit_seconds=min((s.finished for s in stats), default=run.wall_start)
         - run.wall_start,
         **_stage_sums(stats),
-    )  # fmt: skip
+    )
     result.wall_seconds = time.perf_counter() - run.wall_start
     result.phases = _phases(run, stats)
     return result
@@ -168,7 +186,7 @@ def manifest(result: JobResult, work: Worklist, model: ModelSpec, preprocess_tok
         "input": [
             {"slug": p.slug, "source": p.source, "fingerprint": p.fingerprint}
             for p in work.partitions
-        ],  # fmt: skip
+        ],
         "started": result.started,
         "finished": result.finished,
         **result.summary(),
@@ -189,8 +207,10 @@ def fail(err: BaseException, result: JobResult, committer: Committer) -> None:
         save_report(committer, result)
     except Exception as save_error:  # noqa: BLE001 - the job's own error matters more
         where = _save_locally(result)
-        note = (f"the report could not be saved beside the output ({type(save_error).__name__}: "
-                f"{save_error}); it is at {where}")  # fmt: skip
+        note = (
+            f"the report could not be saved beside the output ({type(save_error).__name__}: "
+            f"{save_error}); it is at {where}"
+        )
         logger.warning("%s", note)
         err.add_note(note)
     try:

@@ -1,38 +1,33 @@
 """``run_job()``: read, preprocess, infer, write partitioned Parquet, commit, exactly once.
 
-The whole job on one screen: check the options (:mod:`~dask_batchinfer.job.options`),
-open the input (:mod:`~dask_batchinfer.io.read`), plan the partitions against
-the output (:mod:`~dask_batchinfer.job.worklist`), run what is left
-(:mod:`~dask_batchinfer.job.executor`), then commit (:mod:`~dask_batchinfer.io.commit`)
-and report (:mod:`~dask_batchinfer.job.record`).
+The whole job on one screen: check the options (:mod:`~dask_batchinfer.job.options`)
+and open the input (:mod:`~dask_batchinfer.job.prepare`), take the output's
+lease and list what is done (:mod:`~dask_batchinfer.job.worklist`), run what is
+left (:mod:`~dask_batchinfer.job.executor`), then commit
+(:mod:`~dask_batchinfer.io.commit`) and report (:mod:`~dask_batchinfer.job.record`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dask_batchinfer import secrets
 from dask_batchinfer.cluster.engine import choose_engine, connect, dashboard_link
-from dask_batchinfer.cluster.local import Pools, check_cluster, detect_pools
-from dask_batchinfer.cluster.plugins import credentials, shipped_code, warm_up
+from dask_batchinfer.cluster.local import check_cluster
 from dask_batchinfer.errors import BadRowsError
 from dask_batchinfer.fingerprint import code_token
 from dask_batchinfer.io.commit import Committer
-from dask_batchinfer.io.fs import is_local_url
-from dask_batchinfer.io.inputs import input_bytes
 from dask_batchinfer.io.lease import Lease
-from dask_batchinfer.io.read import open_source
 from dask_batchinfer.io.retry import RetryStats
 from dask_batchinfer.job.demand import Demand
 from dask_batchinfer.job.executor import Executor, window_size
-from dask_batchinfer.job.options import JobOptions, check_not_nested
-from dask_batchinfer.job.preflight import check_code, check_shared_storage, check_versions
+from dask_batchinfer.job.options import JobOptions, given_options
+from dask_batchinfer.job.prepare import PreparedJob, prepare
 from dask_batchinfer.job.record import (
     RunInfo,
     build_result,
@@ -42,14 +37,12 @@ from dask_batchinfer.job.record import (
     save_report,
     with_phases,
 )
-from dask_batchinfer.job.schema import check_spec, job_columns, read_columns
-from dask_batchinfer.job.worklist import Worklist, job_token, partitions_of, worklist
+from dask_batchinfer.job.worklist import Worklist, partitions_of, worklist
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.pipeline.rows import Preprocess
-from dask_batchinfer.pipeline.stages import PartitionStats, StageSettings
+from dask_batchinfer.pipeline.stages import PartitionStats
 from dask_batchinfer.report.progress import make_progress
 from dask_batchinfer.report.result import JobResult
-from dask_batchinfer.worker.packed import Packed
 
 __all__ = ["run_job"]
 
@@ -148,7 +141,7 @@ def run_job(
         Show progress: partitions committed of total, rows/s, ETA and time
         per stage. Default (``batchinfer.progress: auto``): a widget in
         Jupyter, a bar in a terminal, a log line every 10% elsewhere (CI
-        logs, cron) on the logger ``dask_batchinfer.report.progress``: through the
+        logs, cron) on the logger ``dask_batchinfer.progress``: through the
         handlers logging has, or when it has none, on stderr for the job's
         duration. ``False`` for none. While no partition commits for
         ``batchinfer.progress-heartbeat`` (30 s), a heartbeat names the oldest
@@ -220,146 +213,138 @@ def run_job(
     (1, 364)
     """
     __tracebackhide__ = True  # IPython shows the user's frame and the error
+    options = JobOptions.build(**given_options(locals()))
     run = RunInfo(job=uuid.uuid4().hex[:12])
-    model = check_spec(model)
-    options = JobOptions.build(
-        output=output, mode=mode, on_error=on_error, max_bad_rows=max_bad_rows, keep=keep,
-        partition_on=partition_on, pools=pools, client=client, progress=progress,
-        storage_options=storage_options, partition_timeout=partition_timeout,
-        fingerprint=fingerprint, upload=upload, columns=columns, filters=filters, format=format,
-    )  # fmt: skip
-    check_not_nested(source, options)
-    read = read_columns(model, keep=options.keep, partition_on=options.partition_on,
-                        columns=options.columns, preprocess=preprocess)  # fmt: skip
-    ddf, groups = open_source(source, options.storage_options, options.task_options,
-                              options.fingerprint, columns=read, filters=options.filters,
-                              format=options.format, on_error=options.on_error)  # fmt: skip
-    run.listed(input_bytes(groups))
-    shape = job_columns(ddf._meta, model, keep=options.keep, partition_on=options.partition_on,
-                        preprocess=preprocess, columns=options.columns)  # fmt: skip
-    committer = Committer(options.output, options.storage_options)
+    job = prepare(source, model, preprocess, options)
+    run.listed(job.input_bytes)
+    committer = Committer(options.output_url(), options.storage_options)
     with committer.lease(run.job) as lease:  # one job per output; before reading its state
         committer.load()
         run.mark("output state read")
-        ddf = ddf.optimize()
+        ddf = job.ddf.optimize()
         generation = uuid.uuid4().hex if options.mode == "overwrite" else ""
-        work = worklist(partitions_of(ddf.__dask_keys__(), groups,
-                                      job_token(model, preprocess, shape,
-                                                read=(read, options.filters)),
-                                      generation),
-                        committer.state, options.mode, options.output)  # fmt: skip
-        settings = StageSettings(
-            model=model, preprocess=preprocess, keep=shape.keep, on_error=options.on_error,
-            job=run.job, output=options.output, storage_options=options.task_options,
-            partition_on=shape.partition_on, schema=shape.schema,
-        )  # fmt: skip
-        local = isinstance(source, (str, os.PathLike)) and is_local_url(os.fspath(source))
-        first = groups[0][0].path if groups and local else None  # the workers must see it too
-        return _run_plan(ddf, work, settings, options, committer, run, lease, first)
+        partitions = partitions_of(ddf.__dask_keys__(), job.groups, job.token(), generation)
+        work = worklist(partitions, committer.state, options.mode, options.output_url())
+        job = dataclasses.replace(job, ddf=ddf)
+        return _JobRun(job, run, committer, lease, work).run()
 
 
-def _run_plan(ddf: Any, work: Worklist, settings: StageSettings, options: JobOptions,
-              committer: Committer, run: RunInfo, lease: Lease,
-              input_file: str | None = None) -> JobResult:  # fmt: skip
-    """Run what the plan says, then commit: the job under its lease."""
-    build = functools.partial(build_result, output=options.output, mode=options.mode,
-                              model=settings.model, work=work, run=run)  # fmt: skip
-    if work.finished:  # nothing to run; undo what a later run that died left behind
-        result = build(stats=[])
-        result.files_removed = committer.restore_manifest(work.slugs)
-        return result
-    stats: list[PartitionStats] = []
-    if work.todo:
-        try:
-            _execute(ddf, work, settings, options, committer, run, stats, input_file)
-            lease.check()
-        except Exception as err:
-            fail(err, build(stats=stats), committer)
-            raise
-    result = build(stats=stats)
-    lease.check()  # never write a manifest over a folder another job took over
-    _commit(result, work, committer, options, run, manifest=functools.partial(
-        manifest, work=work, model=settings.model,
-        preprocess_token=code_token(settings.preprocess)))  # fmt: skip
-    return result
+class _JobRun:
+    """One run of a prepared job under its output's lease: execute what the worklist
+    says is left, then commit."""
 
+    def __init__(
+        self, job: PreparedJob, run: RunInfo, committer: Committer, lease: Lease, work: Worklist
+    ) -> None:
+        self.job, self.options, self.run_info = job, job.options, run
+        self.committer, self.lease, self.work = committer, lease, work
+        self.settings = job.settings(run.job)
+        self.stats: list[PartitionStats] = []
 
-def _execute(ddf: Any, work: Worklist, settings: StageSettings, options: JobOptions,
-             committer: Committer, run: RunInfo, stats: list[PartitionStats],
-             input_file: str | None) -> None:  # fmt: skip
-    """Run the plan's partitions on the cluster; ``stats`` gets each committed one's."""
-    committer.check_writable()
-    connect_start = time.perf_counter()
-    with (
-        connect(options.client, choose_engine(run.input_bytes)) as c,
-        credentials(c, options.credentials, options.secret_options),
-        committer.tidy_on_failure(),
-        # before waiting for a first worker: adapt(minimum=0) starts one for pending work
-        Demand(c, run.job, len(work.todo), options.adaptive_lookahead) as demand,
-    ):
-        run.cluster_seconds = time.perf_counter() - connect_start
-        run.mark("cluster")
-        run.dashboard_link = dashboard_link(c)
-        check_cluster(c, options.no_workers_timeout)
-        run.mark("workers ready")
-        with _prepared(c, settings, options, run, input_file) as pools:
-            run.mark("model loaded")
-            run.startup = time.perf_counter() - run.wall_start
-            bar = make_progress(options.progress, total=len(work.todo), job=run.job,
-                                dashboard_link=run.dashboard_link)  # fmt: skip
-            try:
-                executor = Executor(
-                    c, ddf, pools, settings, window=functools.partial(window_size, options=options),
-                    bad_rows_allowed=options.bad_rows_allowed(work.quarantined_before()),
-                    progress=bar, stats=stats, timeout=options.partition_timeout,
-                    heartbeat=options.heartbeat_seconds, no_workers=options.no_workers_timeout,
-                    demand=demand,
-                )  # fmt: skip
-                executor.run(work.todo)
-            finally:
-                bar.close()
-    run.mark("cluster released")
-
-
-@contextlib.contextmanager
-def _prepared(c: Any, settings: StageSettings, options: JobOptions, run: RunInfo,
-              input_file: str | None) -> Iterator[Pools]:  # fmt: skip
-    """The cluster made ready for the job, for the block's duration: checked, the user's
-    code shipped, the model loaded; the job's worker plugins removed afterwards."""
-    check_versions(c)
-    with shipped_code(c, list(options.upload), run.job):
-        check_code(c, Packed(settings))
-        check_shared_storage(c, options.output, input_file)
-        pools = detect_pools(c, options.pools)
-        run.mark("checked")
-        with warm_up(c, settings.model, pools, run.job):
-            yield pools
-
-
-def _commit(result: JobResult, work: Worklist, committer: Committer, options: JobOptions,
-            run: RunInfo, manifest: Callable[[JobResult], dict[str, Any]]) -> None:  # fmt: skip
-    """Check the bad-row fraction, write ``_SUCCESS``, delete the stale files, save the report."""
-    if options.too_many_bad_rows(result.rows_in, result.rows_quarantined):
-        too_many = BadRowsError(
-            f"{result.rows_quarantined} of {result.rows_in} rows quarantined "
-            f"({result.rows_quarantined / result.rows_in:.2%}), more than "
-            f"max_bad_rows={options.max_bad_rows:.2%}; see {options.output}/_errors/ for the "
-            f"rows and their errors"
+    def result(self) -> JobResult:
+        return build_result(
+            output=self.options.output_url(),
+            mode=self.options.mode,
+            model=self.job.model,
+            work=self.work,
+            run=self.run_info,
+            stats=self.stats,
         )
-        fail(too_many, result, committer)
-        raise too_many
-    retries = RetryStats()
-    result.finished = now()
-    committer.write_manifest(manifest(result), retries)
-    run.mark("manifest")
-    result.retries += retries.retries
-    result.files_removed = committer.collect_garbage(
-        {f["path"] for f in result.files}, work.slugs, set(result.error_files)
-    )
-    run.mark("garbage collected")
-    result.wall_seconds = time.perf_counter() - run.wall_start
-    report_retries = RetryStats()
-    save_report(committer, result, report_retries)
-    result.retries += report_retries.retries  # after the fact: the saved report has one less
-    run.mark("report saved")
-    result.phases = with_phases(result.phases, run)
+
+    def run(self) -> JobResult:
+        if self.work.finished:  # nothing to run; undo what a later run that died left behind
+            result = self.result()
+            result.files_removed = self.committer.restore_manifest(self.work.slugs)
+            return result
+        if self.work.todo:
+            try:
+                self.execute()
+                self.lease.check()
+            except Exception as err:
+                fail(err, self.result(), self.committer)
+                raise
+        result = self.result()
+        self.lease.check()  # never write a manifest over a folder another job took over
+        self.commit(result)
+        return result
+
+    def execute(self) -> None:
+        """Run the worklist's partitions on the cluster; ``stats`` gets each committed one's."""
+        run, options, todo = self.run_info, self.options, self.work.todo
+        self.committer.check_writable()
+        connect_start = time.perf_counter()
+        engine = choose_engine(run.input_bytes)
+        with (
+            connect(options.client, engine) as c,
+            self.committer.tidy_on_failure(),
+            # before waiting for a first worker: adapt(minimum=0) starts one for pending work
+            Demand(c, run.job, len(todo), options.adaptive_lookahead) as demand,
+        ):
+            run.cluster_seconds = time.perf_counter() - connect_start
+            run.mark("cluster")
+            run.dashboard_link = dashboard_link(c)
+            check_cluster(c, options.no_workers_timeout)
+            run.mark("workers ready")
+            with self.job.on_cluster(c, run.job, self.settings, run.mark) as pools:
+                run.mark("model loaded")
+                run.startup = time.perf_counter() - run.wall_start
+                bar = make_progress(
+                    options.progress,
+                    total=len(todo),
+                    job=run.job,
+                    dashboard_link=run.dashboard_link,
+                )
+                try:
+                    Executor(
+                        c,
+                        self.job.ddf,
+                        pools,
+                        self.settings,
+                        demand=demand,
+                        progress=bar,
+                        window=functools.partial(window_size, options=options),
+                        bad_rows_allowed=options.bad_rows_allowed(self.work.quarantined_before()),
+                        stats=self.stats,
+                        timeout=options.partition_timeout,
+                        heartbeat=options.heartbeat_seconds,
+                        no_workers=options.no_workers_timeout,
+                    ).run(todo)
+                finally:
+                    bar.close()
+        run.mark("cluster released")
+
+    def commit(self, result: JobResult) -> None:
+        """Check the bad-row fraction, write ``_SUCCESS``, delete stale files, save the report."""
+        options, committer, run = self.options, self.committer, self.run_info
+        if options.too_many_bad_rows(result.rows_in, result.rows_quarantined):
+            too_many = BadRowsError(
+                f"{result.rows_quarantined} of {result.rows_in} rows quarantined "
+                f"({result.rows_quarantined / result.rows_in:.2%}), more than "
+                f"max_bad_rows={options.max_bad_rows:.2%}; see {options.output}/_errors/ for "
+                f"the rows and their errors"
+            )
+            fail(too_many, result, committer)
+            raise too_many
+        retries = RetryStats()
+        result.finished = now()
+        committer.write_manifest(
+            manifest(
+                result,
+                work=self.work,
+                model=self.job.model,
+                preprocess_token=code_token(self.job.preprocess),
+            ),
+            retries,
+        )
+        run.mark("manifest")
+        result.retries += retries.retries
+        result.files_removed = committer.collect_garbage(
+            {f["path"] for f in result.files}, self.work.slugs, set(result.error_files)
+        )
+        run.mark("garbage collected")
+        result.wall_seconds = time.perf_counter() - run.wall_start
+        report_retries = RetryStats()
+        save_report(committer, result, report_retries)
+        result.retries += report_retries.retries  # after the fact: the saved report has one less
+        run.mark("report saved")
+        result.phases = with_phases(result.phases, run)

@@ -73,10 +73,13 @@ def _usable_as_float(dtype: object) -> bool:
 
         kind = dtype.pyarrow_dtype
         return bool(
-            pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-            or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            pa.types.is_integer(kind)
+            or pa.types.is_floating(kind)
+            or pa.types.is_boolean(kind)
+            or pa.types.is_string(kind)
+            or pa.types.is_large_string(kind)
             or pa.types.is_decimal(kind)
-        )  # fmt: skip
+        )
     if isinstance(dtype, pd.CategoricalDtype):
         return _usable_as_float(dtype.categories.dtype)
     return bool(

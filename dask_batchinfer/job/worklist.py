@@ -60,12 +60,20 @@ class Worklist:
         return sum(m.rows_quarantined for m in self.done.values())
 
 
-def job_token(model: ModelSpec, preprocess: Preprocess | None, columns: Columns,
-              read: Any = None) -> str:  # fmt: skip
+def job_token(
+    model: ModelSpec, preprocess: Preprocess | None, columns: Columns, read: Any = None
+) -> str:
     """What shapes every partition's output: model, preprocessing, columns, package version,
     and ``read``: how the input is read (the columns read, the filters)."""
-    return tokenize(model.token, code_token(preprocess), columns.keep, columns.partition_on,
-                    columns.schema.to_string(), __version__, read)  # fmt: skip
+    return tokenize(
+        model.token,
+        code_token(preprocess),
+        columns.keep,
+        columns.partition_on,
+        columns.schema.to_string(),
+        __version__,
+        read,
+    )
 
 
 def partitions_of(
@@ -80,8 +88,10 @@ def partitions_of(
     ``groups`` the files behind each partition of a Parquet input.
     """
     if groups is None:
-        return [Partition(i, f"{i:05d}", None, tokenize(key, job_token), generation)
-                for i, key in enumerate(keys)]  # fmt: skip
+        return [
+            Partition(i, f"{i:05d}", None, tokenize(key, job_token), generation)
+            for i, key in enumerate(keys)
+        ]
     partitions = []
     for i, group in enumerate(groups):
         first, last = group[0], group[-1]
@@ -96,8 +106,9 @@ def partitions_of(
     return partitions
 
 
-def worklist(partitions: list[Partition], state: OutputState, mode: str,
-             output: str = "") -> Worklist:  # fmt: skip
+def worklist(
+    partitions: list[Partition], state: OutputState, mode: str, output: str = ""
+) -> Worklist:
     """Split ``partitions`` into done and to do against the output's ``state``.
 
     Only ``mode="resume"`` keeps committed partitions; a committed partition

@@ -92,14 +92,23 @@ class _Tokenize:
         key = ("tokenizer", self.path, self.max_seq_length)
         tokenizer, limit = cache.helper(key, lambda: _load_tokenizer(*key[1:]))
         texts = frame[frame.columns[0]].astype(str).tolist()
-        ids = tokenizer(texts, truncation=True, max_length=limit, return_attention_mask=False,
-                        return_token_type_ids=False)["input_ids"]  # fmt: skip
+        ids = tokenizer(
+            texts,
+            truncation=True,
+            max_length=limit,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
         lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
         full = np.flatnonzero(lengths >= limit)  # at the limit: were they longer?
         if len(full):
-            longer = tokenizer([texts[i] for i in full], truncation=True, max_length=limit + 1,
-                               return_attention_mask=False,
-                               return_token_type_ids=False)["input_ids"]  # fmt: skip
+            longer = tokenizer(
+                [texts[i] for i in full],
+                truncation=True,
+                max_length=limit + 1,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"]
             lengths[full] = [len(row) for row in longer]
         return token_frame(ids, lengths, frame.index)
 
@@ -205,7 +214,7 @@ def sentence_encoder(
             "dim": dim,
             "max_seq_length": max_seq_length,
             "half_on_gpu": precision in ("auto", "fp16") and device != "cpu",
-        },  # fmt: skip
+        },
         predict=_Encode(normalize),
         prepare=_Tokenize(path, max_seq_length),
         collate=collate_tokens,

@@ -145,12 +145,27 @@ class ModelSpec:
         set_(self, "load_kwargs", dict(self.load_kwargs))
         set_(self, "name", self.name or getattr(self.load, "__name__", type(self.load).__name__))
         # The loaded model is shared by specs that load the same thing the same way.
-        set_(self, "cache_key", tokenize(code_token(self.load), value_token(self.load_kwargs),
-                                         self.device, self.compile))  # fmt: skip
+        set_(
+            self,
+            "cache_key",
+            tokenize(
+                code_token(self.load), value_token(self.load_kwargs), self.device, self.compile
+            ),
+        )
         # What shapes the outputs: batch sizes and budgets do not.
-        set_(self, "token", tokenize(self.cache_key, code_token(self.predict),
-                                     code_token(self.collate), code_token(self.prepare),
-                                     self.outputs, self.input_columns, self.precision))  # fmt: skip
+        set_(
+            self,
+            "token",
+            tokenize(
+                self.cache_key,
+                code_token(self.predict),
+                code_token(self.collate),
+                code_token(self.prepare),
+                self.outputs,
+                self.input_columns,
+                self.precision,
+            ),
+        )
 
     def __dask_tokenize__(self) -> str:
         return self.token
@@ -161,12 +176,23 @@ class ModelSpec:
         columns = list(self.input_columns)
         if len(columns) > 6:
             columns = [*columns[:3], "...", *columns[-2:]]
-        optional = {"device": "auto", "precision": "fp32", "token_budget": None,
-                    "compile": False, "allow_nulls": False}  # fmt: skip
-        extra = "".join(f", {k}={getattr(self, k)!r}" for k, default in optional.items()
-                        if getattr(self, k) != default)  # fmt: skip
-        steps = "".join(f", {k}={_callable_name(getattr(self, k))}" for k in ("prepare", "collate")
-                        if getattr(self, k) is not None)  # fmt: skip
+        optional = {
+            "device": "auto",
+            "precision": "fp32",
+            "token_budget": None,
+            "compile": False,
+            "allow_nulls": False,
+        }
+        extra = "".join(
+            f", {k}={getattr(self, k)!r}"
+            for k, default in optional.items()
+            if getattr(self, k) != default
+        )
+        steps = "".join(
+            f", {k}={_callable_name(getattr(self, k))}"
+            for k in ("prepare", "collate")
+            if getattr(self, k) is not None
+        )
         return (
             f"ModelSpec({self.name!r}, load={_callable_name(self.load)}, "
             f"inputs[{len(self.input_columns)}]={columns}, outputs={dict(self.outputs)}"

@@ -166,8 +166,9 @@ PAD_SLACK = 0.10
 PAD_MIN_ROWS = 8
 
 
-def _budget_ranges(lengths: np.ndarray, budget: int, max_rows: int,
-                   slack: float | None = None) -> list[tuple[int, int]]:  # fmt: skip
+def _budget_ranges(
+    lengths: np.ndarray, budget: int, max_rows: int, slack: float | None = None
+) -> list[tuple[int, int]]:
     """Cut length-sorted rows into ranges whose rows x longest row stays within ``budget``
     (and, with ``slack``, whose rows are at most ``1 + slack`` times the first row's length
     once a range holds ``PAD_MIN_ROWS`` rows)."""

@@ -94,8 +94,15 @@ def decode_images(
     for name, value in (("column", column), ("output", output), ("path_column", path_column)):
         if not isinstance(value, str) or not value:
             raise InputError(f"decode_images({name}={value!r}) must be a column name")
-    return functools.partial(decode_frame, size=(height, width), column=column, mode=mode,
-                             output=output, resample=resample, path_column=path_column)  # fmt: skip
+    return functools.partial(
+        decode_frame,
+        size=(height, width),
+        column=column,
+        mode=mode,
+        output=output,
+        resample=resample,
+        path_column=path_column,
+    )
 
 
 def _require_pillow() -> None:

@@ -123,9 +123,11 @@ def describe_row(kept: pd.DataFrame, row: int, label: int | None = None) -> str:
 
 
 def no_bad_rows(kept: pd.DataFrame) -> pd.DataFrame:
-    return kept.iloc[:0].assign(row=pd.Series([], dtype="int64"),
-                                error_type=pd.Series([], dtype="str"),
-                                error=pd.Series([], dtype="str"))  # fmt: skip
+    return kept.iloc[:0].assign(
+        row=pd.Series([], dtype="int64"),
+        error_type=pd.Series([], dtype="str"),
+        error=pd.Series([], dtype="str"),
+    )
 
 
 def bad_frame(
@@ -141,18 +143,26 @@ def bad_frame(
     )
 
 
-def unparsed_lines(kept: pd.DataFrame,
-                   lines: Sequence[tuple[str, int | None, str]]) -> pd.DataFrame:  # fmt: skip
+def unparsed_lines(
+    kept: pd.DataFrame, lines: Sequence[tuple[str, int | None, str]]
+) -> pd.DataFrame:
     """Quarantine rows for input lines the reader could not parse: ``keep`` columns
     empty, ``row`` -1 (not a row of the partition), the file and line in ``error``."""
     n = len(lines)
     index = pd.RangeIndex(n)
-    return kept.iloc[:0].reindex(index).assign(
-        row=pd.Series(-1, index=index, dtype="int64"),
-        error_type=pd.Series("UnparsedLine", index=index, dtype="str"),
-        error=pd.Series([f"{path!r} line {line}: {message}" for path, line, message in lines],
-                        index=index, dtype="str"),
-    )  # fmt: skip
+    return (
+        kept.iloc[:0]
+        .reindex(index)
+        .assign(
+            row=pd.Series(-1, index=index, dtype="int64"),
+            error_type=pd.Series("UnparsedLine", index=index, dtype="str"),
+            error=pd.Series(
+                [f"{path!r} line {line}: {message}" for path, line, message in lines],
+                index=index,
+                dtype="str",
+            ),
+        )
+    )
 
 
 def good_positions(good: list[tuple[int, pd.DataFrame]]) -> np.ndarray:

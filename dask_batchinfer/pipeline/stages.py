@@ -113,13 +113,25 @@ class PartitionStats:
     finished: float = 0.0
 
 
-def _record(stats: PartitionStats, stage: str, start: float, end: float | None = None,
-            rows: int | None = None, worker: str | None = None) -> None:  # fmt: skip
+def _record(
+    stats: PartitionStats,
+    stage: str,
+    start: float,
+    end: float | None = None,
+    rows: int | None = None,
+    worker: str | None = None,
+) -> None:
     """Note that ``stage`` ran from ``start`` (``time.time()``) until ``end`` (default: now)."""
-    stats.timeline.append({
-        "stage": stage, "partition": stats.number, "worker": worker or worker_address(),
-        "start": start, "end": time.time() if end is None else end, "rows": rows,
-    })  # fmt: skip
+    stats.timeline.append(
+        {
+            "stage": stage,
+            "partition": stats.number,
+            "worker": worker or worker_address(),
+            "start": start,
+            "end": time.time() if end is None else end,
+            "rows": rows,
+        }
+    )
 
 
 def read_stage(
@@ -135,15 +147,21 @@ def read_stage(
     return stats
 
 
-def preprocess_stage(frame: pd.DataFrame, partition: Partition, settings: StageSettings,
-                     stats: PartitionStats) -> Prepared:  # fmt: skip
+def preprocess_stage(
+    frame: pd.DataFrame, partition: Partition, settings: StageSettings, stats: PartitionStats
+) -> Prepared:
     """Run ``preprocess`` and the model's ``prepare`` step (CPU): the features, the kept
     columns, the rows they failed on."""
     start = time.time()
-    prepared = preprocess_partition(frame, preprocess=settings.preprocess, keep=settings.keep,
-                                    number=partition.number, source=partition.source,
-                                    on_error=settings.on_error,
-                                    model=settings.model)  # fmt: skip
+    prepared = preprocess_partition(
+        frame,
+        preprocess=settings.preprocess,
+        keep=settings.keep,
+        number=partition.number,
+        source=partition.source,
+        on_error=settings.on_error,
+        model=settings.model,
+    )
     lines = frame.attrs.get(BAD_LINES)
     if lines:  # the reader's, with quarantine: beside the rows preprocess set aside
         prepared.bad = pd.concat([prepared.bad, unparsed_lines(prepared.kept, lines)])
@@ -152,15 +170,22 @@ def preprocess_stage(frame: pd.DataFrame, partition: Partition, settings: StageS
     return prepared
 
 
-def infer_stage(prepared: Prepared, partition: Partition, settings: StageSettings,
-                stats: PartitionStats) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+def infer_stage(
+    prepared: Prepared, partition: Partition, settings: StageSettings, stats: PartitionStats
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the model: ``(kept columns + outputs, bad rows of both stages)``."""
     start = time.time()
-    result, bad = infer_features(prepared.features, prepared.kept, model=settings.model,
-                                 number=partition.number, source=partition.source,
-                                 stats=stats.batch, on_error=settings.on_error,
-                                 positions=prepared.positions,
-                                 prepared=prepared.ready)  # fmt: skip
+    result, bad = infer_features(
+        prepared.features,
+        prepared.kept,
+        model=settings.model,
+        number=partition.number,
+        source=partition.source,
+        stats=stats.batch,
+        on_error=settings.on_error,
+        positions=prepared.positions,
+        prepared=prepared.ready,
+    )
     if len(prepared.bad):
         bad = pd.concat([prepared.bad, bad]) if len(bad) else prepared.bad
     _record(stats, "infer", start, rows=len(result))
@@ -168,8 +193,13 @@ def infer_stage(prepared: Prepared, partition: Partition, settings: StageSetting
     return result, bad
 
 
-def write_stage(result: pd.DataFrame, bad: pd.DataFrame, partition: Partition,
-                settings: StageSettings, stats: PartitionStats) -> Marker:  # fmt: skip
+def write_stage(
+    result: pd.DataFrame,
+    bad: pd.DataFrame,
+    partition: Partition,
+    settings: StageSettings,
+    stats: PartitionStats,
+) -> Marker:
     """Write the partition's files and quarantined rows, then commit its marker."""
     start = time.time()
     fs, root = url_to_fs(settings.output, secrets.resolve(settings.storage_options))
@@ -181,11 +211,25 @@ def write_stage(result: pd.DataFrame, bad: pd.DataFrame, partition: Partition,
         )
     retries = RetryStats()
     assert settings.schema is not None, "the write stage needs the output schema"
-    files = write_partition(result, fs=fs, root=root, stem=partition.stem, schema=settings.schema,
-                            partition_on=settings.partition_on, stats=retries)  # fmt: skip
+    files = write_partition(
+        result,
+        fs=fs,
+        root=root,
+        stem=partition.stem,
+        schema=settings.schema,
+        partition_on=settings.partition_on,
+        stats=retries,
+    )
     errors = write_errors(bad, fs=fs, root=root, stem=partition.stem, stats=retries)
-    marker = Marker(partition.slug, partition.source, partition.fingerprint, tuple(files),
-                    stats.rows_in, tuple(errors), stats.batch.truncated)  # fmt: skip
+    marker = Marker(
+        partition.slug,
+        partition.source,
+        partition.fingerprint,
+        tuple(files),
+        stats.rows_in,
+        tuple(errors),
+        stats.batch.truncated,
+    )
     write_marker(fs, root, marker, retries)
     _record(stats, "write", start)
     stats.write_seconds = time.time() - start
@@ -209,16 +253,18 @@ def encode_stage(result: pd.DataFrame, settings: StageSettings, stats: Partition
 Shipped = StageSettings | Packed[StageSettings]  # what tasks receive: packed by the client
 
 
-def preprocess_task(frame: pd.DataFrame, partition: Partition,
-                    shipped: Shipped) -> tuple[Prepared, PartitionStats]:  # fmt: skip
+def preprocess_task(
+    frame: pd.DataFrame, partition: Partition, shipped: Shipped
+) -> tuple[Prepared, PartitionStats]:
     """The CPU pool's task on a mixed cluster: read and preprocess."""
     settings = unpack(shipped)
     stats = read_stage(frame, partition, settings)
     return preprocess_stage(frame, partition, settings, stats), stats
 
 
-def infer_write_task(staged: tuple[Prepared, PartitionStats], partition: Partition,
-                     shipped: Shipped) -> PartitionStats:  # fmt: skip
+def infer_write_task(
+    staged: tuple[Prepared, PartitionStats], partition: Partition, shipped: Shipped
+) -> PartitionStats:
     """The model pool's task on a mixed cluster: infer, write, commit."""
     settings = unpack(shipped)
     prepared, stats = staged
@@ -231,24 +277,29 @@ def infer_write_task(staged: tuple[Prepared, PartitionStats], partition: Partiti
     return stats
 
 
-def process_task(frame: pd.DataFrame, partition: Partition,
-                 shipped: Shipped) -> PartitionStats:  # fmt: skip
+def process_task(frame: pd.DataFrame, partition: Partition, shipped: Shipped) -> PartitionStats:
     """Every stage in one task, on a single-pool cluster (no transfer between stages)."""
     settings = unpack(shipped)
     return infer_write_task(preprocess_task(frame, partition, settings), partition, settings)
 
 
-def measure_task(frame: pd.DataFrame, partition: Partition, shipped: Shipped,
-                 batch_sizes: Sequence[int]) -> dict[str, Any]:  # fmt: skip
+def measure_task(
+    frame: pd.DataFrame, partition: Partition, shipped: Shipped, batch_sizes: Sequence[int]
+) -> dict[str, Any]:
     """``plan()``'s task: preprocess, the model at each batch size, encoding; nothing written."""
     settings = unpack(shipped)
     started = time.time()
     stats = read_stage(frame, partition, settings)
     prepared = preprocess_stage(frame, partition, settings, stats)
     warm = min(8, len(prepared.features))
-    infer_stage(dataclasses.replace(prepared, features=prepared.features.iloc[:warm],
-                                    kept=prepared.kept.iloc[:warm]),
-                partition, settings, stats)  # first-call costs  # fmt: skip
+    infer_stage(
+        dataclasses.replace(
+            prepared, features=prepared.features.iloc[:warm], kept=prepared.kept.iloc[:warm]
+        ),
+        partition,
+        settings,
+        stats,
+    )  # first-call costs
     infer: dict[int, float] = {}
     result = None
     for size in batch_sizes:
@@ -268,8 +319,9 @@ def measure_task(frame: pd.DataFrame, partition: Partition, shipped: Shipped,
     }
 
 
-def predict_partition(frame: pd.DataFrame, shipped: Shipped,
-                      partition_info: dict | None = None) -> pd.DataFrame:  # fmt: skip
+def predict_partition(
+    frame: pd.DataFrame, shipped: Shipped, partition_info: dict | None = None
+) -> pd.DataFrame:
     """``predict()``'s task: preprocess and infer one partition; ``keep`` + output columns."""
     settings = unpack(shipped)
     partition = Partition(partition_info["number"] if partition_info else -1, "", None, "")

@@ -78,15 +78,21 @@ def result_html(report: Mapping[str, Any], saved: bool = False) -> str:
         + _section("Counts", _counts(report))
         + _section("Wall time", _wall(report))
         + _section("Busy time per stage (summed over partitions)", _stages(report))
-        + (_section("Model load per worker", _loads(report)) if report["model_load_seconds"]
-           else "")
+        + (
+            _section("Model load per worker", _loads(report))
+            if report["model_load_seconds"]
+            else ""
+        )
         + "</div>"
-    )  # fmt: skip
+    )
     svg = timeline_svg(report.get("timeline", []))
     return (
-        head + _where(report, with_link=not saved) + grid
-        + (_section("Timeline (one bar per partition and stage)", svg) if svg else "") + "</div>"
-    )  # fmt: skip
+        head
+        + _where(report, with_link=not saved)
+        + grid
+        + (_section("Timeline (one bar per partition and stage)", svg) if svg else "")
+        + "</div>"
+    )
 
 
 def _counts(report: Mapping[str, Any]) -> str:
@@ -112,12 +118,21 @@ def _wall(report: Mapping[str, Any]) -> str:
         ("processing_seconds", "read, infer, write, commit, s", max(0.0, wall - startup)),
     ]
     if report.get("partitions_run"):
-        rows.append(("rows_per_second", "rows/s (rows computed / wall time)",
-                     float(report["rows_per_second"])))  # fmt: skip
+        rows.append(
+            (
+                "rows_per_second",
+                "rows/s (rows computed / wall time)",
+                float(report["rows_per_second"]),
+            )
+        )
     else:
-        rows.append(("nothing_to_do", "nothing to do",
-                     f"{plural(report['partitions_skipped'], 'partition')} already "
-                     f"committed"))  # fmt: skip
+        rows.append(
+            (
+                "nothing_to_do",
+                "nothing to do",
+                f"{plural(report['partitions_skipped'], 'partition')} already committed",
+            )
+        )
     return _rows(rows)
 
 
@@ -127,8 +142,13 @@ def _startup(report: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     phases = report.get("phases") or {}
     names = ("cluster", "workers ready", "checked", "model loaded")
     if not all(name in phases for name in names):  # a report saved by an older version
-        return [("model_load_wall_seconds", "workers, checks and model load, s",
-                 max(0.0, report["startup_seconds"] - report["cluster_seconds"]))]  # fmt: skip
+        return [
+            (
+                "model_load_wall_seconds",
+                "workers, checks and model load, s",
+                max(0.0, report["startup_seconds"] - report["cluster_seconds"]),
+            )
+        ]
     cluster, ready, checked, loaded = (float(phases[name]) for name in names)
     return [
         ("workers_ready_seconds", "waiting for workers, s", max(0.0, ready - cluster)),
@@ -148,10 +168,13 @@ def _stages(report: Mapping[str, Any]) -> str:
 
 def _loads(report: Mapping[str, Any]) -> str:
     return _rows(
-        (f"load:{worker}", f"{worker} ({report['model_loads'].get(worker, 0)} load)",
-         float(seconds))
+        (
+            f"load:{worker}",
+            f"{worker} ({report['model_loads'].get(worker, 0)} load)",
+            float(seconds),
+        )
         for worker, seconds in sorted(report["model_load_seconds"].items())
-    )  # fmt: skip
+    )
 
 
 def _where(report: Mapping[str, Any], with_link: bool = True) -> str:
@@ -206,8 +229,10 @@ def timeline_svg(records: Sequence[dict[str, Any]], width: int = 720) -> str:
     ]
     labels = worker_labels(workers)
     for i, worker in enumerate(workers):
-        parts.append(f'<text x="4" y="{i * lane + 15}" data-worker="{_e(worker)}">'
-                     f"<title>{_e(worker)}</title>{_e(labels[worker])}</text>")  # fmt: skip
+        parts.append(
+            f'<text x="4" y="{i * lane + 15}" data-worker="{_e(worker)}">'
+            f"<title>{_e(worker)}</title>{_e(labels[worker])}</text>"
+        )
     for r in records:
         i = workers.index(str(r.get("worker")))
         x = left + (r["start"] - start) * scale
@@ -220,9 +245,11 @@ def timeline_svg(records: Sequence[dict[str, Any]], width: int = 720) -> str:
         )
     y = lane * len(workers) + 20
     for j, stage in enumerate(STAGES):
-        parts.append(f'<rect x="{left + j * 90}" y="{y - 9}" width="10" height="10" '
-                     f'fill="{COLORS[stage]}"/><text x="{left + j * 90 + 14}" y="{y}">'
-                     f"{stage}</text>")  # fmt: skip
+        parts.append(
+            f'<rect x="{left + j * 90}" y="{y - 9}" width="10" height="10" '
+            f'fill="{COLORS[stage]}"/><text x="{left + j * 90 + 14}" y="{y}">'
+            f"{stage}</text>"
+        )
     shown = f"{span:.1f}" if span >= 1 else f"{span:.2f}"
     parts.append(f'<text x="{width - 10}" y="{y}" text-anchor="end">{shown} s</text></svg>')
     return "".join(parts)
@@ -257,18 +284,27 @@ def plot_result(report: Mapping[str, Any], path: str | None = None) -> Any:
     start = min((r["start"] for r in records), default=0.0)
     for stage in STAGES:
         for i, worker in enumerate(workers):
-            spans = [(r["start"] - start, r["end"] - r["start"]) for r in records
-                     if r["stage"] == stage and str(r.get("worker")) == worker]  # fmt: skip
+            spans = [
+                (r["start"] - start, r["end"] - r["start"])
+                for r in records
+                if r["stage"] == stage and str(r.get("worker")) == worker
+            ]
             if spans:
-                timeline.broken_barh(spans, (i - 0.4, 0.8), color=COLORS[stage],
-                                     label=stage if i == 0 else None)  # fmt: skip
+                timeline.broken_barh(
+                    spans, (i - 0.4, 0.8), color=COLORS[stage], label=stage if i == 0 else None
+                )
     labels = worker_labels(workers)
     timeline.set_yticks(range(len(workers)), [labels[w] for w in workers])
     timeline.set_xlabel("seconds since the first stage started")
     timeline.set_title(f"{report['model']}: partitions per worker")
     if records:  # below the axes, never over the bars
-        timeline.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(STAGES),
-                        fontsize=8, frameon=False)  # fmt: skip
+        timeline.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            ncol=len(STAGES),
+            fontsize=8,
+            frameon=False,
+        )
     busy = report["stage_seconds"]
     names = list(busy)[::-1]  # horizontal bars: stage names on the y axis, read top-down
     bars.barh(names, [busy[n] for n in names], color=[COLORS[n] for n in names])
@@ -314,19 +350,28 @@ def plan_html(plan: Mapping[str, Any]) -> str:
         for b, r in plan["batch_sizes"].items()
     )
     recommended = (
-        [("recommended_projected_seconds", f"at batch {best} (recommended), s",
-          float(plan["recommended_projected_seconds"]))] if best != size else []
-    )  # fmt: skip
+        [
+            (
+                "recommended_projected_seconds",
+                f"at batch {best} (recommended), s",
+                float(plan["recommended_projected_seconds"]),
+            )
+        ]
+        if best != size
+        else []
+    )
     projected = _rows(
         [
             ("projected_seconds", "this cluster, s", float(plan["projected_seconds"])),
             ("projected_total_seconds", "with start-up, s", float(plan["projected_total_seconds"])),
             *recommended,
-            *((f"workers:{n}", f"on {n} workers, s", float(seconds))
-              for n, seconds in plan["projections"].items()),
+            *(
+                (f"workers:{n}", f"on {n} workers, s", float(seconds))
+                for n, seconds in plan["projections"].items()
+            ),
             ("output_bytes", "output, bytes", plan["output_bytes"]),
         ]
-    )  # fmt: skip
+    )
     return (
         '<div style="font-family:system-ui,sans-serif"><div style="font-size:15px">'
         f"<b>dask-batchinfer plan</b> · uncertainty {_e(interval)}</div>"

@@ -4,7 +4,7 @@ Three displays, picked by ``run_job(progress=...)`` (default ``"auto"``):
 
 - ``"bar"``: a tqdm bar; in Jupyter a widget (when ipywidgets is installed),
   in a terminal a text bar on stderr.
-- ``"log"``: a ``key=value`` log line (logger ``dask_batchinfer.report.progress``)
+- ``"log"``: a ``key=value`` log line (logger ``dask_batchinfer.progress``)
   at every 10% and at the end: readable in CI logs and easy to grep.
 - ``False``/``"off"``: nothing.
 
@@ -13,7 +13,7 @@ Three displays, picked by ``run_job(progress=...)`` (default ``"auto"``):
 Log lines need a handler: Python shows only warnings of a logger that has none
 on its way up to the root. When neither the program (``logging.basicConfig``,
 the command's set-up) nor anything else gave one, a job that logs its progress
-puts a stderr handler on ``dask_batchinfer.report.progress`` for its duration, so
+puts a stderr handler on ``dask_batchinfer.progress`` for its duration, so
 ``python script.py 2>job.log`` under cron logs as the command does.
 """
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LOG_FORMAT", "Progress", "make_progress", "resolve_mode", "stderr_handler"]
 
-logger = logging.getLogger("dask_batchinfer.report.progress")
+logger = logging.getLogger("dask_batchinfer.progress")
 PROGRESS_MODES = ("auto", "bar", "log", "off")
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
@@ -83,7 +83,7 @@ class _FallbackHandler:
 
 
 def _level_below_root() -> int:
-    """The level set on ``dask_batchinfer.report.progress`` or a parent other than the root."""
+    """The level set on ``dask_batchinfer.progress`` or a parent other than the root."""
     current: logging.Logger | None = logger
     while current is not None and current.parent is not None:
         if current.level:
@@ -203,8 +203,14 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix_str(f"waiting on {slowest} for {age:.0f} s", refresh=True)
         elif self.mode == "log":
-            logger.info("job=%s event=heartbeat partitions=%d/%d slowest=%s age_s=%.0f",
-                        self.job, self.done, self.total, json.dumps(slowest), age)  # fmt: skip
+            logger.info(
+                "job=%s event=heartbeat partitions=%d/%d slowest=%s age_s=%.0f",
+                self.job,
+                self.done,
+                self.total,
+                json.dumps(slowest),
+                age,
+            )
 
     def _log(self, event: str) -> None:
         eta = self.eta_seconds
@@ -213,9 +219,15 @@ class Progress:
         )
         logger.info(
             "job=%s event=%s partitions=%d/%d rows=%d rows_per_s=%.1f eta_s=%s %s",
-            self.job, event, self.done, self.total, self.rows, self.rows_per_second,
-            "-" if eta is None else f"{eta:.1f}", shares,
-        )  # fmt: skip
+            self.job,
+            event,
+            self.done,
+            self.total,
+            self.rows,
+            self.rows_per_second,
+            "-" if eta is None else f"{eta:.1f}",
+            shares,
+        )
 
     def close(self) -> None:
         """The end line or the bar's last state; a second call does nothing."""
@@ -244,9 +256,9 @@ def _widget_bar(total: int, dashboard_link: str) -> Any:
     parts = [bar.container]
     if dashboard_link:
         link = html.escape(dashboard_link, quote=True)
-        parts.append(ipywidgets.HTML(
-            f'<a href="{link}" target="_blank" title="{link}">dashboard</a>'
-        ))  # fmt: skip
+        parts.append(
+            ipywidgets.HTML(f'<a href="{link}" target="_blank" title="{link}">dashboard</a>')
+        )
     display(ipywidgets.HBox(parts))
     return bar
 

@@ -106,8 +106,10 @@ class Plan:
         if workers < 1:
             raise InputError(f"workers={workers!r}: expected a positive integer")
         if batch_size is not None and batch_size not in self.infer_seconds_per_row:
-            raise InputError(f"batch_size={batch_size!r}: not measured; "
-                             f"plan() tried {sorted(self.infer_seconds_per_row)}")  # fmt: skip
+            raise InputError(
+                f"batch_size={batch_size!r}: not measured; "
+                f"plan() tried {sorted(self.infer_seconds_per_row)}"
+            )
         threads = max(1, round(workers * self.threads_per_worker))
         return self._makespan(threads, batch_size or self.batch_size)
 
@@ -182,18 +184,26 @@ class Plan:
             + ", ".join(f"{k} {v * 1e6:,.1f} us" for k, v in self.stage_seconds_per_row.items())
             + f"  (batch size {size})",
             "  batch size  "
-            + ", ".join(f"{b}: {r:,.0f} rows/s" + (" (the spec's)" if b == size else "")
-                        for b, r in self.batch_sizes.items())
+            + ", ".join(
+                f"{b}: {r:,.0f} rows/s" + (" (the spec's)" if b == size else "")
+                for b, r in self.batch_sizes.items()
+            )
             + f"  -> recommended {best}",
             f"  projected   {self._interval(self.projected_seconds)} on this cluster at batch "
             f"size {size}, the spec's ({_duration(self.projected_total_seconds)} with start-up)",
-            *([f"  recommended {_duration(self.recommended_projected_seconds)} at batch size "
-               f"{best}: spec.with_options(batch_size={best})"] if best != size else []),
+            *(
+                [
+                    f"  recommended {_duration(self.recommended_projected_seconds)} at batch size "
+                    f"{best}: spec.with_options(batch_size={best})"
+                ]
+                if best != size
+                else []
+            ),
             "  on N workers "
             + ", ".join(f"{n}: {_duration(self.project(n))}" for n in self._worker_counts())
             + f"  (batch size {size})",
             f"  output      ~{_bytes(self.output_bytes)}",
-        ]  # fmt: skip
+        ]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

@@ -189,8 +189,9 @@ def _slow_counting_predict(model: _SlowMLP, batch: torch.Tensor) -> torch.Tensor
     return model(batch)
 
 
-def make_slow_loading_mlp(load_seconds: float = 1.0, n_features: int = 8, hidden: int = 16,
-                          seed: int = 0) -> TinyMLP:  # fmt: skip
+def make_slow_loading_mlp(
+    load_seconds: float = 1.0, n_features: int = 8, hidden: int = 16, seed: int = 0
+) -> TinyMLP:
     """A :class:`TinyMLP` that takes ``load_seconds`` to build, like a large model.
 
     With :data:`LOAD_LOG_ENV` set to a folder, it touches ``loading-<pid>`` there when
@@ -205,8 +206,9 @@ def make_slow_loading_mlp(load_seconds: float = 1.0, n_features: int = 8, hidden
     return TinyMLP(n_features, hidden, seed)
 
 
-def slow_loading_model(load_seconds: float = 1.0, seed: int = 0, n_features: int = 8,
-                       batch_size: int = 100) -> ModelSpec:  # fmt: skip
+def slow_loading_model(
+    load_seconds: float = 1.0, seed: int = 0, n_features: int = 8, batch_size: int = 100
+) -> ModelSpec:
     """A :class:`tiny_model` whose load takes ``load_seconds`` (same scores for the same seed).
 
     For tests of what happens while models load, e.g. a worker killed then.
