@@ -24,9 +24,11 @@ from dask_batchinfer.model.convert import check_nulls, float_tensor
 
 __all__ = ["PRECISIONS", "ModelSpec", "OutputType", "output_dtype"]
 
-#: An output column's type: a numpy/pandas dtype for a scalar column, or a pair
+#: An output column's type: a numpy/pandas dtype for a scalar column, a pair
 #: ``(dtype, width)`` for a fixed-width vector column (stored as an Arrow
-#: ``fixed_size_list``).
+#: ``fixed_size_list``), or a ``pyarrow.DataType`` for anything else (text,
+#: variable-length lists, lists of structs such as entities); ``predict``
+#: then returns one Python value per row (a list, or an object array).
 OutputType = Any
 
 _DEVICES = ("auto", "cpu", "cuda")
@@ -310,6 +312,8 @@ def _check_options(spec: ModelSpec) -> None:
 
 
 def _arrow_type(column: str, kind: OutputType) -> pa.DataType:
+    if isinstance(kind, pa.DataType):
+        return kind
     try:
         if isinstance(kind, tuple):
             dtype, width = kind
@@ -320,12 +324,13 @@ def _arrow_type(column: str, kind: OutputType) -> pa.DataType:
     except (TypeError, ValueError) as err:
         raise InputError(
             f"ModelSpec output column {column!r} has type {kind!r}; expected a numpy dtype "
-            f"such as 'float32', or a pair (dtype, width) such as ('float32', 384)"
+            f"such as 'float32', a pair (dtype, width) such as ('float32', 384), or a pyarrow "
+            f"type such as pa.string()"
         ) from err
 
 
 def output_dtype(column: str, kind: OutputType) -> Any:
     """The pandas dtype of an output column."""
-    if isinstance(kind, tuple):
+    if isinstance(kind, (tuple, pa.DataType)):
         return pd.ArrowDtype(_arrow_type(column, kind))
     return np.dtype(kind)

@@ -111,7 +111,9 @@ def _split_outputs(out: Any, spec: ModelSpec, rows: int) -> dict[str, Any]:
                 f"or a dict of column name to array"
             )
     for name, value in columns.items():
-        if not isinstance(value, (torch.Tensor, np.ndarray)):
+        if isinstance(spec.outputs[name], pa.DataType) and not isinstance(value, np.ndarray):
+            value = columns[name] = _objects(value)  # one Python value per row
+        elif not isinstance(value, (torch.Tensor, np.ndarray)):
             value = columns[name] = to_numpy(value)
         if _length(value) != rows:
             raise InputError(
@@ -119,6 +121,14 @@ def _split_outputs(out: Any, spec: ModelSpec, rows: int) -> dict[str, Any]:
                 f"output {name!r} from a batch of {rows} rows"
             )
     return columns
+
+
+def _objects(values: Any) -> np.ndarray:
+    """Python values (strings, lists, dicts) as a 1-D object array, never a 2-D one."""
+    array = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        array[i] = value
+    return array
 
 
 def _concat(parts: list[Any]) -> np.ndarray:
@@ -131,6 +141,14 @@ def _concat(parts: list[Any]) -> np.ndarray:
 
 
 def _output_column(name: str, kind: Any, array: np.ndarray) -> Any:
+    if isinstance(kind, pa.DataType):
+        try:
+            return pd.arrays.ArrowExtensionArray(pa.array(list(array), type=kind))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as err:
+            raise InputError(
+                f"output {name!r} is declared as {kind}; the model returned values it cannot "
+                f"hold ({err})"
+            ) from err
     if isinstance(kind, tuple):
         dtype, width = kind
         array = np.ascontiguousarray(array, dtype=dtype)
