@@ -37,6 +37,7 @@ from dask_batchinfer.model import (
     from_callable,
     from_torch,
     from_torch_file,
+    from_transformers,
     sentence_encoder,
 )
 from dask_batchinfer.pipeline.images import decode_images, image_tensor
@@ -64,6 +65,7 @@ __all__ = [
     "from_callable",
     "from_torch",
     "from_torch_file",
+    "from_transformers",
     "image_tensor",
     "local_cluster",
     "model_stats",

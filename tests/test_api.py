@@ -26,7 +26,8 @@ PUBLIC = [
     "BadRowsError", "BatchInferError", "ClusterError", "InputError", "JobResult",
     "ModelLoadError", "ModelSpec", "OutputLockedError", "PartitionError",
     "PartitionTimeoutError", "Plan", "SchemaError", "__version__", "decode_images",
-    "file_sha256", "from_callable", "from_torch", "from_torch_file", "image_tensor",
+    "file_sha256", "from_callable", "from_torch", "from_torch_file", "from_transformers",
+    "image_tensor",
     "local_cluster", "model_stats", "output_status", "plan", "predict", "read_files",
     "read_output", "run_job", "sentence_encoder", "shutdown",
 ]  # fmt: skip

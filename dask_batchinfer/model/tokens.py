@@ -26,22 +26,27 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-__all__ = ["IDS", "LENGTHS", "TokenIds", "collate_tokens", "token_frame"]
+__all__ = ["IDS", "LENGTHS", "TYPES", "TokenIds", "collate_tokens", "token_frame"]
 
-#: The prepared frame's columns.
-IDS, LENGTHS = "input_ids", "tokens"
+#: The prepared frame's columns (``token_type_ids`` only for text pairs).
+IDS, LENGTHS, TYPES = "input_ids", "tokens", "token_type_ids"
 
 
-def token_frame(ids: Sequence[Sequence[int]], lengths: np.ndarray, index: pd.Index) -> pd.DataFrame:
-    """The prepared frame for token ids ``ids`` (truncated) and full ``lengths``."""
-    values = pa.array(ids, type=pa.list_(pa.int32()))
-    return pd.DataFrame(
-        {
-            IDS: pd.arrays.ArrowExtensionArray(values),
-            LENGTHS: np.asarray(lengths, dtype=np.int32),
-        },
-        index=index,
-    )
+def token_frame(
+    ids: Sequence[Sequence[int]],
+    lengths: np.ndarray,
+    index: pd.Index,
+    types: Sequence[Sequence[int]] | None = None,
+) -> pd.DataFrame:
+    """The prepared frame for token ids ``ids`` (truncated) and full ``lengths``; ``types``:
+    each token's segment (0 or 1) for models that read text pairs."""
+    columns: dict[str, Any] = {
+        IDS: pd.arrays.ArrowExtensionArray(pa.array(ids, type=pa.list_(pa.int32()))),
+        LENGTHS: np.asarray(lengths, dtype=np.int32),
+    }
+    if types is not None:
+        columns[TYPES] = pd.arrays.ArrowExtensionArray(pa.array(types, type=pa.list_(pa.int8())))
+    return pd.DataFrame(columns, index=index)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,16 +61,22 @@ class TokenIds:
     starts: np.ndarray
     stops: np.ndarray
     lengths: np.ndarray
+    #: Each token's segment (text pairs), aligned with ``values``; None for single texts.
+    types: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getitem__(self, rows: slice) -> TokenIds:
-        return TokenIds(self.values, self.starts[rows], self.stops[rows], self.lengths[rows])
+        return dataclasses.replace(
+            self, starts=self.starts[rows], stops=self.stops[rows], lengths=self.lengths[rows]
+        )
 
     def take(self, order: np.ndarray) -> TokenIds:
         """These rows in ``order``."""
-        return TokenIds(self.values, self.starts[order], self.stops[order], self.lengths[order])
+        return dataclasses.replace(
+            self, starts=self.starts[order], stops=self.stops[order], lengths=self.lengths[order]
+        )
 
     def padded(self) -> dict[str, Any]:
         """``input_ids`` (int64) and ``attention_mask`` (int64) tensors, as wide as the longest row.
@@ -83,10 +94,15 @@ class TokenIds:
         firsts = np.cumsum(sizes) - sizes
         positions = np.arange(int(sizes.sum())) + np.repeat(self.starts - firsts, sizes)
         ids[mask] = self.values[positions]
-        return {
+        padded = {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(mask.astype(np.int64)),
         }
+        if self.types is not None:
+            types = np.zeros((len(sizes), width), dtype=np.int64)
+            types[mask] = self.types[positions]
+            padded["token_type_ids"] = torch.from_numpy(types)
+        return padded
 
 
 def collate_tokens(frame: pd.DataFrame) -> TokenIds:
@@ -96,4 +112,14 @@ def collate_tokens(frame: pd.DataFrame) -> TokenIds:
     offsets = array.offsets.to_numpy().astype(np.int64)
     values = array.values.to_numpy(zero_copy_only=False)
     lengths = frame[LENGTHS].to_numpy(dtype=np.int64)
-    return TokenIds(values, offsets[:-1], offsets[1:], lengths)
+    types = None
+    if TYPES in frame.columns:  # the same offsets as the ids
+        chunked = frame[TYPES].array.__arrow_array__()
+        typed = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
+        if typed.offsets.to_numpy().astype(np.int64).tolist() != offsets.tolist():
+            types = np.zeros(len(values), dtype=np.int8)  # laid out apart: place row by row
+            for start, segment in zip(offsets[:-1], typed.to_pylist(), strict=True):
+                types[start : start + len(segment)] = segment
+        else:
+            types = typed.values.to_numpy(zero_copy_only=False)
+    return TokenIds(values, offsets[:-1], offsets[1:], lengths, types)

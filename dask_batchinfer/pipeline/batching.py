@@ -98,7 +98,9 @@ def _split_outputs(out: Any, spec: ModelSpec, rows: int) -> dict[str, Any]:
             )
         columns = {name: out[name] for name in names}
     else:
-        if not isinstance(out, (torch.Tensor, np.ndarray)):
+        if len(names) == 1 and isinstance(spec.outputs[names[0]], pa.DataType):
+            out = out if isinstance(out, np.ndarray) else _objects(out)  # a value per row
+        elif not isinstance(out, (torch.Tensor, np.ndarray)):
             out = to_numpy(out)
         if len(names) == 1:
             columns = {names[0]: out}
