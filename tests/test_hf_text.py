@@ -49,8 +49,9 @@ def _run(spec, frame, npartitions=3):
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     labels = {0: "negative", 1: "neutral", 2: "positive"}
-    return _save(tmp_path_factory.mktemp("hf"), "clf", transformers.BertForSequenceClassification,
-                 num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})  # fmt: skip
+    folder = tmp_path_factory.mktemp("hf")
+    return _save(folder, "clf", transformers.BertForSequenceClassification, num_labels=3,
+                 id2label=labels, label2id={v: k for k, v in labels.items()})  # fmt: skip
 
 
 def test_classify_equals_the_pipeline(classifier):
@@ -82,7 +83,9 @@ def test_multi_label_and_pairs_equal_the_pipeline(tmp_path):
                                  text_pair_column="passage")  # fmt: skip
     out = _run(spec, frame)
     pipe = transformers.pipeline("text-classification", model=reranker)
-    expected = [pipe({"text": q, "text_pair": p})["score"] for q, p in zip(queries, TEXTS)]
+    expected = [
+        pipe({"text": q, "text_pair": p})["score"] for q, p in zip(queries, TEXTS, strict=True)
+    ]
     np.testing.assert_allclose(out["score"], expected, atol=1e-5)
 
 
@@ -138,7 +141,8 @@ def test_bad_folders_tasks_and_texts_name_the_fix(tmp_path, classifier):
     (tmp_path / "empty").mkdir()
     with pytest.raises(dbi.InputError, match=r"not a model folder.*save_pretrained"):
         dbi.from_transformers(str(tmp_path / "empty"), task="classify")
-    with pytest.raises(dbi.InputError, match=r"task='token-classify' needs .*ForTokenClassification"):  # fmt: skip
+    lacks = r"task='token-classify' needs .*ForTokenClassification"
+    with pytest.raises(dbi.InputError, match=lacks):
         dbi.from_transformers(classifier, task="token-classify")
     with pytest.raises(dbi.InputError, match=r"task='summarise': expected one of"):
         dbi.from_transformers(classifier, task="summarise")

@@ -103,10 +103,10 @@ class Classify:
 
         logits = forward(model, batch, self.pad_id, "logits")
         if self.function == "softmax":
-            probs = torch.softmax(logits, dim=-1)
-        else:
-            probs = torch.sigmoid(logits) if self.function == "sigmoid" else logits
-        probs = probs.cpu().numpy()
+            logits = torch.softmax(logits, dim=-1)
+        elif self.function == "sigmoid":
+            logits = torch.sigmoid(logits)
+        probs = logits.cpu().numpy()
         top = probs.argmax(axis=1)
         out: dict[str, Any] = {
             "label": [self.labels[i] for i in top],
@@ -166,7 +166,7 @@ class Tag:
         holding the tokenizer and the labels, never called on a model."""
         from transformers import TokenClassificationPipeline
 
-        tagger = TokenClassificationPipeline.__new__(TokenClassificationPipeline)
+        tagger: Any = TokenClassificationPipeline.__new__(TokenClassificationPipeline)
         tagger.tokenizer = tokenizer(self.path, self.storage_options)
         config = types.SimpleNamespace(id2label=dict(enumerate(self.labels)))
         tagger.model = types.SimpleNamespace(config=config)
