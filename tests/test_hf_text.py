@@ -168,3 +168,24 @@ def test_classify_through_run_job_on_a_cluster(client, tmp_path, classifier):
     local = _run(spec, frame[["text"]])
     assert back["label"].tolist() == local["label"].tolist()
     np.testing.assert_allclose(back["score"], local["score"], atol=1e-6)
+
+
+def test_a_job_file_names_a_folder_and_its_task(tmp_path, classifier, capsys):
+    from dask_batchinfer.cli.main import main
+
+    frame = pd.DataFrame({"id": range(len(TEXTS)), "review": TEXTS})
+    frame.to_parquet(tmp_path / "reviews.parquet", index=False)
+    (tmp_path / "nightly.toml").write_text(
+        f'input = "{tmp_path / "reviews.parquet"}"\noutput = "{tmp_path / "out"}"\n'
+        f'model = "{classifier}"\ntask = "classify"\nkeep = ["id"]\n'
+        'model_options = {text_column = "review", all_scores = true}\n'
+    )
+    assert main(["run", "--job", str(tmp_path / "nightly.toml"), "--quiet"]) == 0
+    back = dbi.read_output(str(tmp_path / "out")).compute().sort_values("id")
+    spec = dbi.from_transformers(classifier, task="classify", text_column="review")
+    assert back["label"].tolist() == _run(spec, frame[["review"]])["label"].tolist()
+    assert back["scores"].map(len).eq(3).all()
+    bad = ["run", "--input", "x", "--output", "y", "--model", classifier, "--task", "classify",
+           "--model-options", '{"text_colum": "review"}']  # fmt: skip
+    assert main(bad) == 2
+    assert "text_colum" in capsys.readouterr().err

@@ -23,7 +23,8 @@ from dask_batchinfer.job.options import JobOptions, arguments, declared
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Flags of ``run`` that are the command's own, not job options.
 COMMAND_ONLY = set(
-    "help input model batch_size preprocess job dry_run cluster cpu_workers model_workers "
+    "help input model task model_options batch_size preprocess job dry_run cluster cpu_workers "
+    "model_workers "
     "pool_resources no_pools json quiet".split()
 )
 

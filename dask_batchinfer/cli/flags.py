@@ -16,6 +16,7 @@ from dask_batchinfer import _config
 from dask_batchinfer.cli.jobfile import json_list, json_object
 from dask_batchinfer.cluster.local import KINDS as CLUSTER_KINDS
 from dask_batchinfer.job.options import Declared, declared
+from dask_batchinfer.model.hf import TASKS
 
 __all__ = ["bad_rows", "build_parser", "option_flags"]
 
@@ -114,7 +115,19 @@ def _input_arguments(group: Any) -> None:
     group.add_argument(
         "--model",
         metavar="MODULE:ATTR",
-        help="a dask_batchinfer.ModelSpec, or a function returning one, e.g. mypkg.models:ranker",
+        help="a dask_batchinfer.ModelSpec, or a function returning one, e.g. mypkg.models:ranker; "
+        "with --task, a Hugging Face model folder (local or s3://)",
+    )
+    group.add_argument(
+        "--task",
+        choices=tuple(TASKS),
+        help="run --model (a save_pretrained folder) as this task (from_transformers)",
+    )
+    group.add_argument(
+        "--model-options",
+        type=json_object,
+        metavar="JSON",
+        help='from_transformers options with --task, e.g. \'{"text_column": "review"}\'',
     )
     group.add_argument(
         "--batch-size",

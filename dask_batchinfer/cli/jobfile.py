@@ -37,8 +37,20 @@ def load_object(reference: str, what: str) -> Any:
     return obj
 
 
-def model_from_reference(reference: str) -> ModelSpec:
-    """A ModelSpec, or a function returning one, named as ``module:attribute``."""
+def model_from_reference(
+    reference: str, task: str | None = None, options: dict[str, Any] | None = None
+) -> ModelSpec:
+    """A ModelSpec, or a function returning one, named as ``module:attribute``; with
+    ``task``, ``reference`` is a Hugging Face model folder (``from_transformers``)."""
+    if task is not None:
+        from dask_batchinfer.model.hf_tasks import from_transformers
+
+        try:
+            return from_transformers(reference, task, **(options or {}))
+        except TypeError as err:  # an option from_transformers does not take
+            raise InputError(f"--model-options: {err}") from err
+    if options:
+        raise InputError("--model-options are for a Hugging Face model folder with --task")
     obj = load_object(reference, "model")
     if not isinstance(obj, ModelSpec) and callable(obj):
         obj = obj()

@@ -36,7 +36,7 @@ REQUIRED = ("input", "output", "model")
 def _run(args: argparse.Namespace) -> int:
     from dask_batchinfer.job.run import run_job
 
-    model = model_from_reference(args.model)
+    model = model_from_reference(args.model, args.task, args.model_options)
     if args.batch_size is not None:
         model = model.with_options(batch_size=args.batch_size)
     preprocess = load_object(args.preprocess, "preprocess") if args.preprocess else None
