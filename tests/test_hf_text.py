@@ -127,13 +127,14 @@ def test_cls_and_last_pooling_equal_the_model_by_hand(tmp_path):
     model = transformers.AutoModel.from_pretrained(folder).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     texts = TEXTS[:7]
-    for pooling in ("cls", "last"):
+    for pooling in ("cls", "last", "pooler"):
         out = _run(dbi.from_transformers(folder, task="embed", pooling=pooling),
                    pd.DataFrame({"text": texts}), npartitions=2)  # fmt: skip
         for text, got in zip(texts, out["embedding"], strict=True):
             with torch.inference_mode():
                 hidden = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0]
-            want = hidden[0] if pooling == "cls" else hidden[-1]
+                pooler = model(**tokenizer(text, return_tensors="pt")).pooler_output[0]
+            want = {"cls": hidden[0], "last": hidden[-1], "pooler": pooler}[pooling]
             np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
 
 

@@ -63,8 +63,9 @@ def from_transformers(
     output_column : str, optional
         Name of the main output column (default: ``embedding``, ``label``,
         ``entities`` or ``generated_text``).
-    pooling : {"mean", "cls", "last"}, default "mean"
-        ``"embed"``: how token states become one vector.
+    pooling : {"mean", "cls", "last", "pooler"}, default "mean"
+        ``"embed"``: how token states become one vector (``"pooler"``: the
+        model's own pooler output, what its classification head reads).
     normalize : bool, default False
         ``"embed"``, ``"image-embed"``: L2-normalise the vectors.
     multi_label : bool, optional

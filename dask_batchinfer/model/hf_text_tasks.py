@@ -38,7 +38,7 @@ from dask_batchinfer.worker import cache
 
 __all__ = ["AGGREGATIONS", "ENTITY", "POOLINGS", "build", "collate_tagged"]
 
-POOLINGS = ("mean", "cls", "last")
+POOLINGS = ("mean", "cls", "last", "pooler")
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
 ENTITY = pa.struct(
     [
@@ -71,6 +71,9 @@ class Embed:
     def __call__(self, model: Any, batch: dict[str, Any]) -> Any:
         import torch
 
+        if self.pooling == "pooler":  # the model's own pooler (BERT: tanh(dense(CLS)))
+            pooled = forward(model, batch, self.pad_id, "pooler_output")
+            return torch.nn.functional.normalize(pooled, dim=1) if self.normalize else pooled
         hidden = forward(model, batch, self.pad_id, "last_hidden_state")
         mask = batch["attention_mask"].to(hidden.dtype)
         if self.pooling == "mean":
@@ -263,6 +266,8 @@ def build(
     if text_pair_column is not None and task != "classify":
         raise InputError(f"text_pair_column is for task='classify' (pairs), not {task!r}")
     predict = _predict(task, path, config, {**options, "storage_options": storage_options})
+    if backend != "torch" and options.get("pooling") == "pooler" and task == "embed":
+        raise InputError(f"pooling='pooler' runs on backend='torch', not {backend!r}")
     columns = [text_column] + ([text_pair_column] if text_pair_column else [])
     tagged = task == "token-classify"
     runtime = backend != "torch"
