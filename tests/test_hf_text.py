@@ -190,3 +190,10 @@ def test_a_job_file_names_a_folder_and_its_task(tmp_path, classifier, capsys):
            "--model-options", '{"text_colum": "review"}']  # fmt: skip
     assert main(bad) == 2
     assert "text_colum" in capsys.readouterr().err
+
+
+def test_output_column_names_the_label_column(classifier):
+    spec = dbi.from_transformers(classifier, task="classify", output_column="sentiment")
+    assert list(spec.outputs) == ["sentiment", "score"]
+    out = _run(spec, pd.DataFrame({"text": TEXTS[:4]}), npartitions=1)
+    assert set(out["sentiment"]) <= {"negative", "neutral", "positive"}

@@ -25,8 +25,10 @@ __all__ = [
     "TASKS",
     "architectures",
     "check_folder",
+    "labels_of",
     "local_folder",
     "offline",
+    "probability",
     "read_config",
 ]
 
@@ -86,6 +88,24 @@ def read_config(path: str, storage_options: dict[str, Any] | None = None) -> dic
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"from_transformers: {config!r} is not valid JSON ({err})") from err
+
+
+def labels_of(config: dict[str, Any]) -> tuple[str, ...]:
+    """The checkpoint's labels in id order (``id2label``; ``LABEL_i`` where it names none)."""
+    id2label = config.get("id2label") or {}
+    n = len(id2label) or int(config.get("num_labels", 2))
+    return tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n))
+
+
+def probability(config: dict[str, Any], labels: tuple[str, ...], multi_label: bool | None) -> str:
+    """What the classification pipelines apply to logits by default: ``"softmax"``,
+    ``"sigmoid"`` (multi-label, or a single logit) or ``"none"`` (regression)."""
+    problem = config.get("problem_type")
+    if problem == "regression":
+        return "none"
+    if multi_label or problem == "multi_label_classification" or len(labels) == 1:
+        return "sigmoid"
+    return "softmax"
 
 
 def architectures(config: dict[str, Any]) -> list[str]:

@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dask_batchinfer.errors import InputError
+from dask_batchinfer.model.hf import labels_of, probability
 from dask_batchinfer.model.hf_text import (
     KINDS,
     Limit,
@@ -100,6 +101,7 @@ class Classify:
     all_scores: bool
     multi_label: bool
     pad_id: int | None
+    column: str = "label"
 
     def __call__(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -112,7 +114,7 @@ class Classify:
         probs = logits.cpu().numpy()
         top = probs.argmax(axis=1)
         out: dict[str, Any] = {
-            "label": [self.labels[i] for i in top],
+            self.column: [self.labels[i] for i in top],
             "score": probs[np.arange(len(probs)), top],
         }
         if self.all_scores:
@@ -129,6 +131,7 @@ class Classify:
             self.all_scores,
             self.multi_label,
             self.pad_id,
+            self.column,
         )
 
 
@@ -196,33 +199,18 @@ def _entity(found: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _labels(config: dict[str, Any]) -> tuple[str, ...]:
-    id2label = config.get("id2label") or {}
-    n = len(id2label) or int(config.get("num_labels", 2))
-    return tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n))
-
-
-def _function(config: dict[str, Any], labels: tuple[str, ...], multi_label: bool | None) -> str:
-    """What ``pipeline("text-classification")`` applies to the logits by default."""
-    problem = config.get("problem_type")
-    if problem == "regression":
-        return "none"
-    if multi_label or problem == "multi_label_classification" or len(labels) == 1:
-        return "sigmoid"
-    return "softmax"
-
-
 def _predict(task: str, path: str, config: dict[str, Any], options: dict[str, Any]) -> Any:
     pad_id = config.get("pad_token_id")
     if task == "embed":
         if options["pooling"] not in POOLINGS:
             raise InputError(f"pooling={options['pooling']!r}: expected one of {POOLINGS}")
         return Embed(options["pooling"], bool(options["normalize"]), pad_id)
-    labels = _labels(config)
+    labels = labels_of(config)
     if task == "classify":
-        function = _function(config, labels, options["multi_label"])
+        function = probability(config, labels, options["multi_label"])
         multi = function == "sigmoid" and len(labels) > 1
-        return Classify(labels, function, bool(options["all_scores"]), multi, pad_id)
+        column = options.get("output_column") or "label"
+        return Classify(labels, function, bool(options["all_scores"]), multi, pad_id, column)
     if options["aggregation"] not in AGGREGATIONS:
         raise InputError(f"aggregation={options['aggregation']!r}: expected one of {AGGREGATIONS}")
     return Tag(path, labels, options["aggregation"], pad_id, options["storage_options"])
@@ -265,7 +253,12 @@ def build(
     ``normalize``, ``multi_label``, ``all_scores``, ``aggregation``."""
     if text_pair_column is not None and task != "classify":
         raise InputError(f"text_pair_column is for task='classify' (pairs), not {task!r}")
-    predict = _predict(task, path, config, {**options, "storage_options": storage_options})
+    predict = _predict(
+        task,
+        path,
+        config,
+        {**options, "storage_options": storage_options, "output_column": output_column},
+    )
     if backend != "torch" and options.get("pooling") == "pooler" and task == "embed":
         raise InputError(f"pooling='pooler' runs on backend='torch', not {backend!r}")
     columns = [text_column] + ([text_pair_column] if text_pair_column else [])
