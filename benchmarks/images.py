@@ -78,8 +78,7 @@ def hand(input_dir: str, output_dir: str) -> dict:
     import torch
     from PIL import Image
 
-    from benchmarks.variant import fixed_size_lists
-    from benchmarks.workloads import make_cnn
+    from benchmarks.workloads import fixed_size_lists, make_cnn
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = make_cnn()

@@ -65,6 +65,8 @@ def _table(workload, frame, outputs):
     import numpy as np
     import pyarrow as pa
 
+    from benchmarks.workloads import fixed_size_lists
+
     outputs = np.asarray(outputs)
     columns = {workload.id_column: pa.array(frame[workload.id_column].to_numpy())}
     if outputs.ndim == 1:
@@ -72,15 +74,6 @@ def _table(workload, frame, outputs):
     else:
         columns["out"] = fixed_size_lists(outputs)
     return pa.table(columns)
-
-
-def fixed_size_lists(outputs):
-    """Rows of float32 vectors (rows, width) as an Arrow fixed-size list column."""
-    import numpy as np
-    import pyarrow as pa
-
-    flat = pa.array(np.ascontiguousarray(outputs, dtype=np.float32).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, outputs.shape[1])
 
 
 def _hand_loop_setup(workload, output_dir: str):

@@ -271,3 +271,9 @@ WORKLOADS: dict[str, Workload] = {
         "W3-cnn", _cnn_spec, write_images, make_cnn, images_tensor, _call, 5_000,
     ),
 }  # fmt: skip
+
+
+def fixed_size_lists(outputs):
+    """Rows of float32 vectors (rows, width) as an Arrow fixed-size list column."""
+    flat = pa.array(np.ascontiguousarray(outputs, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, outputs.shape[1])
