@@ -197,3 +197,20 @@ def test_output_column_names_the_label_column(classifier):
     assert list(spec.outputs) == ["sentiment", "score"]
     out = _run(spec, pd.DataFrame({"text": TEXTS[:4]}), npartitions=1)
     assert set(out["sentiment"]) <= {"negative", "neutral", "positive"}
+
+
+def test_tokenizers_are_kept_per_thread():
+    """A Rust tokenizer whose truncation changes between calls must not be shared by threads."""
+    import threading
+
+    from dask_batchinfer.worker import cache
+
+    made = []
+    key = ("per-thread-probe", id(made))
+    here = cache.helper(key, lambda: made.append(1) or object(), per_thread=True)
+    assert cache.helper(key, object, per_thread=True) is here  # kept for this thread
+    other = []
+    thread = threading.Thread(target=lambda: other.append(cache.helper(key, object, True)))
+    thread.start()
+    thread.join()
+    assert other[0] is not here and len(made) == 1

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.model.hf import BACKENDS, TASKS, check_folder
+from dask_batchinfer.model.hf import BACKENDS, check_folder
 from dask_batchinfer.model.spec import ModelSpec
 
 __all__ = ["from_transformers"]
@@ -100,8 +100,15 @@ def from_transformers(
     >>> dbi.run_job("reviews/", spec, output="scores/", keep=["review_id"])  # doctest: +SKIP
     """
     __tracebackhide__ = True  # IPython shows the user's frame and the error
-    config = check_folder(path, task, storage_options)
-    path = os.fspath(path)
+    return _build(dict(locals()))
+
+
+def _build(given: dict[str, Any]) -> ModelSpec:
+    """Check the folder and the options, then let the task's family build the spec."""
+    __tracebackhide__ = True
+    path, task = os.fspath(given.pop("path")), given.pop("task")
+    config = check_folder(path, task, given["storage_options"])
+    backend, quantize = given.pop("backend"), given.pop("quantize")
     if backend not in BACKENDS:
         raise InputError(f"backend={backend!r}: expected one of {BACKENDS}")
     if backend != "torch" and task not in _TEXT:
@@ -110,62 +117,54 @@ def from_transformers(
         raise InputError(
             f"quantize={quantize!r}: expected None, or 'int8' with backend 'onnx' or 'openvino'"
         )
-    common: dict[str, Any] = {
-        "output_column": output_column,
-        "batch_size": batch_size,
-        "precision": precision,
-        "device": device,
-        "name": name,
-        "storage_options": storage_options,
-        "trust_remote_code": trust_remote_code,
-    }
+    common = {k: given.pop(k) for k in _COMMON}
     if task in _TEXT:
         from dask_batchinfer.model import hf_text_tasks
 
+        text = {k: given[k] for k in _TEXT_OPTIONS}
         return hf_text_tasks.build(
-            path,
-            task,
-            config,
-            text_column=text_column,
-            text_pair_column=text_pair_column,
-            max_length=max_length,
-            token_budget=token_budget,
-            backend=backend,
-            quantize=quantize,
-            pooling=pooling,
-            normalize=normalize,
-            multi_label=multi_label,
-            all_scores=all_scores,
-            aggregation=aggregation,
-            **common,
+            path, task, config, backend=backend, quantize=quantize, **text, **common
         )
     if task in _IMAGE:
         from dask_batchinfer.model import hf_vision
 
-        return hf_vision.build(
-            path,
-            task,
-            config,
-            image_column=image_column,
-            text_column=None,
-            all_scores=all_scores,
-            normalize=normalize,
-            **common,
-        )
+        image = {k: given[k] for k in ("image_column", "all_scores", "normalize")}
+        return hf_vision.build(path, task, config, text_column=None, **image, **common)
     from dask_batchinfer.model import hf_generate
 
-    assert task in TASKS
-    return hf_generate.build(
-        path,
-        config,
-        text_column=text_column,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        seed=seed,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        max_length=max_length,
-        token_budget=token_budget,
-        **common,
-    )
+    generate = {k: given[k] for k in _GENERATE_OPTIONS}
+    return hf_generate.build(path, config, **generate, **common)
+
+
+#: The options every family takes, and each family's own.
+_COMMON = (
+    "output_column",
+    "batch_size",
+    "precision",
+    "device",
+    "name",
+    "storage_options",
+    "trust_remote_code",
+)
+_TEXT_OPTIONS = (
+    "text_column",
+    "text_pair_column",
+    "max_length",
+    "token_budget",
+    "pooling",
+    "normalize",
+    "multi_label",
+    "all_scores",
+    "aggregation",
+)
+_GENERATE_OPTIONS = (
+    "text_column",
+    "max_new_tokens",
+    "do_sample",
+    "seed",
+    "temperature",
+    "top_k",
+    "top_p",
+    "max_length",
+    "token_budget",
+)

@@ -93,7 +93,7 @@ class Tokenize:
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         key = ("hf-tokenizer", self.path, repr(self.storage_options))
-        tok = cache.helper(key, lambda: tokenizer(self.path, self.storage_options))
+        tok = cache.helper(key, lambda: tokenizer(self.path, self.storage_options), per_thread=True)
         texts = frame[frame.columns[0]].astype(str).tolist()
         pairs = frame[frame.columns[1]].astype(str).tolist() if self.pair else None
         limit = self.limit or token_limit(tok)

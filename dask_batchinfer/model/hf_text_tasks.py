@@ -229,6 +229,18 @@ def _outputs(task: str, predict: Any, config: dict[str, Any], column: str | None
     return outputs
 
 
+def _check(task: str, backend: str, precision: str, pair: str | None, pooling: Any) -> None:
+    if pair is not None and task != "classify":
+        raise InputError(f"text_pair_column is for task='classify' (pairs), not {task!r}")
+    if backend != "torch" and pooling == "pooler" and task == "embed":
+        raise InputError(f"pooling='pooler' runs on backend='torch', not {backend!r}")
+    if backend != "torch" and precision not in ("auto", "fp32"):
+        raise InputError(
+            f"backend={backend!r} runs fp32 on CPU (or quantize='int8'), "
+            f"not precision={precision!r}"
+        )
+
+
 def build(
     path: str,
     task: str,
@@ -251,24 +263,11 @@ def build(
 ) -> ModelSpec:
     """The spec of a text task (see the module docstring); ``options``: ``pooling``,
     ``normalize``, ``multi_label``, ``all_scores``, ``aggregation``."""
-    if text_pair_column is not None and task != "classify":
-        raise InputError(f"text_pair_column is for task='classify' (pairs), not {task!r}")
-    predict = _predict(
-        task,
-        path,
-        config,
-        {**options, "storage_options": storage_options, "output_column": output_column},
-    )
-    if backend != "torch" and options.get("pooling") == "pooler" and task == "embed":
-        raise InputError(f"pooling='pooler' runs on backend='torch', not {backend!r}")
+    _check(task, backend, precision, text_pair_column, options.get("pooling"))
+    more = {"storage_options": storage_options, "output_column": output_column}
+    predict = _predict(task, path, config, {**options, **more})
     columns = [text_column] + ([text_pair_column] if text_pair_column else [])
-    tagged = task == "token-classify"
-    runtime = backend != "torch"
-    if runtime and precision not in ("auto", "fp32"):
-        raise InputError(
-            f"backend={backend!r} runs fp32 on CPU (or quantize='int8'), "
-            f"not precision={precision!r}"
-        )
+    tagged, runtime = task == "token-classify", backend != "torch"
     return ModelSpec(
         load=load_text_model,
         load_kwargs={
@@ -281,13 +280,7 @@ def build(
             "half_on_gpu": precision in ("auto", "fp16") and device != "cpu",
         },
         predict=predict,
-        prepare=Tokenize(
-            path,
-            max_length,
-            pair=bool(text_pair_column),
-            offsets=tagged,
-            storage_options=storage_options,
-        ),
+        prepare=Tokenize(path, max_length, bool(text_pair_column), tagged, storage_options),
         collate=collate_tagged if tagged else collate_tokens,
         input_columns=columns,
         outputs=_outputs(task, predict, config, output_column),

@@ -90,7 +90,7 @@ class _Tokenize:
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         key = ("tokenizer", self.path, self.max_seq_length)
-        tokenizer, limit = cache.helper(key, lambda: _load_tokenizer(*key[1:]))
+        tokenizer, limit = cache.helper(key, lambda: _load_tokenizer(*key[1:]), per_thread=True)
         texts = frame[frame.columns[0]].astype(str).tolist()
         ids = tokenizer(
             texts,

@@ -95,6 +95,12 @@ class ModelSpec:
         order, and fail on the rows it cannot prepare (they are then found
         and named, or quarantined, like rows that ``preprocess`` fails on).
         ``collate`` then receives the prepared frame whole.
+    pad_slack : float or None, default 0.1
+        With ``token_budget`` on CPU, a length-sorted batch also ends (past 8
+        rows) where rows grow longer than ``1 + pad_slack`` times its first
+        row: less padding for encoders, whose cost follows the padded tokens.
+        ``None``: only the budget cuts (generation, whose cost follows the
+        decoding steps and favours full batches).
     allow_nulls : bool, default False
         Let null values (None, NaN, NA) in ``input_columns`` through to the
         model. By default a null fails its row: the job stops naming the
@@ -130,6 +136,7 @@ class ModelSpec:
     length_limit: Callable[[Any], int | None] | None = None
     allow_nulls: bool = False
     prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    pad_slack: float | None = 0.1
     token: str = dataclasses.field(init=False, repr=False, compare=False)
     cache_key: str = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -304,6 +311,11 @@ def _check_options(spec: ModelSpec) -> None:
             )
         if spec.lengths is None:
             raise InputError("ModelSpec(token_budget=...) needs lengths=... to measure rows")
+    slack = spec.pad_slack
+    if slack is not None and (
+        isinstance(slack, bool) or not isinstance(slack, (int, float)) or not slack >= 0
+    ):
+        raise InputError(f"ModelSpec(pad_slack={slack!r}) must be a number >= 0, or None")
     if spec.compile and spec.example is None:
         raise InputError(
             "ModelSpec(compile=True) needs example=... (a function returning a small "

@@ -282,7 +282,7 @@ def _plan(
     lengths = np.maximum(lengths, 1)
     order = np.argsort(lengths, kind="stable")
     sorted_lengths = lengths[order]
-    slack = PAD_SLACK if loaded.device == "cpu" else None  # a GPU prefers bigger batches
+    slack = spec.pad_slack if loaded.device == "cpu" else None  # a GPU prefers bigger batches
     ranges = _budget_ranges(sorted_lengths, spec.token_budget, step, slack)
     stats.tokens += int(lengths.sum())
     stats.padded_tokens += _padded(sorted_lengths, ranges)

@@ -155,12 +155,17 @@ def get_or_load(spec: Spec, load: Callable[[Spec], LoadedModel]) -> LoadedModel:
     return loaded
 
 
-def helper(key: Any, make: Callable[[], Any]) -> Any:
+def helper(key: Any, make: Callable[[], Any], per_thread: bool = False) -> Any:
     """A small per-process object (a tokenizer) made once by ``make()`` and kept under ``key``.
 
     Helpers are what preparing inputs needs on the CPU pool; unlike models
-    they are not counted against ``batchinfer.cached-models``.
+    they are not counted against ``batchinfer.cached-models``. ``per_thread``:
+    one per thread, for objects that must not be used from two threads at once
+    (a Rust tokenizer whose truncation settings change between calls raises
+    "Already borrowed" when another thread is inside it).
     """
+    if per_thread:
+        key = (key, threading.get_ident())
     found = _helpers.get(key)
     if found is not None:
         return found
