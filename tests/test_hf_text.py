@@ -214,3 +214,27 @@ def test_tokenizers_are_kept_per_thread():
     thread.start()
     thread.join()
     assert other[0] is not here and len(made) == 1
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_cpu_runtimes_equal_torch_through_from_transformers(tmp_path, classifier, backend):
+    frame = pd.DataFrame({"text": TEXTS})
+    embed = {b: dbi.from_transformers(MINILM, task="embed", normalize=True, backend=b)
+             for b in ("torch", backend)}  # fmt: skip
+    got, want = (np.stack(_run(embed[b], frame)["embedding"]) for b in (backend, "torch"))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert embed[backend].device == "cpu" and embed[backend].precision == "fp32"
+    classify = {b: dbi.from_transformers(classifier, task="classify", all_scores=True, backend=b)
+                for b in ("torch", backend)}  # fmt: skip
+    got, want = (_run(classify[b], frame) for b in (backend, "torch"))
+    assert got["label"].tolist() == want["label"].tolist()
+    np.testing.assert_allclose(np.stack(got["scores"]), np.stack(want["scores"]), atol=1e-4)
+    int8 = dbi.from_transformers(MINILM, task="embed", normalize=True, backend=backend,
+                                 quantize="int8")  # fmt: skip
+    cosine = (np.stack(_run(int8, frame)["embedding"]) * want_embeddings(frame)).sum(1)
+    assert cosine.min() > 0.95 and cosine.mean() > 0.98  # int8 differs: measured, not equal
+
+
+def want_embeddings(frame):
+    spec = dbi.from_transformers(MINILM, task="embed", normalize=True)
+    return np.stack(_run(spec, frame)["embedding"])

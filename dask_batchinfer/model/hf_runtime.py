@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import hashlib
 import inspect
+import io
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from importlib.util import find_spec
@@ -246,14 +248,12 @@ def _graph(model: Any, names: list[str], output: str) -> Any:
 
 def _torch_export(graph: Any, example: tuple, axes: dict, path: str, exporter: str) -> None:
     """``graph`` to ONNX at ``path``; ``axes``: the inputs' and then the output's dynamic axes."""
-    import warnings
-
     import torch
 
     *names, output = list(axes)
     io_names: dict[str, Any] = {"input_names": names, "output_names": [output]}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer and deprecation warnings, by design
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings; dynamo's progress
         if exporter == "torchscript":
             torch.onnx.export(graph, example, path, dynamic_axes=axes, dynamo=False, **io_names)
             return
@@ -314,8 +314,6 @@ def quantize_int8(source: str, staging: str, openvino: bool) -> dict[str, Any]:
     MiniLM) and quantises activations per batch; NNCF compresses weights to
     int8 (``model.xml`` + ``.bin``). Embeddings and layer norms stay fp32.
     """
-    import io
-
     start, quiet = time.perf_counter(), logging.Filter("quiet")  # drops records of the root logger
     logging.getLogger().addFilter(quiet)  # ONNX Runtime's hint to pre-process (which fails here)
     try:
