@@ -217,3 +217,29 @@ def test_the_cli_runs_a_daily_window(cluster, tmp_path):
     assert json.loads(done.stdout)["rows_out"] == len(frames["2026-11-29"])
     back = dbi.read_output(str(tmp_path / "out")).compute()
     assert set(back["date"].astype(str)) == {"2026-11-29"}
+
+
+def test_a_file_of_many_row_groups_parses_its_footer_once_per_process(tmp_path):
+    """Row-group partitions of one file reuse its parsed footer; a rewrite is parsed anew (#27)."""
+    from dask_batchinfer.io.read import footer_counts, open_source
+
+    path = tmp_path / "big.parquet"
+    first = _write_big(path, rows=20_000, row_group=200)  # 100 row groups
+
+    def read_all():
+        with dask.config.set({"batchinfer.partition-size": "1000 rows"}):
+            ddf, _ = open_source(str(path), {}, {}, "metadata")
+        before = footer_counts()
+        frame = ddf.compute(scheduler="sync")
+        after = footer_counts()
+        counts = {k: after[k] - before[k] for k in after}
+        return ddf.npartitions, counts, frame.sort_values("id").reset_index(drop=True)
+
+    partitions, counts, frame = read_all()
+    assert partitions == 20 and counts == {"parsed": 1, "reused": 19}
+    pd.testing.assert_frame_equal(frame, first, check_dtype=False)
+    second = _write_big(path, rows=20_000, row_group=200, seed=1, start=50_000)
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    partitions, counts, frame = read_all()  # another version: never the stale footer
+    assert counts == {"parsed": 1, "reused": 19}
+    pd.testing.assert_frame_equal(frame, second, check_dtype=False)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import posixpath
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,6 +45,7 @@ from dask_batchinfer.io.inputs import (
 from dask_batchinfer.io.layout import MANIFEST
 from dask_batchinfer.io.retry import retry
 from dask_batchinfer.io.text import read_text_source
+from dask_batchinfer.worker.cache import LRU
 from dask_batchinfer.worker.process import worker_address
 
 __all__ = [
@@ -63,8 +65,30 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: A piece of input as its read task gets it: (path, row groups, row range, hive keys).
-Piece = tuple[str, tuple[int, ...] | None, tuple[int, int] | None, tuple[tuple[str, Any], ...]]
+#: A piece of input as its read task gets it: (path, row groups, row range, hive keys,
+#: version: the ETag or modification time that identifies the file's content).
+Piece = tuple[str, tuple[int, ...] | None, tuple[int, int] | None, tuple[tuple[str, Any], ...], str]
+
+#: Parsed Parquet footers kept per process, by (path, version): a partition that is some
+#: row groups of a big file reads and parses the file's footer once per worker, not once
+#: per partition (1,000 row groups: ~50 ms a parse). Only pieces of files are kept.
+FOOTERS = 16
+_footers: LRU[tuple[str, str], pq.FileMetaData] = LRU(lambda: FOOTERS)
+_footers_lock = threading.Lock()
+_footer_counts = {"parsed": 0, "reused": 0}
+
+
+def footer_counts() -> dict[str, int]:
+    """How many footers this process parsed, and how many reads reused one."""
+    with _footers_lock:
+        return dict(_footer_counts)
+
+
+def _footer(path: str, version: str) -> pq.FileMetaData | None:
+    with _footers_lock:
+        found = _footers.get((path, version))
+        _footer_counts["reused" if found is not None else "parsed"] += 1
+        return found
 
 
 def _read_files(
@@ -106,12 +130,16 @@ def _read_piece(
     key_types: Mapping[str, pa.DataType],
 ) -> pa.Table:
     """One file, or some of its row groups (or rows), with its hive keys as columns."""
-    path, row_groups, rows, keys = piece
+    path, row_groups, rows, keys, version = piece
     names = {k for k, _ in keys}
     stored = None if columns is None else [c for c in columns if c not in names]
 
     def read() -> pa.Table:
-        with pq.ParquetFile(path, filesystem=fs) as parquet:
+        footer = _footer(path, version) if row_groups is not None and version else None
+        with pq.ParquetFile(path, filesystem=fs, metadata=footer) as parquet:
+            if footer is None and row_groups is not None and version:
+                with _footers_lock:
+                    _footers.put((path, version), parquet.metadata)
             names = parquet.schema_arrow.names
             # A file without a column the job reads: read all of its columns, so that the
             # stage's error lists what the file has (schema drift), as without projection.
@@ -201,7 +229,7 @@ def read_parquet_files(
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     ddf = dd.from_map(
         _read_files,
-        [[(f.path, f.row_groups, f.rows, f.keys) for f in group] for group in groups],
+        [[(f.path, f.row_groups, f.rows, f.keys, f.version) for f in group] for group in groups],
         meta=meta,
         label="read-parquet-file",
         protocol=protocol,
