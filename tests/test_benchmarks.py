@@ -68,7 +68,7 @@ def test_text_suite_careful_loop_agrees_with_ours_and_reports(tmp_path, monkeypa
     import pandas as pd
 
     monkeypatch.syspath_prepend(ROOT)
-    from benchmarks import text, variant
+    from benchmarks import text, variant, workloads
     from benchmarks.workloads import WORKLOADS
     from dask_batchinfer.pipeline.infer import run_model
 
@@ -85,7 +85,7 @@ def test_text_suite_careful_loop_agrees_with_ours_and_reports(tmp_path, monkeypa
     ours = run_model(workload.spec(), frame.reset_index(drop=True))
     got = np.asarray(ours["embedding"].tolist(), dtype=np.float32)
     (tmp_path / "text-ours-40").mkdir()
-    pq.write_table(pa.table({"id": frame["id"].to_numpy(), "out": variant.fixed_size_lists(got)}),
+    pq.write_table(pa.table({"id": frame["id"].to_numpy(), "out": workloads.fixed_size_lists(got)}),
                    tmp_path / "text-ours-40" / "part.parquet")  # fmt: skip
     careful = text._vectors(str(tmp_path / "text-l1-40"))
     assert careful.shape == got.shape == (40, 384)
