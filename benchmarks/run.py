@@ -5,6 +5,8 @@
     python -m benchmarks.run --full     # the sizes of the issue (hours on 2 cores)
     python -m benchmarks.run --smoke --jobs 2   # 2 variant processes at a time (code check only)
     python -m benchmarks.run --suite inputs [--smoke]   # input layout and column projection
+    python -m benchmarks.run --suite scale [--smoke]    # per-partition costs (benchmarks.scale,
+                                                        # benchmarks.footers)
 
 Each variant runs in its own process (``benchmarks/variant.py``), timed from
 process start to committed output, with the process tree's PSS sampled every
@@ -479,9 +481,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument(
         "--suite",
-        choices=("default", "inputs"),
+        choices=("default", "inputs", "scale"),
         default="default",
-        help="inputs: input layout (many files / one file) and column projection",
+        help="inputs: input layout (many files / one file) and column projection; scale: "
+        "client and scheduler CPU per partition, footers parsed once",
     )
     parser.add_argument("--skip", nargs="+", default=[], choices=("ray", "daft"),
                         help="peers to leave out of the inputs suite")  # fmt: skip
@@ -501,6 +504,11 @@ def main(argv: list[str] | None = None) -> dict:
     runner = Runner(args.jobs)
     if args.suite == "inputs":
         return inputs_suite(mode, reps, args, runner)
+    if args.suite == "scale":
+        from benchmarks import footers, scale
+
+        partitions = "200" if mode == "smoke" else "2000"
+        return {"scale": scale.main(["--partitions", partitions]), "footers": footers.main()}
     variants = ["ours", "l1"]
     has_ray = importlib.util.find_spec("ray") is not None
     if has_ray and not args.no_ray:
