@@ -228,3 +228,16 @@ def test_bad_options_and_null_prompts_name_the_fix(gpt2, t5):
     frame = pd.DataFrame({"text": ["fine", "also fine", None, "ok"]})
     with pytest.raises(dbi.PartitionError, match=r"'text'.*null|null.*'text'"):
         _run(make(), frame, npartitions=2)
+
+
+def test_prompts_run_in_full_batches(gpt2):
+    """Generation's cost follows decoding steps, not padding: the token budget alone cuts
+    batches, so prompts of growing lengths still fill each batch (pad_slack=None)."""
+    from dask_batchinfer.pipeline.batching import BatchStats, run_loaded
+    from dask_batchinfer.pipeline.loading import load_model
+
+    spec = dbi.from_transformers(gpt2, task="generate", max_new_tokens=2, batch_size=16)
+    prompts = pd.DataFrame({"text": [" ".join(["the cat sat"] * n) for n in range(1, 33)]})
+    stats = BatchStats()
+    run_loaded(spec, load_model(spec), spec.prepare(prompts), stats, prepared=True)
+    assert stats.batches == 2  # 32 prompts, 16 a batch
