@@ -25,6 +25,7 @@ __all__ = [
     "TASKS",
     "architectures",
     "check_folder",
+    "labelled",
     "labels_of",
     "local_folder",
     "offline",
@@ -106,6 +107,23 @@ def probability(config: dict[str, Any], labels: tuple[str, ...], multi_label: bo
     if multi_label or problem == "multi_label_classification" or len(labels) == 1:
         return "sigmoid"
     return "softmax"
+
+
+def labelled(
+    logits: Any, labels: tuple[str, ...], function: str, column: str, all_scores: bool
+) -> dict[str, Any]:
+    """A classifier's logits as output columns: ``column`` (the top label), ``score`` (its
+    probability) and, with ``all_scores``, ``scores``; ``function`` is :func:`probability`'s."""
+    import torch
+
+    if function == "softmax":
+        logits = torch.softmax(logits, dim=-1)
+    elif function == "sigmoid":
+        logits = torch.sigmoid(logits)
+    probs = logits.cpu().numpy()
+    top = probs.argmax(axis=1)
+    out = {column: [labels[i] for i in top], "score": probs[range(len(probs)), top]}
+    return {**out, "scores": probs} if all_scores else out
 
 
 def architectures(config: dict[str, Any]) -> list[str]:

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.model.hf import labels_of, probability
+from dask_batchinfer.model.hf import labelled, labels_of, probability
 from dask_batchinfer.model.hf_text import (
     KINDS,
     Limit,
@@ -104,21 +104,9 @@ class Classify:
     column: str = "label"
 
     def __call__(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
         logits = forward(model, batch, self.pad_id, "logits")
-        if self.function == "softmax":
-            logits = torch.softmax(logits, dim=-1)
-        elif self.function == "sigmoid":
-            logits = torch.sigmoid(logits)
-        probs = logits.cpu().numpy()
-        top = probs.argmax(axis=1)
-        out: dict[str, Any] = {
-            self.column: [self.labels[i] for i in top],
-            "score": probs[np.arange(len(probs)), top],
-        }
-        if self.all_scores:
-            out["scores"] = probs
+        out = labelled(logits, self.labels, self.function, self.column, True)
+        probs = out["scores"] if self.all_scores else out.pop("scores")
         if self.multi_label:
             out["labels"] = [[self.labels[j] for j in np.flatnonzero(row > 0.5)] for row in probs]
         return out

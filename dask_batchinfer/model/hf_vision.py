@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.model.hf import labels_of, local_folder, offline, probability
+from dask_batchinfer.model.hf import labelled, labels_of, local_folder, offline, probability
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.worker import cache
 
@@ -261,16 +261,8 @@ class ClassifyImages(_Tokenized):
     column: str = "label"
 
     def __call__(self, model: Any, batch: torch.Tensor) -> dict[str, Any]:
-        import torch
-
         logits = model(pixel_values=_model_pixels(model, batch, self.normalize)).logits.float()
-        if self.function == "softmax":
-            logits = torch.softmax(logits, dim=-1)
-        elif self.function == "sigmoid":
-            logits = torch.sigmoid(logits)
-        probs = logits.cpu().numpy()
-        out = {self.column: [self.labels[i] for i in probs.argmax(1)], "score": probs.max(1)}
-        return {**out, "scores": probs} if self.all_scores else out
+        return labelled(logits, self.labels, self.function, self.column, self.all_scores)
 
 
 @dataclasses.dataclass(frozen=True)
