@@ -30,7 +30,7 @@ import pyarrow as pa
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.model.hf import local_folder, offline
 from dask_batchinfer.model.spec import ModelSpec
-from dask_batchinfer.model.tokens import TokenIds, collate_tokens, token_frame
+from dask_batchinfer.model.tokens import TokenIds, collate_tokens, full_lengths, token_frame
 from dask_batchinfer.worker import cache
 
 __all__ = ["BATCH_SIZE", "COUNT", "Generate", "RowSampler", "Tokenize", "build", "row_seeds"]
@@ -100,11 +100,7 @@ class Tokenize:
         texts = frame[frame.columns[0]].astype(str).tolist()
         limit = self.limit
         ids = tok(texts, truncation=True, max_length=limit)["input_ids"]
-        lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
-        full = np.flatnonzero(lengths >= limit)  # at the limit: were they longer?
-        if len(full):
-            longer = tok([texts[i] for i in full], truncation=True, max_length=limit + 1)
-            lengths[full] = [len(row) for row in longer["input_ids"]]
+        lengths = full_lengths(tok, texts, ids, limit)
         empty = np.flatnonzero(lengths == 0)
         if len(empty):  # generate() starts from BOS when it has no prompt: so do we
             start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dask_batchinfer.model.hf import local_folder, offline
-from dask_batchinfer.model.tokens import TokenIds, token_frame
+from dask_batchinfer.model.tokens import TokenIds, full_lengths, token_frame
 from dask_batchinfer.worker import cache
 
 __all__ = [
@@ -108,16 +108,10 @@ class Tokenize:
             return_special_tokens_mask=self.offsets,
         )
         ids = encoded["input_ids"]
-        lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
-        full = np.flatnonzero(lengths >= limit)  # at the limit: were they longer?
-        if len(full) and not self.pair:
-            longer = tok(
-                [texts[i] for i in full],
-                truncation=True,
-                max_length=limit + 1,
-                return_attention_mask=False,
-            )["input_ids"]
-            lengths[full] = [len(row) for row in longer]
+        if self.pair:  # a pair's truncation is shared between its texts: not counted
+            lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+        else:
+            lengths = full_lengths(tok, texts, ids, limit)
         types = encoded["token_type_ids"] if self.pair else None
         prepared = token_frame(ids, lengths, frame.index, types)
         if self.offsets:

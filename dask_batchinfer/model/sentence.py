@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from dask_batchinfer.model.spec import ModelSpec
-from dask_batchinfer.model.tokens import TokenIds, collate_tokens, token_frame
+from dask_batchinfer.model.tokens import TokenIds, collate_tokens, full_lengths, token_frame
 from dask_batchinfer.worker import cache
 
 __all__ = ["sentence_encoder"]
@@ -99,18 +99,7 @@ class _Tokenize:
             return_attention_mask=False,
             return_token_type_ids=False,
         )["input_ids"]
-        lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
-        full = np.flatnonzero(lengths >= limit)  # at the limit: were they longer?
-        if len(full):
-            longer = tokenizer(
-                [texts[i] for i in full],
-                truncation=True,
-                max_length=limit + 1,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )["input_ids"]
-            lengths[full] = [len(row) for row in longer]
-        return token_frame(ids, lengths, frame.index)
+        return token_frame(ids, full_lengths(tokenizer, texts, ids, limit), frame.index)
 
     def __dask_tokenize__(self) -> tuple[str, str | None, int | None]:
         return ("dask_batchinfer.model._Tokenize", self.path, self.max_seq_length)

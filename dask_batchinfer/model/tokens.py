@@ -26,7 +26,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-__all__ = ["IDS", "LENGTHS", "TYPES", "TokenIds", "collate_tokens", "token_frame"]
+__all__ = [
+    "IDS",
+    "LENGTHS",
+    "TYPES",
+    "TokenIds",
+    "collate_tokens",
+    "full_lengths",
+    "token_frame",
+]
 
 #: The prepared frame's columns (``token_type_ids`` only for text pairs).
 IDS, LENGTHS, TYPES = "input_ids", "tokens", "token_type_ids"
@@ -47,6 +55,25 @@ def token_frame(
     if types is not None:
         columns[TYPES] = pd.arrays.ArrowExtensionArray(pa.array(types, type=pa.list_(pa.int8())))
     return pd.DataFrame(columns, index=index)
+
+
+def full_lengths(
+    tokenizer: Any, texts: Sequence[str], ids: Sequence[Sequence[int]], limit: int
+) -> np.ndarray:
+    """Each row's length in tokens before truncation to ``limit``, counted up to ``limit + 1``:
+    ``ids`` are the rows tokenised with ``max_length=limit``; only the rows at the limit are
+    tokenised again (with ``limit + 1``) to learn whether they were longer."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+    full = np.flatnonzero(lengths >= limit)
+    if len(full):
+        longer = tokenizer(
+            [texts[int(i)] for i in full],
+            truncation=True,
+            max_length=limit + 1,
+            return_attention_mask=False,
+        )["input_ids"]
+        lengths[full] = [len(row) for row in longer]
+    return lengths
 
 
 @dataclasses.dataclass(frozen=True)
