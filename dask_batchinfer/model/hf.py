@@ -27,6 +27,7 @@ __all__ = [
     "check_folder",
     "labelled",
     "labels_of",
+    "load_tokenizer",
     "local_folder",
     "offline",
     "probability",
@@ -71,6 +72,17 @@ def local_folder(path: str, storage_options: dict[str, Any] | None = None) -> st
     if not os.path.exists(os.path.join(target, "config.json")):
         fs.get(root.rstrip("/") + "/", target + "/", recursive=True)
     return target
+
+
+def load_tokenizer(
+    path: str, storage_options: dict[str, Any] | None = None, trust_remote_code: bool = False
+) -> Any:
+    """The checkpoint's tokenizer (callers keep it: ``cache.helper(..., per_thread=True)``)."""
+    offline()
+    from transformers import AutoTokenizer
+
+    folder = local_folder(path, storage_options)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
 def read_config(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

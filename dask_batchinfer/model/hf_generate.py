@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.model.hf import local_folder, offline
+from dask_batchinfer.model.hf import load_tokenizer, local_folder, offline
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.model.tokens import TokenIds, collate_tokens, full_lengths, token_frame
 from dask_batchinfer.worker import cache
@@ -47,16 +47,8 @@ def tokenizer(path: str, storage_options: dict | None, trust_remote_code: bool =
     """The checkpoint's tokenizer, made once per process."""
     key = ("hf-generate", path, repr(storage_options), trust_remote_code)
     return cache.helper(
-        key, lambda: _load_tokenizer(path, storage_options, trust_remote_code), per_thread=True
+        key, lambda: load_tokenizer(path, storage_options, trust_remote_code), per_thread=True
     )
-
-
-def _load_tokenizer(path: str, storage_options: dict | None, trust_remote_code: bool) -> Any:
-    offline()
-    from transformers import AutoTokenizer
-
-    folder = local_folder(path, storage_options)
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
 def load_generator(

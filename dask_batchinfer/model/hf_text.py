@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dask_batchinfer.model.hf import local_folder, offline
+from dask_batchinfer.model.hf import load_tokenizer, local_folder, offline
 from dask_batchinfer.model.tokens import TokenIds, full_lengths, token_frame
 from dask_batchinfer.worker import cache
 
@@ -29,7 +29,6 @@ __all__ = [
     "load_text_model",
     "token_limit",
     "token_lengths",
-    "tokenizer",
 ]
 
 #: Each task's model class, and what the runtime backends call it.
@@ -38,13 +37,6 @@ KINDS = {
     "classify": "sequence-classification",
     "token-classify": "token-classification",
 }
-
-
-def tokenizer(path: str, storage_options: dict | None) -> Any:
-    offline()
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(local_folder(path, storage_options))
 
 
 def load_text_model(
@@ -93,7 +85,9 @@ class Tokenize:
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         key = ("hf-tokenizer", self.path, repr(self.storage_options))
-        tok = cache.helper(key, lambda: tokenizer(self.path, self.storage_options), per_thread=True)
+        tok = cache.helper(
+            key, lambda: load_tokenizer(self.path, self.storage_options), per_thread=True
+        )
         texts = frame[frame.columns[0]].astype(str).tolist()
         pairs = frame[frame.columns[1]].astype(str).tolist() if self.pair else None
         limit = self.limit or token_limit(tok)
@@ -152,7 +146,8 @@ class Limit:
         if self.limit:
             return self.limit
         key = ("hf-tokenizer", self.path, repr(self.storage_options))
-        return token_limit(cache.helper(key, lambda: tokenizer(self.path, self.storage_options)))
+        load = lambda: load_tokenizer(self.path, self.storage_options)  # noqa: E731
+        return token_limit(cache.helper(key, load, per_thread=True))  # Tokenize's, if here
 
     def __dask_tokenize__(self) -> tuple:
         return ("dask_batchinfer.model.hf_text.Limit", self.path, self.limit)

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dask_batchinfer.errors import InputError
-from dask_batchinfer.model.hf import labelled, labels_of, probability
+from dask_batchinfer.model.hf import labelled, labels_of, load_tokenizer, probability
 from dask_batchinfer.model.hf_text import (
     KINDS,
     Limit,
@@ -31,7 +31,6 @@ from dask_batchinfer.model.hf_text import (
     forward,
     load_text_model,
     token_lengths,
-    tokenizer,
 )
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.model.tokens import collate_tokens
@@ -161,7 +160,7 @@ class Tag:
         from transformers import TokenClassificationPipeline
 
         tagger: Any = TokenClassificationPipeline.__new__(TokenClassificationPipeline)
-        tagger.tokenizer = tokenizer(self.path, self.storage_options)
+        tagger.tokenizer = load_tokenizer(self.path, self.storage_options)
         config = types.SimpleNamespace(id2label=dict(enumerate(self.labels)))
         tagger.model = types.SimpleNamespace(config=config)
         return tagger
