@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     spec = dbi.from_callable(null_batch, input_columns=["x"], outputs={"y": "float32"})
     with _cluster(work) as address, Client(address) as client:
         client.wait_for_workers(2, timeout=60)
-        with dask.config.set({"batchinfer.partition-size": f"{rows} rows"}):
+        with dask.config.set({"batchinfer.partition-size": f"{rows} rows", "batchinfer.adaptive-lookahead": int(os.environ.get("LOOKAHEAD", 1000)), "batchinfer.inflight-per-thread": int(os.environ.get("INFLIGHT", 2))}):
             source = os.path.join(work, "input.parquet")
             dbi.run_job(source, spec, output=os.path.join(work, "warm"), progress=False,
                         filters=[("id", "<", rows * 4)])  # fmt: skip

@@ -33,6 +33,7 @@ import atexit
 import contextlib
 import logging
 import os
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -48,6 +49,7 @@ __all__ = [
     "dashboard_link",
     "embedded_client",
     "interactive",
+    "reaches_workers",
     "shutdown",
 ]
 
@@ -233,3 +235,21 @@ def shutdown() -> None:
                 from dask_batchinfer.worker import cache
 
                 cache.clear()
+
+
+def reaches_workers(client: Any, workers: Any) -> bool:
+    """Whether this process can open a connection to a worker (TCP, 1 s): then results are
+    fetched from the workers directly instead of through the scheduler (half its work per
+    partition). A client that set ``direct_to_workers`` is taken at its word; one behind a
+    gateway or proxy, which reaches the scheduler only, gathers through it."""
+    if client.direct_to_workers is not None:
+        return bool(client.direct_to_workers)
+    address = next(iter(workers), "")
+    if not address.startswith("tcp://"):
+        return False
+    host, _, port = address[len("tcp://") :].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+    except (OSError, ValueError):
+        return False
+    return True

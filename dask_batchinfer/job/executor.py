@@ -11,6 +11,12 @@ window follows the threads of the workers present, counted every tick, so
 that it grows and shrinks with an adaptive cluster; a
 :class:`~dask_batchinfer.job.demand.Demand` shows the scheduler the partitions
 waiting behind it.
+
+Each refill of the window is one graph sent to the scheduler, and each
+partition one task (its read fused into its stage task) where the input's
+graph allows; the partitions that finished within a tick are gathered in one
+call. The client's work per partition is thus a few dictionary operations,
+not a round trip (see ``docs/scaling.md``).
 """
 
 from __future__ import annotations
@@ -22,8 +28,12 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+# The graph nodes Dask's own collections use, and the expression a graph travels in.
+from dask._expr import LLGExpr
+from dask._task_spec import Task, TaskRef
 from dask.optimization import cull
 
+from dask_batchinfer.cluster.engine import reaches_workers
 from dask_batchinfer.cluster.local import Pools
 from dask_batchinfer.errors import (
     BadRowsError,
@@ -34,6 +44,7 @@ from dask_batchinfer.errors import (
 from dask_batchinfer.io.commit import Partition
 from dask_batchinfer.job.demand import Demand
 from dask_batchinfer.job.options import JobOptions
+from dask_batchinfer.job.tally import Tally
 from dask_batchinfer.pipeline.rows import where
 from dask_batchinfer.pipeline.stages import (
     PartitionStats,
@@ -50,6 +61,9 @@ __all__ = ["Executor", "submit_read", "window_size"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds to wait, after a partition finished, for others to gather and refill with it.
+LINGER = 0.02
+
 
 @dataclasses.dataclass
 class _Flight:
@@ -64,6 +78,13 @@ class _Flight:
 def submit_read(client: Any, graph: dict, key: Hashable, resources: dict | None = None) -> Any:
     """A future of one input partition: its key computed from the input's own graph."""
     return client.get(cull(graph, [key])[0], [key], sync=False, resources=resources)[0]
+
+
+def _graph(tasks: dict, name: str) -> Any:
+    """``tasks`` as the scheduler takes them, named ``name`` (unique): ``client.get`` would
+    name them by tokenising every task (its pieces, its partition, the shipped settings),
+    a cost per partition as high as all the rest of the client's."""
+    return LLGExpr(tasks, _determ_token=name)
 
 
 def window_size(pools: Pools, options: JobOptions) -> int:
@@ -93,9 +114,9 @@ class Executor:
         Stop with :class:`BadRowsError` once more rows than this were quarantined.
     progress : Progress, optional
         Told of every committed partition.
-    stats : list, optional
-        Receives the statistics of every partition as it commits (so that
-        they are there after a failure too); default a new list, ``self.stats``.
+    tally : Tally, optional
+        Counts the statistics of every partition as it commits (so that
+        they are there after a failure too); default a new one, ``self.tally``.
     timeout : float, optional
         Seconds a partition may take from its submission; past it the
         partition is cancelled and submitted once more, then fails the job
@@ -120,7 +141,7 @@ class Executor:
         window: Callable[[Pools], int],
         bad_rows_allowed: int | None = None,
         progress: Progress | None = None,
-        stats: list[PartitionStats] | None = None,
+        tally: Tally | None = None,
         timeout: float | None = None,
         heartbeat: float = 30.0,
         no_workers: float | None = None,
@@ -136,7 +157,7 @@ class Executor:
         self.window = window(pools)
         self.bad_rows_allowed = bad_rows_allowed
         self.progress = progress
-        self.stats: list[PartitionStats] = [] if stats is None else stats
+        self.tally = Tally() if tally is None else tally
         self.timeout = timeout
         self.heartbeat = heartbeat
         self.tick = min(2.0, timeout / 4) if timeout else 2.0
@@ -149,81 +170,126 @@ class Executor:
         if demand is not None:
             demand.retarget(self.task)
 
-    def _submit(self, partition: Partition, attempt: int = 1) -> Any:
-        c, pools, settings = self.client, self.pools, self.settings
-        cpu = {pools.preprocess: 1} if pools.mixed else None
-        read = submit_read(c, self.graph, self.keys[partition.number], cpu)
-        name = f"batchinfer-{settings.job}-{partition.number}"
-        if attempt > 1:
-            name += f"-attempt{attempt}"
-        if not pools.mixed:
-            done = c.submit(process_task, read, partition, self.shipped, key=f"{self.task}-{name}")
-        else:
-            staged = c.submit(
-                preprocess_task,
-                read,
-                partition,
-                self.shipped,
-                resources=cpu,
-                key=f"preprocess-{name}",
-            )
-            done = c.submit(
-                infer_write_task,
-                staged,
-                partition,
-                self.shipped,
-                resources={pools.model: 1},
-                key=f"{self.task}-{name}",
-            )
-        return done
+    def _stage_task(self, partition: Partition, key: str) -> tuple[dict, str]:
+        """The graph of a partition's first stage (under ``key``): its read fused into it when
+        the input's graph for the partition is one task (as the readers make it), else beside it."""
+        read_key = self.keys[partition.number]
+        first = preprocess_task if self.pools.mixed else process_task
+        stage = Task(key, first, TaskRef(read_key), partition, self.shipped)
+        inputs = cull(self.graph, [read_key])[0]
+        if len(inputs) == 1:
+            return {key: Task.fuse(inputs[read_key], stage, key=key)}, key
+        return {**inputs, key: stage}, key
 
-    def run(self, todo: list[Partition]) -> list[PartitionStats]:
-        """Run ``todo``; return each partition's statistics in the order they committed."""
+    def _submit(self, launches: list[tuple[Partition, int]]) -> list[Any]:
+        """Futures of the last task of each ``(partition, attempt)``: one graph to the scheduler
+        for all of them (two on a mixed cluster, one per pool)."""
+        c, pools, job = self.client, self.pools, self.settings.job
+        names = [
+            f"batchinfer-{job}-{p.number}" + (f"-attempt{attempt}" if attempt > 1 else "")
+            for p, attempt in launches
+        ]
+        first = "preprocess" if pools.mixed else self.task
+        graph: dict = {}
+        keys = []
+        for (partition, _), name in zip(launches, names, strict=True):
+            part, key = self._stage_task(partition, f"{first}-{name}")
+            graph.update(part)
+            keys.append(key)
+        cpu = {pools.preprocess: 1} if pools.mixed else None
+        batch = f"{first}-{names[0]}-{len(names)}"
+        staged = c.get(_graph(graph, batch), keys, sync=False, resources=cpu)
+        if not pools.mixed:
+            return staged
+        infer = {
+            f"{self.task}-{name}": Task(
+                f"{self.task}-{name}", infer_write_task, future, partition, self.shipped
+            )
+            for (partition, _), name, future in zip(launches, names, staged, strict=True)
+        }
+        graph = _graph(infer, f"{self.task}-{names[0]}-{len(names)}")
+        return c.get(graph, list(infer), sync=False, resources={pools.model: 1})
+
+    def run(self, todo: list[Partition]) -> Tally:
+        """Run ``todo``; return what the committed partitions add up to."""
+        from distributed import as_completed
+
         queue = collections.deque(todo)
         flying: dict[Any, _Flight] = {}
+        self.finished = as_completed(loop=self.client.loop)
+        self.direct = reaches_workers(
+            self.client, self.client.scheduler_info(n_workers=-1)["workers"]
+        )
         self._fill(queue, flying)
         try:
             while flying:
-                for future in self._wait(flying):
-                    self._collect(future, flying.pop(future), flying)
+                self._collect(self._wait(), flying)
                 self._check_time(flying)
                 self._fill(queue, flying)
         except BaseException:
             for future in flying:
                 future.cancel()
             raise
-        return self.stats
+        finally:
+            self.finished.clear()
+        return self.tally
 
     def _fill(self, queue: collections.deque[Partition], flying: dict[Any, _Flight]) -> None:
         """Submit waiting partitions until the window is full (it may have shrunk: then none)."""
-        while queue and len(flying) < self.window:
-            self._launch(queue.popleft(), flying)
+        room = min(len(queue), self.window - len(flying))
+        if room >= min(len(queue), max(1, self.window // 4)) and room > 0:
+            self._launch([_Flight(queue.popleft(), 0.0, 1) for _ in range(room)], flying)
         if self.demand is not None:
             self.demand.shrink(len(queue))
 
-    def _launch(
-        self, partition: Partition, flying: dict[Any, _Flight], attempt: int = 1, killed: int = 0
-    ) -> None:
-        future = self._submit(partition, attempt)
-        flying[future] = _Flight(partition, time.monotonic(), attempt, killed)
+    def _launch(self, flights: list[_Flight], flying: dict[Any, _Flight]) -> None:
+        futures = self._submit([(f.partition, f.attempt) for f in flights])
+        started = time.monotonic()
+        for future, flight in zip(futures, flights, strict=True):
+            flight.started = started
+            flying[future] = flight
+        self.finished.update(futures)
 
-    def _wait(self, flying: dict[Any, _Flight]) -> list[Any]:
-        """The futures that finished within the next tick (a few seconds at most)."""
-        from distributed import wait
+    def _wait(self) -> list[Any]:
+        """The futures that finished within the next tick (a few seconds at most); after the
+        first, those that finish within a few milliseconds more, up to a quarter of the window
+        (one gather and one refill for several partitions)."""
+        deadline = time.monotonic() + self.tick
+        ready = self.finished.thread_condition  # notified as each future finishes
+        with ready:
+            while not self.finished.has_ready():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                ready.wait(left)
+        done = self.finished.next_batch(block=False)
+        linger = time.monotonic() + LINGER
+        while len(done) < self.window // 4 and (left := linger - time.monotonic()) > 0:
+            with ready:
+                if not self.finished.has_ready():
+                    ready.wait(left)
+            done += self.finished.next_batch(block=False)
+        return done
 
-        with self.client.as_current():  # wait() asks for the current client
-            try:
-                done, _ = wait(list(flying), timeout=self.tick, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                return []
-        return [f for f in flying if f in done]
+    def _collect(self, done: list[Any], flying: dict[Any, _Flight]) -> None:
+        """Take the finished partitions' statistics (one gather for all that succeeded), or
+        submit a partition again after a worker died."""
+        done = [f for f in done if f in flying]  # not those cancelled past their timeout
+        succeeded = [f for f in done if f.status == "finished"]
+        results = self.client.gather(succeeded, direct=self.direct) if succeeded else []
+        for future, stats in zip(succeeded, results, strict=True):
+            self._commit(stats)
+            del flying[future]
+            future.release()
+        for future in done:
+            if future in flying:
+                self._failed(future, flying.pop(future), flying)
 
-    def _collect(self, future: Any, flight: _Flight, flying: dict[Any, _Flight]) -> None:
-        """Take a finished partition's statistics, or submit it again after a worker died."""
+    def _failed(self, future: Any, flight: _Flight, flying: dict[Any, _Flight]) -> None:
         from distributed import KilledWorker
 
         try:
-            stats: PartitionStats = future.result()
+            future.result()  # raises the task's error
         except KilledWorker as err:
             if flight.killed:
                 raise self._killer(flight, err) from err
@@ -234,12 +300,14 @@ class Executor:
                 where(flight.partition.number, flight.partition.source),
                 workers_killed(),
             )
-            self._launch(flight.partition, flying, flight.attempt + 1, killed=workers_killed())
-            return
+            retry = _Flight(flight.partition, 0.0, flight.attempt + 1, killed=workers_killed())
+            self._launch([retry], flying)
         finally:
             future.release()
+
+    def _commit(self, stats: PartitionStats) -> None:
         stats.finished = time.perf_counter()
-        self.stats.append(stats)
+        self.tally.add(stats)
         self.quarantined += stats.marker.rows_quarantined if stats.marker else 0
         self.last_commit = time.monotonic()
         if self.progress is not None:
@@ -267,7 +335,8 @@ class Executor:
                 )
             place = where(flight.partition.number, flight.partition.source)
             logger.warning("%s ran %.0f s, past partition_timeout: retrying once", place, age)
-            self._launch(flight.partition, flying, flight.attempt + 1, flight.killed)
+            retry = _Flight(flight.partition, 0.0, flight.attempt + 1, flight.killed)
+            self._launch([retry], flying)
         self._check_workers(now)
         quiet = now - max(self.last_commit, self.last_heartbeat)
         if flying and self.progress is not None and quiet >= self.heartbeat:

@@ -242,7 +242,7 @@ class JobOptions:
     )
     # configuration only
     inflight_per_thread: int = option(
-        2,
+        4,
         "partitions in flight per worker thread",
         "configuration",
         checks.integer,

@@ -11,26 +11,30 @@ workers at the end, when the workers an adaptive cluster retired are gone.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 from dask_batchinfer import secrets
 from dask_batchinfer.io.commit import Committer, Marker
 from dask_batchinfer.io.retry import RetryStats
+from dask_batchinfer.job.tally import Tally
 from dask_batchinfer.job.worklist import Worklist
 from dask_batchinfer.model.spec import ModelSpec
-from dask_batchinfer.pipeline.stages import ModelLoad, PartitionStats
 from dask_batchinfer.report.result import JobResult
 from dask_batchinfer.version import __version__
 
 __all__ = [
     "RunInfo",
+    "FILES_SHOWN",
     "build_result",
+    "committed",
     "fail",
     "manifest",
     "now",
@@ -39,6 +43,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Files the result and its report list (the manifest, ``_SUCCESS``, lists them all).
+FILES_SHOWN = 1000
 
 
 def now() -> str:
@@ -75,20 +82,10 @@ class RunInfo:
         return {name: round(t - self.wall_start, 4) for name, t in self.marks.items()}
 
 
-def _model_loads(stats: list[PartitionStats]) -> dict[str, ModelLoad]:
-    """Each worker's model loads, as its last partition counted them (the most loads)."""
-    loads: dict[str, ModelLoad] = {}
-    for load in (s.model_load for s in stats):
-        if load is not None and load.worker is not None:
-            seen = loads.get(load.worker)
-            if seen is None or (load.loads, load.load_seconds) > (seen.loads, seen.load_seconds):
-                loads[load.worker] = load
-    return loads
-
-
-def _committed(work: Worklist, stats: list[PartitionStats]) -> list[Marker]:
+def committed(work: Worklist, tally: Tally) -> list[Marker]:
+    """The markers of every committed partition (done before and this run), in input order."""
     markers = dict(work.done)
-    markers.update({s.marker.slug: s.marker for s in stats if s.marker is not None})
+    markers.update(tally.markers)
     return [markers[p.slug] for p in work.partitions if p.slug in markers]
 
 
@@ -98,59 +95,72 @@ def build_result(
     mode: str,
     model: ModelSpec,
     work: Worklist,
-    stats: list[PartitionStats],
+    tally: Tally,
     run: RunInfo,
 ) -> JobResult:
-    """The result of a job from its work, this run's partition statistics and measurements."""
-    committed = _committed(work, stats)
-    loads = _model_loads(stats)
+    """The result of a job from its work, this run's tally and measurements."""
+    markers = committed(work, tally)
+    sums = tally.sums
     result = JobResult(
         output=output,
         model=model.name or "",
         mode=mode,
         partitions=len(work.partitions),
-        partitions_run=len(stats),
+        partitions_run=tally.partitions,
         partitions_skipped=len(work.done),
         partitions_invalidated=work.invalidated,
-        rows_in=sum(m.rows_in for m in committed),
-        rows_out=sum(m.rows_out for m in committed),
-        rows_quarantined=sum(m.rows_quarantined for m in committed),
-        rows_truncated=sum(m.rows_truncated for m in committed),
-        rows_computed=sum(s.rows_in for s in stats),
-        error_files=[path for m in committed for path, _ in m.errors],
-        files=[
-            {"path": path, "rows": rows, "partition": m.slug}
-            for m in committed
-            for path, rows in m.files
-        ],
+        rows_in=sum(m.rows_in for m in markers),
+        rows_out=sum(m.rows_out for m in markers),
+        rows_quarantined=sum(m.rows_quarantined for m in markers),
+        rows_truncated=sum(m.rows_truncated for m in markers),
+        rows_computed=tally.rows_computed,
+        error_files=[path for m in markers for path, _ in m.errors][:FILES_SHOWN],
+        files=list(itertools.islice(_files(markers), FILES_SHOWN)),
+        files_total=sum(len(m.files) for m in markers),
         wall_seconds=0.0,
-        model_load_seconds={w: s.load_seconds for w, s in loads.items()},
-        model_loads={w: s.loads for w, s in loads.items()},
+        model_load_seconds={w: s.load_seconds for w, s in tally.loads.items()},
+        model_loads={w: s.loads for w, s in tally.loads.items()},
         started=run.started,
         job=run.job,
         startup_seconds=run.startup,
         cluster_seconds=run.cluster_seconds,
         dashboard_link=run.dashboard_link,
-        timeline=sorted((r for s in stats for r in s.timeline), key=lambda r: r["start"]),
-        first_commit_seconds=min((s.finished for s in stats), default=run.wall_start)
-        - run.wall_start,
-        **_stage_sums(stats),
+        timeline=tally.timeline(),
+        timeline_partitions=tally.timeline_partitions,
+        first_commit_seconds=(tally.first_commit or run.wall_start) - run.wall_start,
+        read_seconds=sums.get("read_seconds", 0.0),
+        preprocess_seconds=sums.get("preprocess_seconds", 0.0),
+        infer_seconds=sums.get("infer_seconds", 0.0),
+        model_turn_seconds=sums.get("turn_seconds", 0.0),
+        write_seconds=sums.get("write_seconds", 0.0),
+        retries=int(sums.get("retries", 0)),
+        oom_events=int(sums.get("oom_events", 0)),
+        batch_size=dict(tally.batch_size),
+        tokens=int(sums.get("tokens", 0)),
+        padded_tokens=int(sums.get("padded_tokens", 0)),
+        padded_tokens_unsorted=int(sums.get("padded_tokens_unsorted", 0)),
     )
     result.wall_seconds = time.perf_counter() - run.wall_start
-    result.phases = _phases(run, stats)
+    result.phases = _phases(run, tally)
     return result
 
 
-def _phases(run: RunInfo, stats: list[PartitionStats]) -> dict[str, float]:
+def _files(markers: list[Marker]) -> Iterator[dict[str, Any]]:
+    """Every committed data file: ``{"path", "rows", "partition"}``."""
+    for m in markers:
+        for path, rows in m.files:
+            yield {"path": path, "rows": rows, "partition": m.slug}
+
+
+def _phases(run: RunInfo, tally: Tally) -> dict[str, float]:
     """The run's phases, with the first read's start and the first and last commits."""
     phases = {}
     offset = time.time() - time.perf_counter()  # the timeline is in epoch seconds
-    reads = [r["start"] for s in stats for r in s.timeline]
-    if reads:
-        phases["first read started"] = round(min(reads) - offset - run.wall_start, 4)
-    if stats:
-        phases["first commit"] = round(min(s.finished for s in stats) - run.wall_start, 4)
-        phases["last commit"] = round(max(s.finished for s in stats) - run.wall_start, 4)
+    if tally.first_read is not None:
+        phases["first read started"] = round(tally.first_read - offset - run.wall_start, 4)
+    if tally.first_commit is not None and tally.last_commit is not None:
+        phases["first commit"] = round(tally.first_commit - run.wall_start, 4)
+        phases["last commit"] = round(tally.last_commit - run.wall_start, 4)
     return with_phases(phases, run)
 
 
@@ -159,24 +169,14 @@ def with_phases(phases: dict[str, float], run: RunInfo) -> dict[str, float]:
     return dict(sorted({**phases, **run.phases()}.items(), key=lambda item: item[1]))
 
 
-def _stage_sums(stats: list[PartitionStats]) -> dict[str, Any]:
-    return {
-        "read_seconds": sum(s.read_seconds for s in stats),
-        "preprocess_seconds": sum(s.preprocess_seconds for s in stats),
-        "infer_seconds": sum(s.infer_seconds for s in stats),
-        "model_turn_seconds": sum(s.batch.turn_seconds for s in stats),
-        "write_seconds": sum(s.write_seconds for s in stats),
-        "retries": sum(s.retries for s in stats),
-        "oom_events": sum(s.batch.oom_events for s in stats),
-        "batch_size": {s.worker: s.batch.batch_size for s in stats if s.worker},
-        "tokens": sum(s.batch.tokens for s in stats),
-        "padded_tokens": sum(s.batch.padded_tokens for s in stats),
-        "padded_tokens_unsorted": sum(s.batch.padded_tokens_unsorted for s in stats),
-    }
-
-
-def manifest(result: JobResult, work: Worklist, model: ModelSpec, preprocess_token: str) -> dict:
-    """The ``_SUCCESS`` manifest of a finished job."""
+def manifest(
+    result: JobResult,
+    work: Worklist,
+    markers: list[Marker],
+    model: ModelSpec,
+    preprocess_token: str,
+) -> dict:
+    """The ``_SUCCESS`` manifest of a finished job: every input partition, every file."""
     return {
         "version": __version__,
         "job_fingerprint": work.job_fingerprint,
@@ -190,7 +190,10 @@ def manifest(result: JobResult, work: Worklist, model: ModelSpec, preprocess_tok
         "started": result.started,
         "finished": result.finished,
         **result.summary(),
-    } | {"files": result.files, "errors": result.error_files}
+    } | {
+        "files": list(_files(markers)),
+        "errors": [path for m in markers for path, _ in m.errors],
+    }
 
 
 def save_report(committer: Committer, result: JobResult, stats: RetryStats | None = None) -> None:

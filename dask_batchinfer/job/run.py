@@ -31,16 +31,17 @@ from dask_batchinfer.job.prepare import PreparedJob, prepare
 from dask_batchinfer.job.record import (
     RunInfo,
     build_result,
+    committed,
     fail,
     manifest,
     now,
     save_report,
     with_phases,
 )
+from dask_batchinfer.job.tally import Tally
 from dask_batchinfer.job.worklist import Worklist, partitions_of, worklist
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.pipeline.rows import Preprocess
-from dask_batchinfer.pipeline.stages import PartitionStats
 from dask_batchinfer.report.progress import make_progress
 from dask_batchinfer.report.result import JobResult
 
@@ -239,7 +240,7 @@ class _JobRun:
         self.job, self.options, self.run_info = job, job.options, run
         self.committer, self.lease, self.work = committer, lease, work
         self.settings = job.settings(run.job)
-        self.stats: list[PartitionStats] = []
+        self.tally = Tally()
 
     def result(self) -> JobResult:
         return build_result(
@@ -248,7 +249,7 @@ class _JobRun:
             model=self.job.model,
             work=self.work,
             run=self.run_info,
-            stats=self.stats,
+            tally=self.tally,
         )
 
     def run(self) -> JobResult:
@@ -304,7 +305,7 @@ class _JobRun:
                         progress=bar,
                         window=functools.partial(window_size, options=options),
                         bad_rows_allowed=options.bad_rows_allowed(self.work.quarantined_before()),
-                        stats=self.stats,
+                        tally=self.tally,
                         timeout=options.partition_timeout,
                         heartbeat=options.heartbeat_seconds,
                         no_workers=options.no_workers_timeout,
@@ -327,10 +328,12 @@ class _JobRun:
             raise too_many
         retries = RetryStats()
         result.finished = now()
+        markers = committed(self.work, self.tally)
         committer.write_manifest(
             manifest(
                 result,
                 work=self.work,
+                markers=markers,
                 model=self.job.model,
                 preprocess_token=code_token(self.job.preprocess),
             ),
@@ -339,7 +342,9 @@ class _JobRun:
         run.mark("manifest")
         result.retries += retries.retries
         result.files_removed = committer.collect_garbage(
-            {f["path"] for f in result.files}, self.work.slugs, set(result.error_files)
+            {path for m in markers for path, _ in m.files},
+            self.work.slugs,
+            {path for m in markers for path, _ in m.errors},
         )
         run.mark("garbage collected")
         result.wall_seconds = time.perf_counter() - run.wall_start

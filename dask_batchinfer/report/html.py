@@ -90,7 +90,7 @@ def result_html(report: Mapping[str, Any], saved: bool = False) -> str:
         head
         + _where(report, with_link=not saved)
         + grid
-        + (_section("Timeline (one bar per partition and stage)", svg) if svg else "")
+        + (_section(_timeline_title(report), svg) if svg else "")
         + "</div>"
     )
 
@@ -178,14 +178,22 @@ def _loads(report: Mapping[str, Any]) -> str:
 
 
 def _where(report: Mapping[str, Any], with_link: bool = True) -> str:
-    files = report.get("files")
+    files = report.get("files_total", len(report.get("files") or ()))
     link = report.get("dashboard_link") if with_link else None
     return (
         f'<div>output <code data-key="output">{_e(report["output"])}</code>'
-        + (f" · {plural(len(files), 'file')}" if files else "")
+        + (f" · {plural(files, 'file')}" if files else "")
         + (f' · dashboard <a href="{_e(link)}">{_e(link)}</a>' if link else "")
         + "</div>"
     )
+
+
+def _timeline_title(report: Mapping[str, Any]) -> str:
+    shown, run = report.get("timeline_partitions", 0), report.get("partitions_run", 0)
+    if not shown or shown >= run:
+        return "Timeline (one bar per partition and stage)"
+    sample = f"{shown:,} of {run:,} partitions, evenly spread"
+    return f"Timeline (one bar per partition and stage; {sample})"
 
 
 def plural(count: int, word: str) -> str:

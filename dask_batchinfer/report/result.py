@@ -42,7 +42,10 @@ class JobResult:
     model_loads : dict of str to int
         How many times each worker loaded the model (1 is the goal).
     files : list of dict
-        Committed files: ``{"path", "rows", "partition"}``, paths relative to ``output``.
+        Committed files: ``{"path", "rows", "partition"}``, paths relative to
+        ``output``: the first 1,000 (the ``_SUCCESS`` manifest lists them all).
+    files_total : int
+        Committed files, all of them.
     infer_seconds, write_seconds : float
         Summed over partitions: time in inference, and in writing + committing.
     retries : int
@@ -52,7 +55,7 @@ class JobResult:
     rows_quarantined : int
         Rows set aside by ``on_error="quarantine"``; rows_out + rows_quarantined = rows_in.
     error_files : list of str
-        Where they are (``_errors/...parquet``, relative to ``output``).
+        Where they are (``_errors/...parquet``, relative to ``output``; the first 1,000).
     startup_seconds : float
         From the call until the model was loaded on every model worker
         (cluster start included).
@@ -80,7 +83,10 @@ class JobResult:
     timeline : list of dict
         One record per stage run of the partitions this run committed:
         ``stage`` (read, preprocess, infer, write), ``partition``, ``worker``,
-        ``start``, ``end`` (epoch seconds), ``rows``.
+        ``start``, ``end`` (epoch seconds), ``rows``; of at most 2,000
+        partitions, spread evenly over the input (``timeline_partitions``).
+    timeline_partitions : int
+        Partitions in ``timeline``.
     rows_truncated : int
         Rows longer than the model reads (e.g. texts past the encoder's
         ``max_seq_length``), truncated by the model; counted, not failed.
@@ -139,6 +145,8 @@ class JobResult:
     timeline: list[dict[str, Any]] = dataclasses.field(default_factory=list, repr=False)
     phases: dict[str, float] = dataclasses.field(default_factory=dict, repr=False)
     rows_computed: int = 0
+    files_total: int = 0
+    timeline_partitions: int = 0
 
     @property
     def padding_fraction(self) -> float | None:
@@ -180,7 +188,8 @@ class JobResult:
             "rows_per_second": round(self.rows_per_second, 1),
             "model_load_seconds": {w: round(s, 3) for w, s in self.model_load_seconds.items()},
             "model_loads": dict(self.model_loads),
-            "files": len(self.files),
+            "files": self.files_total,
+            "files_total": self.files_total,
             "retries": self.retries,
             "files_removed": self.files_removed,
             "oom_events": self.oom_events,
@@ -212,6 +221,7 @@ class JobResult:
             "files": self.files,
             "error_files": self.error_files,
             "timeline": self.timeline,
+            "timeline_partitions": self.timeline_partitions,
             "phases": self.phases,
         }
 
@@ -245,7 +255,7 @@ class JobResult:
                 f"  output      {self.output}",
                 f"  partitions  {self.partitions}: {self.partitions_run} run, "
                 f"{self.partitions_skipped} skipped (already committed), "
-                f"{self.partitions_invalidated} invalidated; {plural(len(self.files), 'file')}",
+                f"{self.partitions_invalidated} invalidated; {plural(self.files_total, 'file')}",
                 f"  rows        {self.rows_in:,} in, {self.rows_out:,} out"
                 + (
                     f", {self.rows_quarantined:,} quarantined in _errors/"

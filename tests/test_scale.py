@@ -1,0 +1,137 @@
+"""What a job costs the scheduler and the client per partition, and what it keeps (#27).
+
+Counted, not timed: tasks and graphs the scheduler received (a scheduler
+plugin), the size of the result and of the report at many partitions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+import dask_batchinfer as dbi
+from dask_batchinfer.cluster.engine import reaches_workers
+
+
+def _zeros(batch: pd.DataFrame) -> np.ndarray:
+    return np.zeros(len(batch), np.float32)
+
+
+NULL = dbi.from_callable(_zeros, input_columns=["x"], outputs={"y": "float32"}, name="null")
+
+
+class _Graphs(SchedulerPlugin):
+    """Counts the graphs the scheduler received and the tasks in each."""
+
+    name = "count-graphs"
+
+    def __init__(self) -> None:
+        self.graphs: list[list[str]] = []
+
+    def update_graph(self, scheduler, *, keys, tasks, **kwargs) -> None:  # noqa: ANN001
+        self.graphs.append([str(key) for key in tasks])
+
+
+def _graphs(dask_scheduler=None) -> list[list[str]]:  # noqa: ANN001 - run_on_scheduler's name
+    return dask_scheduler.plugins["count-graphs"].graphs
+
+
+def _row_groups(path, groups: int, rows: int = 10) -> None:
+    table = pa.table(
+        {"id": np.arange(groups * rows), "x": np.random.default_rng(0).random(groups * rows)}
+    )
+    pq.write_table(table, path, row_group_size=rows)
+
+
+def test_each_partition_is_one_task_and_the_window_is_refilled_in_graphs_of_several(
+    client, tmp_path
+):
+    """A Parquet partition's read is fused into its task (one task per partition, no read
+    task beside it), and refills arrive as graphs of several partitions (fewer graphs
+    than partitions)."""
+    import dask
+
+    _row_groups(tmp_path / "in.parquet", 60)
+    client.register_plugin(_Graphs())
+    try:
+        with dask.config.set({"batchinfer.partition-size": "10 rows"}):
+            result = dbi.run_job(
+                str(tmp_path / "in.parquet"), NULL, output=str(tmp_path / "out"), progress=False
+            )
+        graphs = client.run_on_scheduler(_graphs)
+    finally:
+        client.unregister_scheduler_plugin("count-graphs")
+    assert result.partitions_run == 60 and result.rows_out == 600
+    # not the placeholders, nor the model loads at the start
+    ours = [[k for k in g if "-waiting-" not in k and "-load-" not in k] for g in graphs]
+    tasks = [k for g in ours for k in g]
+    assert len(tasks) == 60, tasks  # one task per partition: the read is inside it
+    assert all(k.startswith(f"process-batchinfer-{result.job}-") for k in tasks), tasks
+    refills = [g for g in ours if g]
+    assert len(refills) < 60 / 2, [len(g) for g in refills]  # several partitions per graph
+
+
+def test_results_come_from_the_workers_when_the_client_reaches_them(client):
+    """Direct gathers (no scheduler hop) when a worker answers; through the scheduler when
+    none does, or when the client says so."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    assert reaches_workers(client, workers)
+    assert not reaches_workers(client, {"tcp://127.0.0.1:1": {}})  # nothing listens there
+    client.direct_to_workers = False
+    try:
+        assert not reaches_workers(client, workers)
+    finally:
+        client.direct_to_workers = None
+
+
+def test_the_result_and_report_list_a_bounded_sample_and_the_manifest_every_file(
+    client, tmp_path, monkeypatch
+):
+    """At many files, ``result.files`` and ``_report.json`` list the first FILES_SHOWN and
+    count them all; the ``_SUCCESS`` manifest lists every one (what resume and readers use)."""
+    import json
+
+    import dask
+
+    from dask_batchinfer.job import record
+
+    monkeypatch.setattr(record, "FILES_SHOWN", 10)
+    _row_groups(tmp_path / "in.parquet", 40)
+    with dask.config.set({"batchinfer.partition-size": "10 rows"}):
+        result = dbi.run_job(
+            str(tmp_path / "in.parquet"), NULL, output=str(tmp_path / "out"), progress=False
+        )
+    assert result.files_total == 40 and len(result.files) == 10
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert report["files_total"] == 40 and len(report["files"]) == 10
+    manifest = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    listed = {f["path"] for f in manifest["files"]}
+    on_disk = {p.name for p in (tmp_path / "out").glob("part-*.parquet")}
+    assert len(listed) == 40 and {p.rsplit("/", 1)[-1] for p in listed} == on_disk
+    assert "40 files" in str(result)
+
+
+def test_the_timeline_keeps_an_even_sample_of_partitions_and_every_sum():
+    """10,000 partitions' statistics: the tally keeps the stage records of at most
+    ``limit`` partitions, spread over the input, while its sums count all of them."""
+    from dask_batchinfer.io.commit import Marker
+    from dask_batchinfer.job.tally import Tally
+    from dask_batchinfer.pipeline.stages import PartitionStats
+
+    tally = Tally(limit=300)
+    for n in range(10_000):
+        stats = PartitionStats(n, f"p{n}", rows_in=100, worker="w", infer_seconds=0.5)
+        stats.timeline = [{"stage": "infer", "partition": n, "start": n, "end": n + 1.0}]
+        stats.marker = Marker(f"p{n}", None, "f", ((f"part-{n}.parquet", 100),), 100)
+        stats.finished = float(n)
+        tally.add(stats)
+    kept = sorted({r["partition"] for r in tally.timeline()})
+    assert 150 < len(kept) <= 300 and tally.timeline_partitions == len(kept)
+    assert kept[0] == 0 and kept[-1] > 9_000  # the whole input, not its start
+    assert len({b - a for a, b in zip(kept, kept[1:], strict=False)}) == 1  # evenly
+    assert tally.partitions == 10_000 and tally.rows_computed == 1_000_000
+    assert tally.sums["infer_seconds"] == 5_000 and len(tally.markers) == 10_000
+    assert (tally.first_commit, tally.last_commit, tally.first_read) == (0.0, 9_999.0, 0)
