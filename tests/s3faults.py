@@ -4,6 +4,10 @@ Every request is forwarded to moto unchanged, except that a chosen share of
 PUT requests (object uploads and server-side copies), and every GET or PUT whose
 path ``fail_get(path)`` or ``fail_put(path)`` accepts, is answered with an S3 ``500 InternalError``
 instead, without reaching moto (a storage outage).
+
+Every request that reaches the proxy is counted in ``proxy.requests``, a
+:class:`collections.Counter` keyed by ``(method, kind)`` (see :func:`request_kind`);
+``proxy.reset_counts()`` empties it.
 """
 
 from __future__ import annotations
@@ -11,15 +15,46 @@ from __future__ import annotations
 import http.client
 import random
 import threading
+from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 _ERROR = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
     b"<Message>injected fault</Message><RequestId>fault</RequestId></Error>"
 )
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+
+
+def request_kind(method: str, path: str, headers) -> str:
+    """What an S3 request does, from its method, path-style URL and headers.
+
+    ``list`` (GET on a bucket: ListObjects, with or without a prefix), ``get``
+    (GET of an object, range reads included), ``head``, ``put`` (an upload),
+    ``copy`` (PUT with ``x-amz-copy-source``), ``delete`` (DELETE, or POST
+    ``?delete``), ``multipart`` (anything with ``uploads`` or ``uploadId``), or
+    ``other``.
+    """
+    url = urlsplit(path)
+    query = parse_qs(url.query, keep_blank_values=True)
+    key = url.path.lstrip("/").partition("/")[2]
+    if "uploads" in query or "uploadId" in query:
+        return "multipart"
+    if method == "HEAD":
+        return "head"
+    if method == "GET":
+        if key:
+            return "get"
+        listing = {"list-type", "prefix", "delimiter", "marker", "continuation-token"}
+        return "list" if not query or listing & set(query) else "other"
+    if method == "PUT":
+        if headers.get("x-amz-copy-source"):
+            return "copy"
+        return "put" if key else "other"
+    if method == "DELETE" or (method == "POST" and "delete" in query):
+        return "delete"
+    return "other"
 
 
 class FaultProxy:
@@ -47,6 +82,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.puts = 0
         self.injected = 0
+        self.requests: Counter[tuple[str, str]] = Counter()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,6 +107,7 @@ class FaultProxy:
 
             def _forward(self) -> None:
                 body = self._body()
+                proxy._count(self.command, self.path, self.headers)
                 if (self.command == "PUT" and proxy._should_fail(self.path)) or (
                     self.command == "GET" and proxy._should_fail_get(self.path)
                 ):
@@ -108,6 +145,16 @@ class FaultProxy:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _count(self, method: str, path: str, headers) -> None:
+        kind = request_kind(method, path, headers)
+        with self.lock:
+            self.requests[method, kind] += 1
+
+    def reset_counts(self) -> None:
+        """Forget the requests counted so far."""
+        with self.lock:
+            self.requests.clear()
 
     def _should_fail(self, path: str) -> bool:
         if self.fail_put is not None and self.fail_put(path):
