@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
+from graphs import covered, job_graphs
 from s3faults import FaultProxy
 
 import dask_batchinfer as dbi
@@ -426,3 +427,40 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def _dies_once_at(batch: pd.DataFrame, row: int, flag: str) -> np.ndarray:
+    """A null model whose worker process dies the first time it sees ``row``."""
+    if (batch["id"] == row).any() and not os.path.exists(flag):
+        open(flag, "w").close()
+        os._exit(1)
+    return np.zeros(len(batch), np.float32)
+
+
+def test_a_worker_dying_inside_a_bundle_leaves_every_row_once(killable, tmp_path):
+    """Quick partitions go several to a task; the worker dies in the middle of one. The
+    scheduler runs the task again (those of its partitions committed before the death too):
+    the output holds every row once, the first try's files collected."""
+    import dask
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = np.arange(800)
+    pq.write_table(pa.table({"id": ids, "x": ids * 0.5}), tmp_path / "in.parquet",
+                   row_group_size=10)  # fmt: skip
+    model = dbi.from_callable(
+        functools.partial(_dies_once_at, row=305, flag=str(tmp_path / "died")),
+        input_columns=["id"], outputs={"y": "float32"}, name="dies-once",
+    )  # fmt: skip
+    c = killable()
+    with dask.config.set({"batchinfer.partition-size": "10 rows"}):
+        result, graphs = job_graphs(c, lambda: dbi.run_job(
+            str(tmp_path / "in.parquet"), model, keep=["id"], output=str(tmp_path / "out"),
+            client=c, progress=False))  # fmt: skip
+    assert (tmp_path / "died").exists()
+    dying = [covered(k, result.job) for g in graphs for k in g if 30 in covered(k, result.job)]
+    assert len(dying[0]) > 1, dying  # partition 30 (row 305) was in a bundle
+    assert (result.partitions_run, result.rows_out) == (80, 800)
+    back = pd.read_parquet(tmp_path / "out")
+    assert sorted(back["id"]) == list(range(800))
+    assert len(list((tmp_path / "out").glob("part-*.parquet"))) == 80

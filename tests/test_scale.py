@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from distributed.diagnostics.plugin import SchedulerPlugin
+from graphs import covered, job_graphs
 
 import dask_batchinfer as dbi
 from dask_batchinfer.cluster.engine import reaches_workers
@@ -23,22 +23,6 @@ def _zeros(batch: pd.DataFrame) -> np.ndarray:
 NULL = dbi.from_callable(_zeros, input_columns=["x"], outputs={"y": "float32"}, name="null")
 
 
-class _Graphs(SchedulerPlugin):
-    """Counts the graphs the scheduler received and the tasks in each."""
-
-    name = "count-graphs"
-
-    def __init__(self) -> None:
-        self.graphs: list[list[str]] = []
-
-    def update_graph(self, scheduler, *, keys, tasks, **kwargs) -> None:  # noqa: ANN001
-        self.graphs.append([str(key) for key in tasks])
-
-
-def _graphs(dask_scheduler=None) -> list[list[str]]:  # noqa: ANN001 - run_on_scheduler's name
-    return dask_scheduler.plugins["count-graphs"].graphs
-
-
 def _row_groups(path, groups: int, rows: int = 10) -> None:
     table = pa.table(
         {"id": np.arange(groups * rows), "x": np.random.default_rng(0).random(groups * rows)}
@@ -46,32 +30,52 @@ def _row_groups(path, groups: int, rows: int = 10) -> None:
     pq.write_table(table, path, row_group_size=rows)
 
 
-def test_each_partition_is_one_task_and_the_window_is_refilled_in_graphs_of_several(
+def test_quick_partitions_share_tasks_that_read_them_and_refills_are_graphs_of_several(
     client, tmp_path
 ):
-    """A Parquet partition's read is fused into its task (one task per partition, no read
-    task beside it), and refills arrive as graphs of several partitions (fewer graphs
-    than partitions)."""
+    """A Parquet partition's read runs inside its task (no read task beside it); partitions
+    far quicker than a task's cost (a null model on 10 rows) go several to a task, each
+    exactly once; refills arrive as graphs of several tasks."""
     import dask
 
     _row_groups(tmp_path / "in.parquet", 60)
-    client.register_plugin(_Graphs())
-    try:
-        with dask.config.set({"batchinfer.partition-size": "10 rows"}):
-            result = dbi.run_job(
+    with dask.config.set({"batchinfer.partition-size": "10 rows"}):
+        result, refills = job_graphs(
+            client,
+            lambda: dbi.run_job(
                 str(tmp_path / "in.parquet"), NULL, output=str(tmp_path / "out"), progress=False
-            )
-        graphs = client.run_on_scheduler(_graphs)
-    finally:
-        client.unregister_scheduler_plugin("count-graphs")
+            ),
+        )
     assert result.partitions_run == 60 and result.rows_out == 600
-    # not the placeholders, nor the model loads at the start
-    ours = [[k for k in g if "-waiting-" not in k and "-load-" not in k] for g in graphs]
-    tasks = [k for g in ours for k in g]
-    assert len(tasks) == 60, tasks  # one task per partition: the read is inside it
+    tasks = [k for g in refills for k in g]
     assert all(k.startswith(f"process-batchinfer-{result.job}-") for k in tasks), tasks
-    refills = [g for g in ours if g]
-    assert len(refills) < 60 / 2, [len(g) for g in refills]  # several partitions per graph
+    ran = sorted(n for k in tasks for n in covered(k, result.job))
+    assert ran == list(range(60))  # each once, all in their tasks
+    assert len(tasks) < 60 / 2, tasks  # bundled
+    assert len(refills) < len(tasks), [len(g) for g in refills]  # several tasks per graph
+
+
+def _slow(batch: pd.DataFrame) -> np.ndarray:
+    import time
+
+    time.sleep(0.3)  # longer than a bundle's aim (BUNDLE_SECONDS)
+    return np.zeros(len(batch), np.float32)
+
+
+def test_slow_partitions_get_a_task_each(client, tmp_path):
+    import dask
+
+    _row_groups(tmp_path / "in.parquet", 8)
+    slow = dbi.from_callable(_slow, input_columns=["x"], outputs={"y": "float32"}, name="slow")
+    with dask.config.set({"batchinfer.partition-size": "10 rows"}):
+        result, refills = job_graphs(
+            client,
+            lambda: dbi.run_job(
+                str(tmp_path / "in.parquet"), slow, output=str(tmp_path / "out"), progress=False
+            ),
+        )
+    tasks = [k for g in refills for k in g]
+    assert result.partitions_run == 8 and len(tasks) == 8, tasks
 
 
 def test_results_come_from_the_workers_when_the_client_reaches_them(client):

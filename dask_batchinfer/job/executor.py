@@ -25,13 +25,8 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
-
-# The graph nodes Dask's own collections use, and the expression a graph travels in.
-from dask._expr import LLGExpr
-from dask._task_spec import Task, TaskRef
-from dask.optimization import cull
 
 from dask_batchinfer.cluster.engine import reaches_workers
 from dask_batchinfer.cluster.local import Pools
@@ -45,19 +40,16 @@ from dask_batchinfer.io.commit import Partition
 from dask_batchinfer.job.demand import Demand
 from dask_batchinfer.job.options import JobOptions
 from dask_batchinfer.job.tally import Tally
+from dask_batchinfer.job.tasks import Launch, TaskGraphs, bundle_size
 from dask_batchinfer.pipeline.rows import where
 from dask_batchinfer.pipeline.stages import (
     PartitionStats,
     StageSettings,
-    infer_write_task,
-    preprocess_task,
-    process_task,
 )
 from dask_batchinfer.report.progress import Progress
-from dask_batchinfer.worker.packed import Packed
 from dask_batchinfer.worker.process import workers_killed
 
-__all__ = ["Executor", "submit_read", "window_size"]
+__all__ = ["Executor", "window_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,24 +59,26 @@ LINGER = 0.02
 
 @dataclasses.dataclass
 class _Flight:
-    """A partition in flight: since when (``time.monotonic()``), which attempt, deaths so far."""
+    """A task in flight: its partitions (one, or a bundle), since when (``time.monotonic()``),
+    which attempt, deaths so far."""
 
-    partition: Partition
-    started: float
-    attempt: int
+    launch: Launch
+    started: float = 0.0
     killed: int = 0  # workers that died running it in earlier submissions
 
+    @property
+    def partition(self) -> Partition:
+        """The first (for a single partition, the only) partition."""
+        return self.launch.partitions[0]
 
-def submit_read(client: Any, graph: dict, key: Hashable, resources: dict | None = None) -> Any:
-    """A future of one input partition: its key computed from the input's own graph."""
-    return client.get(cull(graph, [key])[0], [key], sync=False, resources=resources)[0]
+    @property
+    def attempt(self) -> int:
+        return self.launch.attempt
 
-
-def _graph(tasks: dict, name: str) -> Any:
-    """``tasks`` as the scheduler takes them, named ``name`` (unique): ``client.get`` would
-    name them by tokenising every task (its pieces, its partition, the shipped settings),
-    a cost per partition as high as all the rest of the client's."""
-    return LLGExpr(tasks, _determ_token=name)
+    def singles(self, killed: int = 0) -> list[_Flight]:
+        """Its partitions one per task, for their next attempt."""
+        attempt = self.attempt + 1
+        return [_Flight(Launch((p,), attempt), killed=killed) for p in self.launch.partitions]
 
 
 def window_size(pools: Pools, options: JobOptions) -> int:
@@ -148,11 +142,9 @@ class Executor:
         demand: Demand | None = None,
     ) -> None:
         self.client = client
-        self.graph = dict(ddf.__dask_graph__())
-        self.keys = ddf.__dask_keys__()
+        self.graphs = TaskGraphs(ddf, pools, settings)
         self.pools = pools
-        self.settings = settings
-        self.shipped = Packed(settings)  # pickled once; the scheduler passes bytes along
+        self.bundle = 1  # partitions per task, from their measured time (job/tasks.py)
         self.window_of = window
         self.window = window(pools)
         self.bad_rows_allowed = bad_rows_allowed
@@ -166,49 +158,8 @@ class Executor:
         self.last_worker_check = 0.0
         self.no_workers = no_workers
         self.demand = demand
-        self.task = "infer" if pools.mixed else "process"  # a partition's last task
         if demand is not None:
-            demand.retarget(self.task)
-
-    def _stage_task(self, partition: Partition, key: str) -> tuple[dict, str]:
-        """The graph of a partition's first stage (under ``key``): its read fused into it when
-        the input's graph for the partition is one task (as the readers make it), else beside it."""
-        read_key = self.keys[partition.number]
-        first = preprocess_task if self.pools.mixed else process_task
-        stage = Task(key, first, TaskRef(read_key), partition, self.shipped)
-        inputs = cull(self.graph, [read_key])[0]
-        if len(inputs) == 1:
-            return {key: Task.fuse(inputs[read_key], stage, key=key)}, key
-        return {**inputs, key: stage}, key
-
-    def _submit(self, launches: list[tuple[Partition, int]]) -> list[Any]:
-        """Futures of the last task of each ``(partition, attempt)``: one graph to the scheduler
-        for all of them (two on a mixed cluster, one per pool)."""
-        c, pools, job = self.client, self.pools, self.settings.job
-        names = [
-            f"batchinfer-{job}-{p.number}" + (f"-attempt{attempt}" if attempt > 1 else "")
-            for p, attempt in launches
-        ]
-        first = "preprocess" if pools.mixed else self.task
-        graph: dict = {}
-        keys = []
-        for (partition, _), name in zip(launches, names, strict=True):
-            part, key = self._stage_task(partition, f"{first}-{name}")
-            graph.update(part)
-            keys.append(key)
-        cpu = {pools.preprocess: 1} if pools.mixed else None
-        batch = f"{first}-{names[0]}-{len(names)}"
-        staged = c.get(_graph(graph, batch), keys, sync=False, resources=cpu)
-        if not pools.mixed:
-            return staged
-        infer = {
-            f"{self.task}-{name}": Task(
-                f"{self.task}-{name}", infer_write_task, future, partition, self.shipped
-            )
-            for (partition, _), name, future in zip(launches, names, staged, strict=True)
-        }
-        graph = _graph(infer, f"{self.task}-{names[0]}-{len(names)}")
-        return c.get(graph, list(infer), sync=False, resources={pools.model: 1})
+            demand.retarget(self.graphs.task)
 
     def run(self, todo: list[Partition]) -> Tally:
         """Run ``todo``; return what the committed partitions add up to."""
@@ -236,14 +187,20 @@ class Executor:
 
     def _fill(self, queue: collections.deque[Partition], flying: dict[Any, _Flight]) -> None:
         """Submit waiting partitions until the window is full (it may have shrunk: then none)."""
-        room = min(len(queue), self.window - len(flying))
-        if room >= min(len(queue), max(1, self.window // 4)) and room > 0:
-            self._launch([_Flight(queue.popleft(), 0.0, 1) for _ in range(room)], flying)
-        if self.demand is not None:
-            self.demand.shrink(len(queue))
+        if self.graphs.bundles:
+            self.bundle = bundle_size(self.tally, len(queue), self.pools.total_threads)
+        tasks = min(-(-len(queue) // self.bundle), self.window - len(flying))
+        if tasks > 0 and tasks >= min(len(queue), max(1, self.window // 4)):
+            flights = []
+            for _ in range(tasks):
+                bundle = [queue.popleft() for _ in range(min(self.bundle, len(queue)))]
+                flights.append(_Flight(Launch(tuple(bundle))))
+            self._launch(flights, flying)
+        if self.demand is not None:  # the tasks left, each costed as a task so far took
+            self.demand.shrink(-(-len(queue) // self.bundle))
 
     def _launch(self, flights: list[_Flight], flying: dict[Any, _Flight]) -> None:
-        futures = self._submit([(f.partition, f.attempt) for f in flights])
+        futures = self.graphs.submit(self.client, [f.launch for f in flights])
         started = time.monotonic()
         for future, flight in zip(futures, flights, strict=True):
             flight.started = started
@@ -278,7 +235,8 @@ class Executor:
         succeeded = [f for f in done if f.status == "finished"]
         results = self.client.gather(succeeded, direct=self.direct) if succeeded else []
         for future, stats in zip(succeeded, results, strict=True):
-            self._commit(stats)
+            for one in stats if isinstance(stats, list) else [stats]:  # a bundle's: a list
+                self._commit(one)
             del flying[future]
             future.release()
         for future in done:
@@ -291,6 +249,9 @@ class Executor:
         try:
             future.result()  # raises the task's error
         except KilledWorker as err:
+            if len(flight.launch.partitions) > 1:  # which partition? each on its own, then
+                self._launch(flight.singles(killed=workers_killed()), flying)
+                return
             if flight.killed:
                 raise self._killer(flight, err) from err
             # Workers killed from outside (preemption, an OOM killer, a restart) can hit the
@@ -300,8 +261,7 @@ class Executor:
                 where(flight.partition.number, flight.partition.source),
                 workers_killed(),
             )
-            retry = _Flight(flight.partition, 0.0, flight.attempt + 1, killed=workers_killed())
-            self._launch([retry], flying)
+            self._launch(flight.singles(killed=workers_killed()), flying)
         finally:
             future.release()
 
@@ -319,11 +279,11 @@ class Executor:
         now = time.monotonic()
         for future, flight in list(flying.items()):
             age = now - flight.started
-            if self.timeout is None or age <= self.timeout:
+            if self.timeout is None or age <= self.timeout * len(flight.launch.partitions):
                 continue
             future.cancel()
             del flying[future]
-            if flight.attempt > 1:
+            if flight.attempt > 1 and len(flight.launch.partitions) == 1:
                 p = flight.partition
                 raise PartitionTimeoutError(
                     f"{where(p.number, p.source)} ran longer than partition_timeout="
@@ -334,9 +294,10 @@ class Executor:
                     seconds=self.timeout,
                 )
             place = where(flight.partition.number, flight.partition.source)
+            if len(flight.launch.partitions) > 1:
+                place = f"a task of {len(flight.launch.partitions)} partitions from {place}"
             logger.warning("%s ran %.0f s, past partition_timeout: retrying once", place, age)
-            retry = _Flight(flight.partition, 0.0, flight.attempt + 1, flight.killed)
-            self._launch([retry], flying)
+            self._launch(flight.singles(flight.killed), flying)
         self._check_workers(now)
         quiet = now - max(self.last_commit, self.last_heartbeat)
         if flying and self.progress is not None and quiet >= self.heartbeat:

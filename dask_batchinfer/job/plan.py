@@ -29,9 +29,9 @@ from dask_batchinfer.cluster.engine import choose_engine, connect
 from dask_batchinfer.cluster.local import Pools, model_workers
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.io.read import InputFile
-from dask_batchinfer.job.executor import submit_read
 from dask_batchinfer.job.options import JobOptions
 from dask_batchinfer.job.prepare import prepare
+from dask_batchinfer.job.tasks import submit_read
 from dask_batchinfer.job.worklist import partitions_of
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.pipeline.rows import Preprocess

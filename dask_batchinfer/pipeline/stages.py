@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -52,6 +52,8 @@ __all__ = [
     "predict_partition",
     "preprocess_stage",
     "preprocess_task",
+    "Reads",
+    "process_bundle",
     "process_task",
     "read_stage",
     "write_stage",
@@ -281,6 +283,29 @@ def process_task(frame: pd.DataFrame, partition: Partition, shipped: Shipped) ->
     """Every stage in one task, on a single-pool cluster (no transfer between stages)."""
     settings = unpack(shipped)
     return infer_write_task(preprocess_task(frame, partition, settings), partition, settings)
+
+
+class Reads:
+    """Read tasks carried unopened into a bundle task: Dask runs the tasks given as a task's
+    arguments before it starts, which would hold every partition of the bundle in memory at
+    once; these run one at a time inside it."""
+
+    __slots__ = ("tasks",)
+
+    def __init__(self, tasks: Sequence[Callable[[], pd.DataFrame]]) -> None:
+        self.tasks = tuple(tasks)
+
+
+def process_bundle(
+    reads: Reads, partitions: Sequence[Partition], shipped: Shipped
+) -> list[PartitionStats]:
+    """Several partitions in one task, each read, processed and committed in turn (partitions
+    too quick to be worth a task each: see ``job/tasks.py``)."""
+    settings = unpack(shipped)
+    return [
+        process_task(read(), partition, settings)
+        for read, partition in zip(reads.tasks, partitions, strict=True)
+    ]
 
 
 def measure_task(
