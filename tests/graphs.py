@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -24,17 +25,27 @@ def _graphs(dask_scheduler=None) -> list[list[str]]:  # noqa: ANN001 - run_on_sc
     return dask_scheduler.plugins["count-graphs"].graphs
 
 
-def job_graphs(client: Any, run: Callable[[], Any]) -> tuple[Any, list[list[str]]]:
-    """``run()``'s result and the graphs of partition tasks it sent (not the placeholders,
-    nor the model loads at the start), each a list of task keys."""
+@contextlib.contextmanager
+def counted_graphs(client: Any) -> Iterator[list[list[str]]]:
+    """``with counted_graphs(client) as graphs:``: afterwards (also after an error), the
+    graphs of partition tasks sent meanwhile (not the placeholders, nor the model loads at
+    the start), each a list of task keys."""
+    graphs: list[list[str]] = []
     client.register_plugin(_Graphs())
     try:
-        result = run()
-        graphs = client.run_on_scheduler(_graphs)
+        yield graphs
     finally:
+        sent = client.run_on_scheduler(_graphs)
         client.unregister_scheduler_plugin("count-graphs")
-    ours = [[k for k in g if "-waiting-" not in k and "-load-" not in k] for g in graphs]
-    return result, [g for g in ours if g]
+        ours = [[k for k in g if "-waiting-" not in k and "-load-" not in k] for g in sent]
+        graphs += [g for g in ours if g]
+
+
+def job_graphs(client: Any, run: Callable[[], Any]) -> tuple[Any, list[list[str]]]:
+    """``run()``'s result and the graphs of partition tasks it sent."""
+    with counted_graphs(client) as graphs:
+        result = run()
+    return result, graphs
 
 
 def covered(key: str, job: str) -> range:

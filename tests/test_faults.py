@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
-from graphs import covered, job_graphs
+from graphs import counted_graphs, covered, job_graphs
 from s3faults import FaultProxy
 
 import dask_batchinfer as dbi
@@ -464,3 +464,43 @@ def test_a_worker_dying_inside_a_bundle_leaves_every_row_once(killable, tmp_path
     back = pd.read_parquet(tmp_path / "out")
     assert sorted(back["id"]) == list(range(800))
     assert len(list((tmp_path / "out").glob("part-*.parquet"))) == 80
+
+
+def _hangs_at(batch: pd.DataFrame, row: int) -> np.ndarray:
+    """A null model that hangs (60 s) on ``row``."""
+    if (batch["id"] == row).any():
+        time.sleep(60)
+    return np.zeros(len(batch), np.float32)
+
+
+@pytest.mark.slow
+def test_a_hung_partition_inside_a_bundle_fails_the_job_and_does_not_hang_it(
+    private_client, tmp_path
+):
+    """A bundle past its time (the partition timeout per partition in it) runs again one
+    partition per task, each with two tries of its own; the hung one fails the job. (Which
+    partition the error names is not asserted: a cancelled task keeps its worker thread until
+    it returns, so partitions sent to that worker meanwhile time out too.)"""
+    import dask
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = np.arange(600)
+    pq.write_table(pa.table({"id": ids, "x": ids * 0.5}), tmp_path / "in.parquet",
+                   row_group_size=10)  # fmt: skip
+    model = dbi.from_callable(functools.partial(_hangs_at, row=255), input_columns=["id"],
+                              outputs={"y": "float32"}, name="hangs")  # fmt: skip
+    started = time.monotonic()
+    with (
+        private_client(2, silence_logs=logging.CRITICAL) as c,
+        dask.config.set({"batchinfer.partition-size": "10 rows"}),
+        counted_graphs(c) as graphs,
+        pytest.raises(dbi.PartitionTimeoutError) as info,
+    ):
+        dbi.run_job(str(tmp_path / "in.parquet"), model, output=str(tmp_path / "out"), client=c,
+                    progress=False, partition_timeout=0.5)  # fmt: skip
+    assert "partition_timeout=0.5 s twice" in str(info.value)
+    assert time.monotonic() - started < 40  # did not wait for the hang (60 s)
+    job = next(k for g in graphs for k in g).split("-")[2]
+    tries = [covered(k, job) for g in graphs for k in g if 25 in covered(k, job)]
+    assert len(tries[0]) > 1 and len(tries[1]) == 1, tries  # in a bundle, then on its own

@@ -65,6 +65,7 @@ class _Flight:
     launch: Launch
     started: float = 0.0
     killed: int = 0  # workers that died running it in earlier submissions
+    timed_out: int = 0  # times it ran past the timeout on its own (not in a bundle)
 
     @property
     def partition(self) -> Partition:
@@ -75,10 +76,13 @@ class _Flight:
     def attempt(self) -> int:
         return self.launch.attempt
 
-    def singles(self, killed: int = 0) -> list[_Flight]:
+    def singles(self, killed: int = 0, timed_out: int = 0) -> list[_Flight]:
         """Its partitions one per task, for their next attempt."""
         attempt = self.attempt + 1
-        return [_Flight(Launch((p,), attempt), killed=killed) for p in self.launch.partitions]
+        return [
+            _Flight(Launch((p,), attempt), killed=killed, timed_out=timed_out)
+            for p in self.launch.partitions
+        ]
 
 
 def window_size(pools: Pools, options: JobOptions) -> int:
@@ -283,7 +287,8 @@ class Executor:
                 continue
             future.cancel()
             del flying[future]
-            if flight.attempt > 1 and len(flight.launch.partitions) == 1:
+            alone = len(flight.launch.partitions) == 1
+            if alone and flight.timed_out:
                 p = flight.partition
                 raise PartitionTimeoutError(
                     f"{where(p.number, p.source)} ran longer than partition_timeout="
@@ -294,10 +299,10 @@ class Executor:
                     seconds=self.timeout,
                 )
             place = where(flight.partition.number, flight.partition.source)
-            if len(flight.launch.partitions) > 1:
+            if not alone:  # each of its partitions gets two tries of its own
                 place = f"a task of {len(flight.launch.partitions)} partitions from {place}"
             logger.warning("%s ran %.0f s, past partition_timeout: retrying once", place, age)
-            self._launch(flight.singles(flight.killed), flying)
+            self._launch(flight.singles(flight.killed, timed_out=int(alone)), flying)
         self._check_workers(now)
         quiet = now - max(self.last_commit, self.last_heartbeat)
         if flying and self.progress is not None and quiet >= self.heartbeat:
