@@ -8,6 +8,7 @@ the bad rows with their errors (:func:`bad_frame`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ from dask_batchinfer.errors import (
     PartitionError,
     SchemaError,
 )
+from dask_batchinfer.worker.cache import LRU
 
 __all__ = [
     "Preprocess",
@@ -123,11 +125,24 @@ def describe_row(kept: pd.DataFrame, row: int, label: int | None = None) -> str:
 
 
 def no_bad_rows(kept: pd.DataFrame) -> pd.DataFrame:
-    return kept.iloc[:0].assign(
-        row=pd.Series([], dtype="int64"),
-        error_type=pd.Series([], dtype="str"),
-        error=pd.Series([], dtype="str"),
-    )
+    """The empty bad-row frame of partitions with ``kept``'s columns: built once per column
+    layout and shared (never modified; 0.4 ms each time with pandas, twice a partition)."""
+    layout = (tuple(kept.columns), tuple(map(str, kept.dtypes)), type(kept.index), kept.index.dtype)
+    with _empty_lock:
+        empty = _empty.get(layout)
+    if empty is None:
+        empty = kept.iloc[:0].assign(
+            row=pd.Series([], dtype="int64"),
+            error_type=pd.Series([], dtype="str"),
+            error=pd.Series([], dtype="str"),
+        )
+        with _empty_lock:
+            _empty.put(layout, empty)
+    return empty
+
+
+_empty: LRU[tuple, pd.DataFrame] = LRU(lambda: 16)
+_empty_lock = threading.Lock()
 
 
 def bad_frame(
