@@ -192,9 +192,10 @@ def measure(case: dict, profile: int = 0) -> dict:
 def _run_case(case: dict, profile: int = 0) -> dict:
     """``measure(case)`` in a fresh process (with ``case["package"]`` first on its path)."""
     env = dict(os.environ)
-    if case.get("package"):
-        env["PYTHONPATH"] = os.pathsep.join([case["package"], os.getcwd()])
-    command = [sys.executable, "-m", "benchmarks.scale", "--one", json.dumps(case)]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (case.get("package"), os.getcwd()) if p)
+    # as a script: its folder, not this checkout, first on the path, so that PYTHONPATH picks
+    # the package (its functions travel by value to the scheduler)
+    command = [sys.executable, os.path.abspath(__file__), "--one", json.dumps(case)]
     out = subprocess.run(command + (["--profile", str(profile)] if profile else []),
                          env=env, capture_output=True, text=True, check=False)  # fmt: skip
     if out.returncode:
