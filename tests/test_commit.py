@@ -312,3 +312,28 @@ def test_worker_killed_mid_job(store, kill_client, kill_after, victim_index, wri
     assert kill_after <= kill["committed"] < 30, f"the kill did not land mid-job: {kill}"
     assert result.rows_out == 3000 and result.partitions_run == 30
     assert_output(store, "out", frame, expected_scores(frame, 0))
+
+
+def test_markers_are_read_many_at_a_time_in_order(tmp_path, monkeypatch):
+    """``read_jsons`` reads its paths in batches (one ``cat`` each: concurrent on object
+    stores), in order, None for a missing file or one that is not a JSON object."""
+    import json
+
+    import fsspec
+
+    from dask_batchinfer.io import fs as fsmod
+
+    monkeypatch.setattr(fsmod, "READ_BATCH", 3)
+    local = fsspec.filesystem("file")
+    paths = []
+    for i in range(7):
+        path = tmp_path / f"m{i}.json"
+        path.write_text("[1]" if i == 4 else "{" if i == 5 else json.dumps({"i": i}))
+        paths.append(str(path))
+    paths.insert(2, str(tmp_path / "missing.json"))
+    calls = []
+    cat = local.cat
+    monkeypatch.setattr(local, "cat", lambda p, **kw: calls.append(len(p)) or cat(p, **kw))
+    got = list(fsmod.read_jsons(local, paths))
+    assert got == [{"i": 0}, {"i": 1}, None, {"i": 2}, {"i": 3}, None, None, {"i": 6}]
+    assert calls == [3, 3, 2]

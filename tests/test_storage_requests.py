@@ -24,8 +24,8 @@ P1, P2 = 4, 12
 KINDS = ("list", "get", "head", "put", "copy", "delete", "multipart", "other")
 
 # Measured on moto 5 with s3fs (see test_requests_per_partition's docstring).
-JOB_PER_PARTITION = {"list": 4, "get": 1, "head": 4, "put": 2, "copy": 2, "delete": 2}
-JOB_FIXED = {"list": 12, "get": 4, "head": 9, "put": 5, "copy": 3, "delete": 5}
+JOB_PER_PARTITION = {"get": 1, "head": 2, "put": 2}
+JOB_FIXED = {"list": 6, "get": 4, "head": 6, "put": 5, "delete": 2}
 RESUME_PER_PARTITION = {"get": 1}
 RESUME_FIXED = {"list": 5, "get": 3, "head": 3, "put": 1, "delete": 1}
 
@@ -89,17 +89,17 @@ def test_requests_per_partition(client, s3, s3_server, write_inputs):
     Measured (moto 5, s3fs, P1=4 and P2=12 partitions, counts are exact integers)::
 
         requests                    list     get    head     put    copy  delete   total
-        job, per partition             4       1       4       2       2       2      15
-        job, fixed                    12       4       9       5       3       5      38
+        job, per partition             0       1       2       2       0       0       5
+        job, fixed                     6       4       6       5       0       2      23
         resume, per partition          0       1       0       0       0       0       1
         resume, fixed                  5       3       3       1       0       1      13
 
     Per partition: the input file (2 HEAD, 1 GET), then the data file and the
-    marker, each written atomically (PUT to ``_staging/``, 2 listings and a
-    HEAD inside s3fs's copy, the server-side copy, a delete). Resuming a
-    finished job reads every partition's marker (1 GET each) besides one
-    listing of the output; its only PUT is the lease (``_lock``), its delete
-    the lease's release.
+    marker, one PUT each (an object appears whole or not at all; until
+    68372e3 each was staged and copied into place: 6 requests a file, 15 a
+    partition). Resuming a finished job reads every partition's marker (1 GET
+    each, 256 at a time) besides one listing of the output; its only PUT is
+    the lease (``_lock``), its delete the lease's release.
 
     A regression of one request per partition moves a slope by 1; a one-off
     extra request (a retry) moves it by 1/(P2 - P1), so slopes get 0.5 of

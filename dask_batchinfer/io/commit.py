@@ -35,6 +35,7 @@ from dask_batchinfer.io.fs import (
     ensure_dir,
     is_local,
     read_json,
+    read_jsons,
     remove_empty_dirs,
     url_to_fs,
     write_bytes,
@@ -195,13 +196,12 @@ def load_state(fs: fsspec.AbstractFileSystem, root: str) -> OutputState:
         return OutputState(None, {}, set(), exists=False)
     paths = retry(lambda: fs.find(root), what=f"listing {root}")
     relpaths = [posixpath.relpath(p, root) for p in paths]
+    found = [rel for rel in relpaths if rel.startswith(f"{COMMITTED}/") and rel.endswith(".json")]
     markers = {}
-    for rel in relpaths:
-        if rel.startswith(f"{COMMITTED}/") and rel.endswith(".json"):
-            data = read_json(fs, posixpath.join(root, rel))
-            marker = Marker.from_json(data) if data is not None else None
-            if marker is not None:
-                markers[marker.slug] = marker
+    for data in read_jsons(fs, [posixpath.join(root, rel) for rel in found]):
+        marker = Marker.from_json(data) if data is not None else None
+        if marker is not None:
+            markers[marker.slug] = marker
     manifest = read_json(fs, posixpath.join(root, MANIFEST)) if MANIFEST in relpaths else None
     files = {rel for rel in relpaths if is_visible(rel)}
     errors = {rel for rel in relpaths if rel.startswith(f"{ERRORS}/")}

@@ -13,7 +13,7 @@ import json
 import os
 import posixpath
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import fsspec
@@ -97,7 +97,14 @@ def write_bytes(
     data: bytes,
     stats: RetryStats | None = None,
 ) -> None:
-    """Write ``data`` to ``root/relpath`` atomically (stage, then move into place)."""
+    """Write ``data`` to ``root/relpath`` atomically: on an object store one PUT (an object
+    appears whole or not at all), on a disk staged then renamed into place. (Staging on an
+    object store cost five more requests per file: a copy is a listing, a HEAD, the copy and
+    a delete with s3fs, and gave nothing a PUT does not.)"""
+    if not is_local(fs):
+        final = posixpath.join(root, relpath)
+        retry(lambda: fs.pipe_file(final, data), what=f"writing {final}", stats=stats)
+        return
     staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{posixpath.basename(relpath)}")
 
     def put() -> None:
@@ -128,6 +135,37 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+#: Files ``read_jsons`` asks for at once (s3fs fetches them concurrently).
+READ_BATCH = 256
+
+
+def read_jsons(fs: fsspec.AbstractFileSystem, paths: list[str]) -> Iterator[dict[str, Any] | None]:
+    """``read_json`` of each path, in order, fetched :data:`READ_BATCH` at a time: one
+    ``cat`` of many paths, which object-store filesystems run concurrently (600,000 markers
+    read one by one at 15 ms each would take 2.5 hours; this, minutes)."""
+    for start in range(0, len(paths), READ_BATCH):
+        batch = paths[start : start + READ_BATCH]
+        contents = retry(
+            lambda b=batch: fs.cat(b, on_error="return"), what=f"reading {batch[0]} .."
+        )
+        for path in batch:
+            data = contents.get(path)
+            if isinstance(data, FileNotFoundError) or data is None:
+                yield None
+            elif isinstance(data, BaseException):
+                yield read_json(fs, path)  # its own error, retried and named
+            else:
+                yield _json_object(data)
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def remove_empty_dirs(fs: fsspec.AbstractFileSystem, root: str) -> None:

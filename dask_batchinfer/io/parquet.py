@@ -6,8 +6,6 @@ See :mod:`dask_batchinfer.io.commit` for the folder layout and the protocol.
 from __future__ import annotations
 
 import io
-import posixpath
-import uuid
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -17,9 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dask_batchinfer.io.fs import ensure_dir, move_into_place
-from dask_batchinfer.io.layout import ERRORS, STAGING
-from dask_batchinfer.io.retry import RetryStats, retry
+from dask_batchinfer.io.fs import write_bytes
+from dask_batchinfer.io.layout import ERRORS
+from dask_batchinfer.io.retry import RetryStats
 
 __all__ = ["encode", "output_schema", "write_errors", "write_partition"]
 
@@ -77,10 +75,7 @@ def _put(
     relpath: str,
     stats: RetryStats | None,
 ) -> None:
-    data = encode(table)
-    staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{posixpath.basename(relpath)}")
-    retry(lambda: fs.pipe_file(staged, data), what=f"writing {staged}", stats=stats)
-    move_into_place(fs, staged, posixpath.join(root, relpath), stats)
+    write_bytes(fs, root, relpath, encode(table), stats)
 
 
 def write_partition(
@@ -100,7 +95,6 @@ def write_partition(
     hive folders (``country=FR/<stem>.parquet``), the key columns dropped from
     the file as hive readers expect.
     """
-    ensure_dir(fs, posixpath.join(root, STAGING))
     name = f"{stem}.parquet"
     if not partition_on:
         table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
@@ -130,7 +124,6 @@ def write_errors(
     """Write quarantined rows to ``_errors/<stem>.parquet``; nothing when there are none."""
     if not len(bad):
         return []
-    ensure_dir(fs, posixpath.join(root, STAGING))
     relpath = f"{ERRORS}/{stem}.parquet"
     _put(fs, pa.Table.from_pandas(bad, preserve_index=False), root, relpath, stats)
     return [(relpath, len(bad))]
