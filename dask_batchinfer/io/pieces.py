@@ -18,10 +18,11 @@ filters are planned from their listing alone.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -220,10 +221,14 @@ def plan_parquet(
     return schema, _group(pieces, whole)
 
 
-def _footers(listed: list[tuple[InputFile, Any]], expression: Any, schema: pa.Schema) -> list[Any]:
+def _footers(
+    listed: list[tuple[InputFile, Any]], expression: Any, schema: pa.Schema
+) -> Iterator[Any]:
     """Each listed fragment (None: a small file left whole) with its footer read (and its
-    row groups chosen by ``expression``), :data:`FOOTER_READS` at a time: on S3 each is a
-    round trip or two, and a plan of 40,000 large files read them one by one for minutes."""
+    row groups chosen by ``expression``), in order, :data:`FOOTER_READS` at a time: on S3
+    each is a round trip or two, and a plan of 40,000 large files read them one by one for
+    minutes. At most twice that many parsed footers are held at once (each can be a
+    megabyte: one per row group and column)."""
 
     def footer(file: InputFile, fragment: Any) -> Any:
         with reading(file.path):
@@ -233,8 +238,15 @@ def _footers(listed: list[tuple[InputFile, Any]], expression: Any, schema: pa.Sc
         return fragment
 
     with concurrent.futures.ThreadPoolExecutor(FOOTER_READS) as pool:
-        futures = [None if f is None else pool.submit(footer, file, f) for file, f in listed]
-        return [None if future is None else future.result() for future in futures]
+        ahead: collections.deque = collections.deque()
+        for file, fragment in listed:
+            ahead.append(None if fragment is None else pool.submit(footer, file, fragment))
+            if len(ahead) > 2 * FOOTER_READS:
+                done = ahead.popleft()
+                yield None if done is None else done.result()
+        while ahead:
+            done = ahead.popleft()
+            yield None if done is None else done.result()
 
 
 def _group(pieces: list[InputFile], group_bytes: int) -> list[list[InputFile]]:
