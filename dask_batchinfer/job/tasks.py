@@ -24,8 +24,12 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 # The graph nodes Dask's own collections use, and the expression a graph travels in.
-from dask._expr import LLGExpr
 from dask._task_spec import Task, TaskRef
+
+try:
+    from dask._expr import LLGExpr
+except ImportError:  # another Dask: graphs go as dicts, named by tokenising them (slower)
+    LLGExpr = None  # type: ignore[misc, assignment]
 from dask.optimization import cull
 
 from dask_batchinfer.cluster.local import Pools
@@ -83,7 +87,7 @@ def _graph(tasks: dict, name: str) -> Any:
     """``tasks`` as the scheduler takes them, named ``name`` (unique): ``client.get`` would
     name them by tokenising every task (its pieces, its partition, the shipped settings),
     a cost per partition as high as all the rest of the client's."""
-    return LLGExpr(tasks, _determ_token=name)
+    return tasks if LLGExpr is None else LLGExpr(tasks, _determ_token=name)
 
 
 class TaskGraphs:
