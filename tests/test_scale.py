@@ -139,3 +139,33 @@ def test_the_timeline_keeps_an_even_sample_of_partitions_and_every_sum():
     assert tally.partitions == 10_000 and tally.rows_computed == 1_000_000
     assert tally.sums["infer_seconds"] == 5_000 and len(tally.markers) == 10_000
     assert (tally.first_commit, tally.last_commit, tally.first_read) == (0.0, 9_999.0, 0)
+
+
+def test_a_path_input_never_materialises_its_whole_graph(tmp_path):
+    """Each partition's read task is made when it is submitted (Dask's own per-partition
+    builder), equal to the one in the input's graph; the whole graph is not held. A Dask
+    DataFrame whose partitions are several tasks falls back to its graph."""
+    import dask
+    import dask.dataframe as dd
+
+    from dask_batchinfer.cluster.local import Pools
+    from dask_batchinfer.job.options import JobOptions
+    from dask_batchinfer.job.prepare import prepare
+    from dask_batchinfer.job.tasks import TaskGraphs
+
+    _row_groups(tmp_path / "in.parquet", 30)
+    single = Pools(None, None, 2, 2)
+    with dask.config.set({"batchinfer.partition-size": "10 rows"}):
+        job = prepare(str(tmp_path / "in.parquet"), NULL, None, JobOptions.build(output="o"))
+    ddf = job.ddf.optimize()
+    graphs = TaskGraphs(ddf, single, job.settings("j"))
+    assert graphs.graph == {} and graphs.expr is not None
+    whole = dict(ddf.__dask_graph__())
+    for n in (0, 17, 29):
+        made = graphs._read(n)
+        assert made.key == ddf.__dask_keys__()[n]
+        pd.testing.assert_frame_equal(made(), whole[made.key]())
+    frame = pd.DataFrame({"x": np.arange(40.0)})
+    stacked = dd.from_pandas(frame, npartitions=4).map_partitions(lambda f: f * 2).optimize()
+    fallback = TaskGraphs(stacked, single, job.settings("j"))
+    assert fallback.expr is None and len(fallback.graph) == 8
