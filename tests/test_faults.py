@@ -437,10 +437,17 @@ def _dies_once_at(batch: pd.DataFrame, row: int, flag: str) -> np.ndarray:
     return np.zeros(len(batch), np.float32)
 
 
-def test_a_worker_dying_inside_a_bundle_leaves_every_row_once(killable, tmp_path):
-    """Quick partitions go several to a task; the worker dies in the middle of one. The
-    scheduler runs the task again (those of its partitions committed before the death too):
-    the output holds every row once, the first try's files collected."""
+@pytest.mark.parametrize("allowed_failures", [None, 0])
+def test_a_worker_dying_inside_a_bundle_leaves_every_row_once(
+    killable, private_client, tmp_path, allowed_failures
+):
+    """Quick partitions go several to a task; the worker dies in the middle of one. By
+    default the scheduler runs the task again; with ``allowed-failures: 0`` it gives up at
+    once (KilledWorker) and the job runs the bundle's partitions again one per task. Either
+    way (those committed before the death too) the output holds every row once, the first
+    try's files collected."""
+    import contextlib
+
     import dask
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -452,14 +459,21 @@ def test_a_worker_dying_inside_a_bundle_leaves_every_row_once(killable, tmp_path
         functools.partial(_dies_once_at, row=305, flag=str(tmp_path / "died")),
         input_columns=["id"], outputs={"y": "float32"}, name="dies-once",
     )  # fmt: skip
-    c = killable()
-    with dask.config.set({"batchinfer.partition-size": "10 rows"}):
+    with contextlib.ExitStack() as stack:
+        if allowed_failures is None:
+            c = killable()
+        else:
+            stack.enter_context(dask.config.set({"distributed.scheduler.allowed-failures": 0}))
+            c = stack.enter_context(private_client(2, silence_logs=logging.CRITICAL))
+        stack.enter_context(dask.config.set({"batchinfer.partition-size": "10 rows"}))
         result, graphs = job_graphs(c, lambda: dbi.run_job(
             str(tmp_path / "in.parquet"), model, keep=["id"], output=str(tmp_path / "out"),
             client=c, progress=False))  # fmt: skip
     assert (tmp_path / "died").exists()
     dying = [covered(k, result.job) for g in graphs for k in g if 30 in covered(k, result.job)]
     assert len(dying[0]) > 1, dying  # partition 30 (row 305) was in a bundle
+    if allowed_failures == 0:
+        assert [len(d) for d in dying[1:]] == [1], dying  # then on its own
     assert (result.partitions_run, result.rows_out) == (80, 800)
     back = pd.read_parquet(tmp_path / "out")
     assert sorted(back["id"]) == list(range(800))
