@@ -2,8 +2,8 @@
 
 - local disk or object store (``is_local``),
 - folders only where folders exist (``ensure_dir``),
-- atomic writes: stage under ``_staging/``, then move into place
-  (``write_bytes``, ``move_into_place``),
+- atomic writes: one PUT on an object store, staged under ``_staging/`` then
+  renamed into place on a disk (``write_bytes``),
 - small JSON documents (``write_json``, ``read_json``).
 """
 
@@ -27,7 +27,6 @@ __all__ = [
     "ensure_dir",
     "is_local",
     "is_local_url",
-    "move_into_place",
     "read_json",
     "remove_empty_dirs",
     "url_to_fs",
@@ -73,24 +72,6 @@ def ensure_dir(fs: fsspec.AbstractFileSystem, path: str) -> None:
         fs.makedirs(path, exist_ok=True)
 
 
-def move_into_place(
-    fs: fsspec.AbstractFileSystem, staged: str, final: str, stats: RetryStats | None = None
-) -> None:
-    """Move a staged file onto its final name: a rename locally, a copy then delete on S3."""
-    ensure_dir(fs, posixpath.dirname(final))
-    local = is_local(fs)
-    retry(
-        lambda: fs.mv(staged, final) if local else fs.copy(staged, final),
-        what=f"committing {final}",
-        stats=stats,
-    )
-    if not local:
-        try:
-            retry(lambda: fs.rm(staged), what=f"removing {staged}", stats=stats)
-        except OSError:
-            pass  # left for the clean-up; _staging/ is invisible to readers
-
-
 def write_bytes(
     fs: fsspec.AbstractFileSystem,
     root: str,
@@ -113,7 +94,9 @@ def write_bytes(
         fs.pipe_file(staged, data)
 
     retry(put, what=f"writing {staged}", stats=stats)
-    move_into_place(fs, staged, posixpath.join(root, relpath), stats)
+    final = posixpath.join(root, relpath)
+    ensure_dir(fs, posixpath.dirname(final))
+    retry(lambda: fs.mv(staged, final), what=f"committing {final}", stats=stats)
 
 
 def write_json(
@@ -131,11 +114,10 @@ def write_json(
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
     """A JSON object from ``path``; None when absent or not a JSON object (not ours)."""
     try:
-        with fs.open(path, "r") as f:
-            data = json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
+        with fs.open(path, "rb") as f:
+            return _json_object(f.read())
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 #: Files ``read_jsons`` asks for at once (s3fs fetches them concurrently).
@@ -162,9 +144,10 @@ def read_jsons(fs: fsspec.AbstractFileSystem, paths: list[str]) -> Iterator[dict
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:
+    """``data`` as a JSON object; None when it is not one (not ours)."""
     try:
         value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except json.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
 
