@@ -73,12 +73,15 @@ class _Flight:
         return self.launch.partitions[0]
 
     @property
-    def attempt(self) -> int:
-        return self.launch.attempt
+    def place(self) -> str:
+        """Where it is, for messages: its partition, or how many from which."""
+        place = where(self.partition.number, self.partition.source)
+        count = len(self.launch.partitions)
+        return place if count == 1 else f"a task of {count} partitions from {place}"
 
     def singles(self, killed: int = 0, timed_out: int = 0) -> list[_Flight]:
         """Its partitions one per task, for their next attempt."""
-        attempt = self.attempt + 1
+        attempt = self.launch.attempt + 1
         return [
             _Flight(Launch((p,), attempt), killed=killed, timed_out=timed_out)
             for p in self.launch.partitions
@@ -253,16 +256,14 @@ class Executor:
         try:
             future.result()  # raises the task's error
         except KilledWorker as err:
-            if len(flight.launch.partitions) > 1:  # which partition? each on its own, then
-                self._launch(flight.singles(killed=workers_killed()), flying)
-                return
-            if flight.killed:
+            if flight.killed:  # only ever set on a single partition (a split bundle's)
                 raise self._killer(flight, err) from err
             # Workers killed from outside (preemption, an OOM killer, a restart) can hit the
-            # same partition several times in a row: one more try before blaming it.
+            # same partition several times in a row: one more try before blaming it (a
+            # bundle's partitions each on its own: which one was it?).
             logger.warning(
                 "%s: its workers died %d times; submitting it once more",
-                where(flight.partition.number, flight.partition.source),
+                flight.place,
                 workers_killed(),
             )
             self._launch(flight.singles(killed=workers_killed()), flying)
@@ -298,10 +299,10 @@ class Executor:
                     source=p.source,
                     seconds=self.timeout,
                 )
-            place = where(flight.partition.number, flight.partition.source)
-            if not alone:  # each of its partitions gets two tries of its own
-                place = f"a task of {len(flight.launch.partitions)} partitions from {place}"
-            logger.warning("%s ran %.0f s, past partition_timeout: retrying once", place, age)
+            # a bundle's partitions each get two tries of their own
+            logger.warning(
+                "%s ran %.0f s, past partition_timeout: retrying once", flight.place, age
+            )
             self._launch(flight.singles(flight.killed, timed_out=int(alone)), flying)
         self._check_workers(now)
         quiet = now - max(self.last_commit, self.last_heartbeat)

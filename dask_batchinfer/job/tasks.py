@@ -23,6 +23,8 @@ import functools
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+import dask
+
 # The graph nodes Dask's own collections use, and the expression a graph travels in.
 from dask._task_spec import Task, TaskRef
 
@@ -131,13 +133,18 @@ class TaskGraphs:
         #: Whether partitions may share a task: a single pool, and reads of one task each.
         self.bundles = not pools.mixed and bool(self.keys) and self._read(0) is not None
 
-    def _read(self, number: int) -> Task | None:
-        """Partition ``number``'s read, when the input's graph makes it one task, else None."""
+    def _inputs(self, number: int) -> dict:
+        """Partition ``number``'s part of the input's graph: made for it alone when the
+        input allows, else culled from the whole graph."""
         key = self.keys[number]
         if self.expr is not None:
-            return self.expr._task(key, number)  # type: ignore[no-any-return]
-        inputs = cull(self.graph, [key])[0]
-        return inputs[key] if len(inputs) == 1 else None
+            return {key: self.expr._task(key, number)}
+        return cull(self.graph, [key])[0]  # type: ignore[no-any-return]
+
+    def _read(self, number: int) -> Task | None:
+        """Partition ``number``'s read, when the input's graph makes it one task, else None."""
+        inputs = self._inputs(number)
+        return inputs[self.keys[number]] if len(inputs) == 1 else None
 
     def _first_stage(self, partition: Partition, key: str) -> dict:
         """The graph of a partition's first task: its read fused into it when it is one
@@ -145,21 +152,19 @@ class TaskGraphs:
         read_key = self.keys[partition.number]
         first = preprocess_task if self.mixed else process_task
         stage = Task(key, first, TaskRef(read_key), partition, self.shipped)
-        read = self._read(partition.number)
-        if read is not None:
-            return {key: Task.fuse(read, stage, key=key)}
-        return {**cull(self.graph, [read_key])[0], key: stage}
+        inputs = self._inputs(partition.number)
+        if len(inputs) == 1:
+            return {key: Task.fuse(inputs[read_key], stage, key=key)}
+        return {**inputs, key: stage}
 
     def _bundle(self, partitions: Sequence[Partition], key: str) -> dict:
-        reads = Reads([self._read(p.number) or self._local(p.number) for p in partitions])
-        return {key: Task(key, process_bundle, reads, tuple(partitions), self.shipped)}
-
-    def _local(self, number: int) -> Any:
-        """A partition's read of several tasks, run in the bundle's thread (``dask.get``)."""
-        import dask
-
-        key = self.keys[number]
-        return functools.partial(dask.get, cull(self.graph, [key])[0], key)
+        reads = []
+        for p in partitions:
+            read_key, inputs = self.keys[p.number], self._inputs(p.number)
+            # a read of several tasks runs in the bundle's thread (dask.get)
+            one = len(inputs) == 1
+            reads.append(inputs[read_key] if one else functools.partial(dask.get, inputs, read_key))
+        return {key: Task(key, process_bundle, Reads(reads), tuple(partitions), self.shipped)}
 
     def submit(self, client: Any, launches: list[Launch]) -> list[Any]:
         """Futures of the last task of each launch: one graph to the scheduler for all of
