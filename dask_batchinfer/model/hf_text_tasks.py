@@ -32,7 +32,7 @@ from dask_batchinfer.model.hf_text import (
     load_text_model,
     token_lengths,
 )
-from dask_batchinfer.model.spec import ModelSpec
+from dask_batchinfer.model.spec import ModelSpec, casts_to_fp16
 from dask_batchinfer.model.tokens import collate_tokens
 from dask_batchinfer.worker import cache
 
@@ -264,7 +264,7 @@ def build(
             "quantize": quantize,
             "storage_options": storage_options,
             "trust_remote_code": trust_remote_code,
-            "half_on_gpu": precision in ("auto", "fp16") and device != "cpu",
+            "half_on_gpu": casts_to_fp16(precision, device),
         },
         predict=predict,
         prepare=Tokenize(path, max_length, bool(text_pair_column), tagged, storage_options),

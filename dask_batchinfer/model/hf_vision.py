@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.model.hf import labelled, labels_of, local_folder, offline, probability
-from dask_batchinfer.model.spec import ModelSpec
+from dask_batchinfer.model.spec import ModelSpec, casts_to_fp16
 from dask_batchinfer.worker import cache
 
 if TYPE_CHECKING:
@@ -366,7 +366,7 @@ def build(
             "task": task,
             "storage_options": storage_options,
             "trust_remote_code": trust_remote_code,
-            "half_on_gpu": precision in ("auto", "fp16") and device != "cpu",
+            "half_on_gpu": casts_to_fp16(precision, device),
         },
         predict=predict,
         prepare=Pixels(path, finish is not None, storage_options, trust_remote_code),

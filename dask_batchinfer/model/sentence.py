@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dask_batchinfer.model.spec import ModelSpec
+from dask_batchinfer.model.spec import ModelSpec, casts_to_fp16
 from dask_batchinfer.model.tokens import TokenIds, collate_tokens, full_lengths, token_frame
 from dask_batchinfer.worker import cache
 
@@ -202,7 +202,7 @@ def sentence_encoder(
             "path": path,
             "dim": dim,
             "max_seq_length": max_seq_length,
-            "half_on_gpu": precision in ("auto", "fp16") and device != "cpu",
+            "half_on_gpu": casts_to_fp16(precision, device),
         },
         predict=_Encode(normalize),
         prepare=_Tokenize(path, max_seq_length),

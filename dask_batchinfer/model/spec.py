@@ -22,7 +22,7 @@ from dask_batchinfer.errors import InputError, SchemaError
 from dask_batchinfer.fingerprint import code_token, value_token
 from dask_batchinfer.model.convert import check_nulls, float_tensor
 
-__all__ = ["PRECISIONS", "ModelSpec", "OutputType", "output_dtype"]
+__all__ = ["PRECISIONS", "ModelSpec", "OutputType", "casts_to_fp16", "output_dtype"]
 
 #: An output column's type: a numpy/pandas dtype for a scalar column, a pair
 #: ``(dtype, width)`` for a fixed-width vector column (stored as an Arrow
@@ -33,6 +33,12 @@ OutputType = Any
 
 _DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def casts_to_fp16(precision: str, device: str) -> bool:
+    """Whether a checkpoint's weights are cast to fp16 when it loads on a GPU: ``"auto"`` and
+    ``"fp16"`` unless the device is the CPU (the loaders check that a GPU is there)."""
+    return precision in ("auto", "fp16") and device != "cpu"
 
 
 @dataclasses.dataclass(frozen=True)
