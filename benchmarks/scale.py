@@ -167,6 +167,7 @@ def measure(case: dict, profile: int = 0) -> dict:
     stages = result.stage_seconds()
     report = {
         **{k: v for k, v in case.items() if k != "package"},
+        "workers": workers,
         "wall_s": round(wall, 2),
         "partitions_per_s": round(n / wall, 1),
         "client_cpu_ms_per_partition": round(cpu / n * 1000, 3),
@@ -277,7 +278,7 @@ def _write(name: str, results: dict) -> None:
         "|" + "---|" * len(COLUMNS),
     ]
     for run in results["runs"]:
-        lines.append("| " + " | ".join(str(run.get(key, 2)) for key, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(str(run.get(key, "")) for key, _ in COLUMNS) + " |")
     lines += ["", "Worker stage times (ms per partition):", ""]
     for run in results["runs"]:
         lines.append(f"- {run['code']} {run['layout']} {run['partitions']:,}: "
