@@ -61,8 +61,7 @@ def _cpu() -> float:
 
 
 def _scheduler_cpu(dask_scheduler=None) -> float:  # noqa: ANN001 - run_on_scheduler's name
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return _cpu()  # run in the scheduler's process
 
 
 class TaskCount(SchedulerPlugin):
