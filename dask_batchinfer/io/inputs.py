@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import fsspec
@@ -293,9 +293,11 @@ def _storage_error(err: OSError, path: str) -> OSError:
         return OSError(message)
 
 
-def input_bytes(groups: list[list[InputFile]] | None) -> int | None:
+def input_bytes(groups: Sequence[Sequence[InputFile]] | None) -> int | None:
     """Bytes of the files behind ``groups`` (each file once: pieces of a file share it);
     None when not known (a dask DataFrame source)."""
     if groups is None:
         return None
-    return sum({f.path: f.size for group in groups for f in group}.values())
+    used = getattr(groups, "used_files", None)  # an InputPartitions: no pieces made
+    files = used() if used is not None else (f for group in groups for f in group)
+    return sum({f.path: f.size for f in files}.values())

@@ -22,6 +22,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import math
+from array import array
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 
 from dask_batchinfer.errors import InputError, did_you_mean
 from dask_batchinfer.io.inputs import InputFile, group_files, reading
+from dask_batchinfer.io.partitioned import InputPartitions
 from dask_batchinfer.io.retry import retry
 
 __all__ = ["Target", "check_filters", "plan_parquet", "read_target"]
@@ -131,17 +133,12 @@ def _decoded_sizes(
     return sizes
 
 
-def _split_file(
-    file: InputFile, fragment: Any, ids: list[int], target: Target, columns: set[str] | None
-) -> list[InputFile]:
+def _split_file(file: InputFile, footer: _Footer, target: Target) -> list[InputFile]:
     """Consecutive row groups up to ``target`` each; a huge single row group by rows."""
-    metadata = fragment.metadata
-    sizes = _decoded_sizes(metadata, ids, columns)
-    rows = [metadata.row_group(i).num_rows for i in ids]
     pieces: list[InputFile] = []
     run: list[int] = []
     weight = 0
-    for i, n, size in zip(ids, rows, sizes, strict=True):
+    for i, n, size in zip(footer.ids, footer.rows, footer.sizes, strict=True):
         w = target.weight(n, size)
         if w >= SPLIT_FACTOR * target.limit and n >= 2 * MIN_SPLIT_ROWS:  # one huge row group
             if run:
@@ -161,9 +158,29 @@ def _split_file(
         weight += w
     if run:
         pieces.append(dataclasses.replace(file, row_groups=tuple(run)))
-    if len(pieces) == 1 and pieces[0].rows is None and len(ids) == metadata.num_row_groups:
+    if len(pieces) == 1 and pieces[0].rows is None and len(footer.ids) == footer.row_groups:
         return [dataclasses.replace(file, row_groups=None)]  # the whole file after all
     return pieces
+
+
+@dataclasses.dataclass(frozen=True)
+class _Footer:
+    """What the plan needs of a file's footer: the row groups left after the filters, their
+    rows and decoded sizes, and how many the file has (a parsed footer is ~1.6 KB a row
+    group, so the plan keeps this instead)."""
+
+    ids: array
+    rows: array
+    sizes: array
+    row_groups: int
+
+    @classmethod
+    def of(cls, fragment: Any, columns: set[str] | None) -> _Footer:
+        metadata = fragment.metadata
+        ids = array("i", (g.id for g in fragment.row_groups))
+        rows = array("q", (metadata.row_group(i).num_rows for i in ids))
+        return cls(ids, rows, array("q", _decoded_sizes(metadata, ids, columns)),
+                   metadata.num_row_groups)  # fmt: skip
 
 
 def plan_parquet(
@@ -174,7 +191,7 @@ def plan_parquet(
     filters: Any = None,
     columns: Sequence[str] | None = None,
     group_bytes: int | None = None,
-) -> tuple[pa.Schema, list[list[InputFile]]]:
+) -> tuple[pa.Schema, InputPartitions]:
     """The input's schema (hive keys included) and its partitions, each a list of pieces.
 
     Parameters
@@ -201,66 +218,74 @@ def plan_parquet(
     )
     schema = dataset.schema
     expression = check_filters(filters, schema, f"the input {root!r}")
-    read = None if columns is None else set(columns)
     by_path = {f.path: f for f in files}
     listed = []
     for fragment in dataset.get_fragments(filter=expression):  # hive keys prune, no reads
         file = dataclasses.replace(by_path[fragment.path], keys=_keys(fragment))
         small = target.rows is None and (file.size <= target.limit or file.size < MIN_SPLIT_BYTES)
-        listed.append((file, None if small and expression is None else fragment))
+        listed.append(
+            (file, None if small and expression is None else fragment.partition_expression)
+        )
+    pafs = dataset.filesystem
+    del dataset  # its fragments would keep every footer read through them
 
-    pieces: list[InputFile] = []
-    for (file, _), fragment in zip(listed, _footers(listed, expression, schema), strict=True):
-        if fragment is None:
-            pieces.append(file)
-            continue
-        ids = [g.id for g in fragment.row_groups]
-        if ids:
-            pieces += _split_file(file, fragment, ids, target, read)
+    partitions = InputPartitions([file for file, _ in listed])
     whole = group_bytes if group_bytes is not None else target.limit
-    return schema, _group(pieces, whole)
+    run: list[InputFile] = []  # whole small files, grouped when a split file or the end comes
+    read = None if columns is None else set(columns)
+    for (file, _), footer in zip(
+        listed, _footers(pafs, listed, expression, schema, read), strict=True
+    ):
+        pieces = (
+            [file] if footer is None else _split_file(file, footer, target) if footer.ids else []
+        )
+        for piece in pieces:
+            if piece.row_groups is None:
+                run.append(piece)
+                continue
+            partitions.extend(group_files(run, whole))
+            run = []
+            partitions.extend([[piece]])
+    partitions.extend(group_files(run, whole))
+    return schema, partitions
 
 
 def _footers(
-    listed: list[tuple[InputFile, Any]], expression: Any, schema: pa.Schema
-) -> Iterator[Any]:
-    """Each listed fragment (None: a small file left whole) with its footer read (and its
-    row groups chosen by ``expression``), in order, :data:`FOOTER_READS` at a time: on S3
-    each is a round trip or two, and a plan of 40,000 large files read them one by one for
-    minutes. At most twice that many parsed footers are held at once (each can be a
-    megabyte: one per row group and column)."""
+    fs: Any,
+    listed: list[tuple[InputFile, Any]],
+    expression: Any,
+    schema: pa.Schema,
+    columns: set[str] | None,
+) -> Iterator[_Footer | None]:
+    """Each listed file's footer as the plan needs it (None: a small file left whole), with
+    its row groups chosen by ``expression``, in order, :data:`FOOTER_READS` at a time: on
+    S3 each is a round trip or two, and a plan of 40,000 large files read them one by one
+    for minutes. A parsed footer is dropped as soon as it is summed up (each can be
+    megabytes: one entry per row group and column), so at most :data:`FOOTER_READS` are
+    held at once."""
+    parquet = ds.ParquetFileFormat()
 
-    def footer(file: InputFile, fragment: Any) -> Any:
+    def footer(file: InputFile, partition_expression: Any) -> _Footer:
         with reading(file.path):
+            fragment = parquet.make_fragment(
+                file.path, filesystem=fs, partition_expression=partition_expression
+            )
             if expression is not None:
                 fragment = fragment.subset(filter=expression, schema=schema)
             retry(fragment.ensure_complete_metadata, what=f"reading the footer of {file.path}")
-        return fragment
+            return _Footer.of(fragment, columns)
 
     with concurrent.futures.ThreadPoolExecutor(FOOTER_READS) as pool:
         ahead: collections.deque = collections.deque()
-        for file, fragment in listed:
-            ahead.append(None if fragment is None else pool.submit(footer, file, fragment))
+        for file, partition_expression in listed:
+            ahead.append(
+                None
+                if partition_expression is None
+                else pool.submit(footer, file, partition_expression)
+            )
             if len(ahead) > 2 * FOOTER_READS:
                 done = ahead.popleft()
                 yield None if done is None else done.result()
         while ahead:
             done = ahead.popleft()
             yield None if done is None else done.result()
-
-
-def _group(pieces: list[InputFile], group_bytes: int) -> list[list[InputFile]]:
-    """Whole small files grouped as before; every part of a split file is its own partition."""
-    groups: list[list[InputFile]] = []
-    run: list[InputFile] = []
-    for piece in pieces:
-        if piece.row_groups is None:
-            run.append(piece)
-            continue
-        if run:
-            groups += group_files(run, group_bytes)
-            run = []
-        groups.append([piece])
-    if run:
-        groups += group_files(run, group_bytes)
-    return groups

@@ -43,6 +43,7 @@ from dask_batchinfer.io.inputs import (
     with_content_versions,
 )
 from dask_batchinfer.io.layout import MANIFEST
+from dask_batchinfer.io.partitioned import PieceArgs
 from dask_batchinfer.io.retry import retry
 from dask_batchinfer.io.text import read_text_source
 from dask_batchinfer.worker.cache import LRU
@@ -225,11 +226,11 @@ def read_parquet_files(
     names = schema.names if columns is None else [c for c in columns if c in schema.names]
     meta = source_meta(schema, names, files[0].path)
     schema = pa.schema([schema.field(n) for n in names])
-    keys = {k: schema.field(k).type for g in groups for f in g for k, _ in f.keys if k in names}
+    keys = {k: schema.field(k).type for f in groups.files for k, _ in f.keys if k in names}
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     ddf = dd.from_map(
         _read_files,
-        [[(f.path, f.row_groups, f.rows, f.keys, f.version) for f in group] for group in groups],
+        PieceArgs(groups),
         meta=meta,
         label="read-parquet-file",
         protocol=protocol,
