@@ -43,7 +43,8 @@ def test_resume_keeps_committed_partitions_and_counts_invalidated_ones():
     a, b, c = partitions_of([0, 1, 2], _files("a.parquet", "b.parquet", "c.parquet"), "t")
     state = _state(_marker(a), _marker(b, fingerprint="an older model"))
     work = worklist([a, b, c], state, "resume")
-    assert list(work.done) == ["a"] and [p.slug for p in work.todo] == ["b", "c"]
+    assert [work.partitions[n].slug for n in work.done] == ["a"]
+    assert [p.slug for p in work.todo] == ["b", "c"]
     assert work.invalidated == 1 and not work.finished
     overwrite = worklist([a, b, c], state, "overwrite")
     assert overwrite.done == {} and len(overwrite.todo) == 3 and overwrite.invalidated == 2

@@ -21,11 +21,10 @@ not a round trip (see ``docs/scaling.md``).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dask_batchinfer.cluster.engine import reaches_workers
@@ -94,6 +93,24 @@ def window_size(pools: Pools, options: JobOptions) -> int:
     if pools.mixed:
         return max(1, pools.model_threads * (1 + options.prefetch_per_model_thread))
     return max(2, options.inflight_per_thread * pools.total_threads)
+
+
+class _Queue:
+    """The partitions not yet submitted, in order: ``todo`` is read as they go (a
+    :class:`~dask_batchinfer.job.worklist.Partitions` makes each when asked), never copied."""
+
+    def __init__(self, todo: Sequence[Partition]) -> None:
+        self.todo, self.next = todo, 0
+
+    def __len__(self) -> int:
+        return len(self.todo) - self.next
+
+    def take(self, count: int) -> tuple[Partition, ...]:
+        """The next ``count`` partitions (fewer at the end)."""
+        end = min(self.next + count, len(self.todo))
+        taken = tuple(self.todo[i] for i in range(self.next, end))
+        self.next = end
+        return taken
 
 
 class Executor:
@@ -168,11 +185,11 @@ class Executor:
         if demand is not None:
             demand.retarget(self.graphs.task)
 
-    def run(self, todo: list[Partition]) -> Tally:
+    def run(self, todo: Sequence[Partition]) -> Tally:
         """Run ``todo``; return what the committed partitions add up to."""
         from distributed import as_completed
 
-        queue = collections.deque(todo)
+        queue = _Queue(todo)
         flying: dict[Any, _Flight] = {}
         self.finished = as_completed(loop=self.client.loop)
         self.direct = reaches_workers(
@@ -192,7 +209,7 @@ class Executor:
             self.finished.clear()
         return self.tally
 
-    def _fill(self, queue: collections.deque[Partition], flying: dict[Any, _Flight]) -> None:
+    def _fill(self, queue: _Queue, flying: dict[Any, _Flight]) -> None:
         """Submit waiting partitions until the window is full (it may have shrunk: then none)."""
         if self.graphs.bundles:
             self.bundle = bundle_size(self.tally, len(queue), self.pools.total_threads)
@@ -200,8 +217,7 @@ class Executor:
         if tasks > 0 and tasks >= min(len(queue), max(1, self.window // 4)):
             flights = []
             for _ in range(tasks):
-                bundle = [queue.popleft() for _ in range(min(self.bundle, len(queue)))]
-                flights.append(_Flight(Launch(tuple(bundle))))
+                flights.append(_Flight(Launch(queue.take(self.bundle))))
             self._launch(flights, flying)
         if self.demand is not None:  # the tasks left, each costed as a task so far took
             self.demand.shrink(-(-len(queue) // self.bundle))

@@ -86,7 +86,7 @@ def committed(work: Worklist, tally: Tally) -> list[Marker]:
     """The markers of every committed partition (done before and this run), in input order."""
     markers = dict(work.done)
     markers.update(tally.markers)
-    return [markers[p.slug] for p in work.partitions if p.slug in markers]
+    return [markers[n] for n in range(len(work.partitions)) if n in markers]
 
 
 def build_result(

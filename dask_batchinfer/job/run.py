@@ -224,7 +224,8 @@ def run_job(
         run.mark("output state read")
         ddf = job.ddf.optimize()
         generation = uuid.uuid4().hex if options.mode == "overwrite" else ""
-        partitions = partitions_of(ddf.__dask_keys__(), job.groups, job.token(), generation)
+        keys = ddf.__dask_keys__() if job.groups is None else None  # files name a path's
+        partitions = partitions_of(keys, job.groups, job.token(), generation)
         work = worklist(partitions, committer.state, options.mode, options.output_url())
         job = dataclasses.replace(job, ddf=ddf)
         return _JobRun(job, run, committer, lease, work).run()
@@ -255,7 +256,9 @@ class _JobRun:
     def run(self) -> JobResult:
         if self.work.finished:  # nothing to run; undo what a later run that died left behind
             result = self.result()
-            result.files_removed = self.committer.restore_manifest(self.work.slugs)
+            result.files_removed = self.committer.restore_manifest(
+                self.work.slugs_among(self.committer.state.markers)
+            )
             return result
         if self.work.todo:
             try:
@@ -343,7 +346,7 @@ class _JobRun:
         result.retries += retries.retries
         result.files_removed = committer.collect_garbage(
             {path for m in markers for path, _ in m.files},
-            self.work.slugs,
+            self.work.slugs_among(committer.state.markers),
             {path for m in markers for path, _ in m.errors},
         )
         run.mark("garbage collected")

@@ -41,8 +41,8 @@ class Tally:
     ----------
     partitions : int
         Partitions added.
-    markers : dict of str to Marker
-        Each one's commit, by slug.
+    markers : dict of int to Marker
+        Each one's commit, by partition number.
     sums : dict of str to float
         Stage seconds, retries and the batching counts, summed.
     batch_size : dict of str to int
@@ -61,7 +61,7 @@ class Tally:
     limit: int = TIMELINE_PARTITIONS
     partitions: int = 0
     rows_computed: int = 0
-    markers: dict[str, Marker] = dataclasses.field(default_factory=dict)
+    markers: dict[int, Marker] = dataclasses.field(default_factory=dict)
     sums: dict[str, float] = dataclasses.field(default_factory=dict)
     batch_size: dict[str, int] = dataclasses.field(default_factory=dict)
     loads: dict[str, ModelLoad] = dataclasses.field(default_factory=dict)
@@ -76,7 +76,7 @@ class Tally:
         self.partitions += 1
         self.rows_computed += stats.rows_in
         if stats.marker is not None:
-            self.markers[stats.marker.slug] = stats.marker
+            self.markers[stats.number] = stats.marker
         for name in _SUMS:
             self.sums[name] = self.sums.get(name, 0) + getattr(stats, name)
         for name in _BATCH_SUMS:

@@ -85,19 +85,37 @@ def submit_read(client: Any, graph: dict, key: Hashable, resources: dict | None 
     return client.get(cull(graph, [key])[0], [key], sync=False, resources=resources)[0]
 
 
-def _partitionwise(ddf: Any, keys: Sequence[Any]) -> Any:
+def _partitionwise(ddf: Any) -> Any:
     """The input's expression when it makes each partition's task on its own, as Dask builds
-    its graph (``expr._task(key, i)``: one expression, fused, depending on no other), else
-    None. The job then never holds the input's whole graph: 1.6 KB a partition, 160 MB at
-    100,000 partitions."""
+    its graph (``expr._task(key, i)``: one expression, fused, depending on no other, its
+    keys ``(name, i)``), else None. The job then never holds the input's whole graph (1.6 KB
+    a partition, 160 MB at 100,000 partitions), nor the list of its keys."""
     try:
         expr = ddf.expr.lower_completely()
-        if expr.dependencies() or not keys or (expr._name, 0) != keys[0]:
+        if expr.dependencies() or not ddf.npartitions or expr._name != ddf._name:
             return None
-        expr._task(keys[0], 0)  # makes one, or is not the kind that can
+        expr._task((expr._name, 0), 0)  # makes one, or is not the kind that can
     except Exception:  # noqa: BLE001 - another Dask, another collection: the whole graph
         return None
     return expr
+
+
+@dataclasses.dataclass(frozen=True)
+class _Keys(Sequence[tuple[str, int]]):
+    """The keys ``(name, i)`` of a collection's ``length`` partitions, made when asked."""
+
+    name: str
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self.length))]
+        if not -self.length <= i < self.length:
+            raise IndexError(i)
+        return (self.name, i % self.length)
 
 
 def _graph(tasks: dict, name: str) -> Any:
@@ -121,8 +139,10 @@ class TaskGraphs:
     """
 
     def __init__(self, ddf: Any, pools: Pools, settings: StageSettings) -> None:
-        self.keys = ddf.__dask_keys__()
-        self.expr = _partitionwise(ddf, self.keys)
+        self.expr = _partitionwise(ddf)
+        self.keys = (
+            _Keys(ddf._name, ddf.npartitions) if self.expr is not None else ddf.__dask_keys__()
+        )
         #: The input's whole graph, only when its tasks cannot be made one partition at a time.
         self.graph: dict = {} if self.expr is not None else dict(ddf.__dask_graph__())
         self.mixed = pools.mixed
