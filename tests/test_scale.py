@@ -169,3 +169,85 @@ def test_a_path_input_never_materialises_its_whole_graph(tmp_path):
     stacked = dd.from_pandas(frame, npartitions=4).map_partitions(lambda f: f * 2).optimize()
     fallback = TaskGraphs(stacked, single, job.settings("j"))
     assert fallback.expr is None and len(fallback.graph) == 8
+
+
+def test_the_marker_spool_keeps_markers_on_disk_by_number_and_counts_a_rerun_once():
+    """Markers go to the client's disk, come back by partition number and in input order;
+    a partition committed twice (a rerun after a worker died) is counted once, as its
+    last marker; the partitions that quarantined rows are flagged."""
+    from dask_batchinfer.io.commit import Marker
+    from dask_batchinfer.job.tally import Tally
+    from dask_batchinfer.pipeline.stages import PartitionStats
+
+    tally = Tally()
+    for n, rows, errors in [(5, 10, ()), (2, 20, (("_errors/p2.parquet", 3),)), (5, 11, ())]:
+        stats = PartitionStats(n, f"p{n}", rows_in=rows, worker="w")
+        stats.marker = Marker(f"p{n}", None, "f", ((f"part-{n}.parquet", rows),), rows, errors)
+        stats.finished = 1.0
+        tally.add(stats)
+    spool = tally.markers
+    assert len(spool) == 2 and list(spool.numbers()) == [2, 5] and 3 not in spool
+    assert spool.get(5).files == (("part-5.parquet", 11),) and spool.get(4) is None
+    assert spool.has_errors(2) and not spool.has_errors(5)
+    assert tally.counts == {"rows_in": 31, "rows_out": 31, "rows_quarantined": 3,
+                            "rows_truncated": 0, "files": 2, "error_files": 1}  # fmt: skip
+    spool.close()
+    assert len(spool) == 0 and spool.get(2) is None
+
+
+def test_a_job_of_many_partitions_keeps_a_few_bytes_of_each_on_the_client(tmp_path):
+    """What the client holds of 10,000 partitions (their plan, fingerprints and worklist,
+    and the markers of every one committed), and what writing the manifest of all of them
+    takes at its peak, stay a few bytes per partition (Python allocations, traced): as
+    objects (a list of pieces, of ``Partition``, a dict of markers, the manifest as one
+    dict) it was over 2 KB each."""
+    import json
+    import tracemalloc
+
+    import dask
+
+    from dask_batchinfer.io.commit import Marker, OutputState
+    from dask_batchinfer.job.options import JobOptions
+    from dask_batchinfer.job.prepare import prepare
+    from dask_batchinfer.job.record import RunInfo, build_result, manifest
+    from dask_batchinfer.job.tally import Tally
+    from dask_batchinfer.job.worklist import partitions_of, worklist
+    from dask_batchinfer.pipeline.stages import PartitionStats
+
+    n = 10_000
+    (tmp_path / "in").mkdir()
+    for f in range(10):
+        _row_groups(tmp_path / "in" / f"part-{f}.parquet", n // 10)
+    options = JobOptions.build(output=str(tmp_path / "out"))
+    with dask.config.set({"batchinfer.partition-size": "10 rows", "batchinfer.min-partitions": n}):
+        prepare(str(tmp_path / "in" / "part-0.parquet"), NULL, None, options)  # imports
+        tracemalloc.start()
+        try:
+            job = prepare(str(tmp_path / "in"), NULL, None, options)
+            partitions = partitions_of(None, job.groups, job.token())
+            work = worklist(partitions, OutputState(None, {}, set(), exists=False), "resume")
+            tally = Tally()
+            for p in work.todo:
+                stats = PartitionStats(p.number, p.slug, rows_in=10, worker="w")
+                stats.marker = Marker(p.slug, p.source, p.fingerprint,
+                                      ((f"{p.stem}.parquet", 10),), 10)  # fmt: skip
+                stats.finished = 1.0
+                tally.add(stats)
+            held = tracemalloc.get_traced_memory()[0]
+            result = build_result(output="o", mode="resume", model=NULL, work=work,
+                                  tally=tally, run=RunInfo(job="j"))  # fmt: skip
+            tracemalloc.reset_peak()
+            with open(tmp_path / "manifest.json", "w") as sink:
+                for piece in manifest(result, work, tally, NULL, "p"):
+                    sink.write(piece)
+            peak = tracemalloc.get_traced_memory()[1] - held
+        finally:
+            tracemalloc.stop()
+    assert len(work.partitions) == n and result.rows_in == 10 * n and result.files_total == n
+    assert held / n < 300, f"{held / n:.0f} bytes held per partition"
+    assert peak / n < 100, f"{peak / n:.0f} bytes per partition to write the manifest"
+    written = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(written["files"]) == len(written["input"]) == n and written["errors"] == []
+    assert [f["partition"] for f in written["files"]] == [i["slug"] for i in written["input"]]
+    assert written["files"][0]["path"] == f"{work.partitions[0].stem}.parquet"
+    assert written["rows_in"] == 10 * n and written["job_fingerprint"] == work.job_fingerprint

@@ -26,7 +26,7 @@ import logging
 import os
 import posixpath
 import uuid
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Iterable, Iterator, Mapping, Set
 from typing import Any
 
 import fsspec
@@ -40,6 +40,7 @@ from dask_batchinfer.io.fs import (
     url_to_fs,
     write_bytes,
     write_json,
+    write_text,
 )
 from dask_batchinfer.io.layout import (
     COMMITTED,
@@ -245,9 +246,10 @@ class Committer:
         retry(put, what=f"writing to output {self.output!r} ({probe})")
         retry(lambda: self.fs.rm(probe), what=f"removing {probe}")
 
-    def write_manifest(self, manifest: Mapping[str, Any], stats: RetryStats | None = None) -> None:
-        """Write ``_SUCCESS``: from now on the folder reads as ``manifest['files']``."""
-        write_json(self.fs, self.root, MANIFEST, manifest, stats)
+    def write_manifest(self, manifest: Iterable[str], stats: RetryStats | None = None) -> None:
+        """Write ``_SUCCESS`` from the pieces of its JSON text: from now on the folder reads
+        as its ``files``."""
+        write_text(self.fs, self.root, MANIFEST, manifest, stats)
 
     def restore_manifest(self, keep_slugs: Set[str]) -> int:
         """Back to the manifest after a later run died having committed files of its own."""

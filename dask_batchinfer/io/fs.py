@@ -4,7 +4,8 @@
 - folders only where folders exist (``ensure_dir``),
 - atomic writes: one PUT on an object store, staged under ``_staging/`` then
   renamed into place on a disk (``write_bytes``),
-- small JSON documents (``write_json``, ``read_json``).
+- small JSON documents (``write_json``, ``read_json``), and text made in pieces
+  (``write_text``: a manifest of every file, never whole in memory).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import functools
 import json
 import os
 import posixpath
+import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import fsspec
@@ -32,6 +34,7 @@ __all__ = [
     "url_to_fs",
     "write_bytes",
     "write_json",
+    "write_text",
 ]
 
 
@@ -83,17 +86,45 @@ def write_bytes(
     appears whole or not at all), on a disk staged then renamed into place. (Staging on an
     object store cost five more requests per file: a copy is a listing, a HEAD, the copy and
     a delete with s3fs, and gave nothing a PUT does not.)"""
+    _write(fs, root, relpath, lambda path: fs.pipe_file(path, data), stats)
+
+
+def write_text(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    relpath: str,
+    pieces: Iterable[str],
+    stats: RetryStats | None = None,
+) -> None:
+    """Write text made in ``pieces`` to ``root/relpath`` atomically, as :func:`write_bytes`
+    does, through a local temporary file: the text is never whole in memory (a manifest of
+    100,000 partitions is about 30 MB)."""
+    with tempfile.NamedTemporaryFile("wb", prefix="batchinfer-", suffix=".tmp") as local:
+        for piece in pieces:
+            local.write(piece.encode())
+        local.flush()
+        _write(fs, root, relpath, lambda path: fs.put_file(local.name, path), stats)
+
+
+def _write(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    relpath: str,
+    put: Callable[[str], None],
+    stats: RetryStats | None,
+) -> None:
+    """``put(path)`` onto ``root/relpath`` atomically (see :func:`write_bytes`)."""
     if not is_local(fs):
         final = posixpath.join(root, relpath)
-        retry(lambda: fs.pipe_file(final, data), what=f"writing {final}", stats=stats)
+        retry(lambda: put(final), what=f"writing {final}", stats=stats)
         return
     staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}-{posixpath.basename(relpath)}")
 
-    def put() -> None:
+    def stage() -> None:
         ensure_dir(fs, posixpath.dirname(staged))
-        fs.pipe_file(staged, data)
+        put(staged)
 
-    retry(put, what=f"writing {staged}", stats=stats)
+    retry(stage, what=f"writing {staged}", stats=stats)
     final = posixpath.join(root, relpath)
     ensure_dir(fs, posixpath.dirname(final))
     retry(lambda: fs.mv(staged, final), what=f"committing {final}", stats=stats)

@@ -11,18 +11,19 @@ workers at the end, when the workers an adaptive cluster retired are gone.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 from dask_batchinfer import secrets
-from dask_batchinfer.io.commit import Committer, Marker
+from dask_batchinfer.io.commit import Committer, Marker, OutputState
 from dask_batchinfer.io.retry import RetryStats
 from dask_batchinfer.job.tally import Tally
 from dask_batchinfer.job.worklist import Worklist
@@ -36,6 +37,7 @@ __all__ = [
     "build_result",
     "committed",
     "fail",
+    "kept",
     "manifest",
     "now",
     "save_report",
@@ -82,11 +84,46 @@ class RunInfo:
         return {name: round(t - self.wall_start, 4) for name, t in self.marks.items()}
 
 
-def committed(work: Worklist, tally: Tally) -> list[Marker]:
-    """The markers of every committed partition (done before and this run), in input order."""
-    markers = dict(work.done)
-    markers.update(tally.markers)
-    return [markers[n] for n in range(len(work.partitions)) if n in markers]
+def committed(work: Worklist, tally: Tally, errors_only: bool = False) -> Iterator[Marker]:
+    """The markers of every committed partition (done before and this run), in input
+    order, read one at a time (this run's from the client's disk); ``errors_only``: only
+    those that list files of quarantined rows."""
+    done = work.done
+    before = sorted(n for n, m in done.items() if m.errors or not errors_only)
+    spool = tally.markers
+    now = (n for n in spool.numbers() if spool.has_errors(n) or not errors_only)
+    for n in heapq.merge(before, now):
+        marker = done[n] if n in done else spool.get(n)
+        if marker is not None:
+            yield marker
+
+
+def kept(work: Worklist, tally: Tally, state: OutputState) -> tuple[set[str], set[str]]:
+    """The data files and the files of quarantined rows that the output held before this run
+    and a committed partition lists: what clean-up keeps of them (it deletes only what was
+    there before; a new output needs no pass over the markers)."""
+    files: set[str] = set()
+    errors: set[str] = set()
+    if state.files or state.error_files:
+        for m in committed(work, tally):
+            files.update(path for path, _ in m.files if path in state.files)
+            errors.update(path for path, _ in m.errors if path in state.error_files)
+    return files, errors
+
+
+def _counts(work: Worklist, tally: Tally) -> dict[str, int]:
+    """What every committed partition's marker adds up to (see ``Tally.counts``)."""
+    counts = dict(tally.counts)
+    for m in work.done.values():
+        for name, value in (
+            ("rows_in", m.rows_in),
+            ("rows_out", m.rows_out),
+            ("rows_quarantined", m.rows_quarantined),
+            ("rows_truncated", m.rows_truncated),
+            ("files", len(m.files)),
+        ):
+            counts[name] = counts.get(name, 0) + value
+    return counts
 
 
 def build_result(
@@ -99,8 +136,7 @@ def build_result(
     run: RunInfo,
 ) -> JobResult:
     """The result of a job from its work, this run's tally and measurements."""
-    markers = committed(work, tally)
-    sums = tally.sums
+    counts, sums = _counts(work, tally), tally.sums
     result = JobResult(
         output=output,
         model=model.name or "",
@@ -109,14 +145,14 @@ def build_result(
         partitions_run=tally.partitions,
         partitions_skipped=len(work.done),
         partitions_invalidated=work.invalidated,
-        rows_in=sum(m.rows_in for m in markers),
-        rows_out=sum(m.rows_out for m in markers),
-        rows_quarantined=sum(m.rows_quarantined for m in markers),
-        rows_truncated=sum(m.rows_truncated for m in markers),
+        rows_in=counts.get("rows_in", 0),
+        rows_out=counts.get("rows_out", 0),
+        rows_quarantined=counts.get("rows_quarantined", 0),
+        rows_truncated=counts.get("rows_truncated", 0),
         rows_computed=tally.rows_computed,
-        error_files=[path for m in markers for path, _ in m.errors][:FILES_SHOWN],
-        files=list(itertools.islice(_files(markers), FILES_SHOWN)),
-        files_total=sum(len(m.files) for m in markers),
+        error_files=list(itertools.islice(_errors(committed(work, tally, True)), FILES_SHOWN)),
+        files=list(itertools.islice(_files(committed(work, tally)), FILES_SHOWN)),
+        files_total=counts.get("files", 0),
         wall_seconds=0.0,
         model_load_seconds={w: s.load_seconds for w, s in tally.loads.items()},
         model_loads={w: s.loads for w, s in tally.loads.items()},
@@ -145,11 +181,18 @@ def build_result(
     return result
 
 
-def _files(markers: list[Marker]) -> Iterator[dict[str, Any]]:
+def _files(markers: Iterable[Marker]) -> Iterator[dict[str, Any]]:
     """Every committed data file: ``{"path", "rows", "partition"}``."""
     for m in markers:
         for path, rows in m.files:
             yield {"path": path, "rows": rows, "partition": m.slug}
+
+
+def _errors(markers: Iterable[Marker]) -> Iterator[str]:
+    """Every file of quarantined rows."""
+    for m in markers:
+        for path, _ in m.errors:
+            yield path
 
 
 def _phases(run: RunInfo, tally: Tally) -> dict[str, float]:
@@ -172,28 +215,40 @@ def with_phases(phases: dict[str, float], run: RunInfo) -> dict[str, float]:
 def manifest(
     result: JobResult,
     work: Worklist,
-    markers: list[Marker],
+    tally: Tally,
     model: ModelSpec,
     preprocess_token: str,
-) -> dict:
-    """The ``_SUCCESS`` manifest of a finished job: every input partition, every file."""
-    return {
+) -> Iterator[str]:
+    """The ``_SUCCESS`` manifest of a finished job (every input partition, every file) as
+    JSON text in pieces: made one partition at a time, never whole in memory (at 100,000
+    partitions it is about 30 MB of text, 150 MB as Python objects)."""
+    head = {
         "version": __version__,
         "job_fingerprint": work.job_fingerprint,
         "model": model.name,
         "model_token": model.token,
         "preprocess_token": preprocess_token,
-        "input": [
-            {"slug": p.slug, "source": p.source, "fingerprint": p.fingerprint}
-            for p in work.partitions
-        ],
         "started": result.started,
         "finished": result.finished,
         **result.summary(),
-    } | {
-        "files": list(_files(markers)),
-        "errors": [path for m in markers for path, _ in m.errors],
     }
+    for name in ("files", "errors", "input"):
+        head.pop(name, None)
+    yield json.dumps(head, indent=1, sort_keys=True)[:-2]  # without "\n}": more follows
+    lists = {
+        "errors": _errors(committed(work, tally, errors_only=True)),
+        "files": _files(committed(work, tally)),
+        "input": (
+            {"slug": p.slug, "source": p.source, "fingerprint": p.fingerprint}
+            for p in work.partitions
+        ),
+    }
+    for name, items in lists.items():
+        yield f',\n "{name}": ['
+        for i, item in enumerate(items):
+            yield ("\n  " if i == 0 else ",\n  ") + json.dumps(item, sort_keys=True)
+        yield "\n ]"
+    yield "\n}\n"
 
 
 def save_report(committer: Committer, result: JobResult, stats: RetryStats | None = None) -> None:

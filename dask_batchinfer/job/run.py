@@ -31,8 +31,8 @@ from dask_batchinfer.job.prepare import PreparedJob, prepare
 from dask_batchinfer.job.record import (
     RunInfo,
     build_result,
-    committed,
     fail,
+    kept,
     manifest,
     now,
     save_report,
@@ -331,12 +331,11 @@ class _JobRun:
             raise too_many
         retries = RetryStats()
         result.finished = now()
-        markers = committed(self.work, self.tally)
         committer.write_manifest(
             manifest(
                 result,
                 work=self.work,
-                markers=markers,
+                tally=self.tally,
                 model=self.job.model,
                 preprocess_token=code_token(self.job.preprocess),
             ),
@@ -344,11 +343,11 @@ class _JobRun:
         )
         run.mark("manifest")
         result.retries += retries.retries
+        files, errors = kept(self.work, self.tally, committer.state)
         result.files_removed = committer.collect_garbage(
-            {path for m in markers for path, _ in m.files},
-            self.work.slugs_among(committer.state.markers),
-            {path for m in markers for path, _ in m.errors},
+            files, self.work.slugs_among(committer.state.markers), errors
         )
+        self.tally.markers.close()
         run.mark("garbage collected")
         result.wall_seconds = time.perf_counter() - run.wall_start
         report_retries = RetryStats()

@@ -4,10 +4,11 @@ The executor hands every partition's :class:`~dask_batchinfer.pipeline.stages.Pa
 to a :class:`Tally` as it commits and keeps nothing else: sums and maxima,
 each worker's batch size and model loads, the partition's marker (the
 manifest on storage lists every file; the marker is all a partition leaves
-in memory), and the stage records of a sample of at most
-:data:`TIMELINE_PARTITIONS` partitions, spread evenly over the input. A job of
-600,000 partitions thus keeps 600,000 markers, not 2.4 million timeline
-records and 600,000 statistics objects.
+in memory, and that on the client's disk: :mod:`~dask_batchinfer.job.spool`), and
+the stage records of a sample of at most :data:`TIMELINE_PARTITIONS` partitions,
+spread evenly over the input. A job of 600,000 partitions thus keeps 600,000
+markers on disk and 9 bytes each in memory, not 2.4 million timeline records
+and 600,000 statistics objects.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 from typing import Any
 
 from dask_batchinfer.io.commit import Marker
+from dask_batchinfer.job.spool import MarkerSpool
 from dask_batchinfer.pipeline.stages import ModelLoad, PartitionStats
 
 __all__ = ["TIMELINE_PARTITIONS", "Tally"]
@@ -41,8 +43,11 @@ class Tally:
     ----------
     partitions : int
         Partitions added.
-    markers : dict of int to Marker
-        Each one's commit, by partition number.
+    markers : MarkerSpool
+        Each one's commit, by partition number (on the client's disk).
+    counts : dict of str to int
+        What the markers add up to: ``rows_in``, ``rows_out``, ``rows_quarantined``,
+        ``rows_truncated``, ``files`` (data files) and ``error_files``.
     sums : dict of str to float
         Stage seconds, retries and the batching counts, summed.
     batch_size : dict of str to int
@@ -61,7 +66,8 @@ class Tally:
     limit: int = TIMELINE_PARTITIONS
     partitions: int = 0
     rows_computed: int = 0
-    markers: dict[int, Marker] = dataclasses.field(default_factory=dict)
+    markers: MarkerSpool = dataclasses.field(default_factory=MarkerSpool)
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
     sums: dict[str, float] = dataclasses.field(default_factory=dict)
     batch_size: dict[str, int] = dataclasses.field(default_factory=dict)
     loads: dict[str, ModelLoad] = dataclasses.field(default_factory=dict)
@@ -76,7 +82,10 @@ class Tally:
         self.partitions += 1
         self.rows_computed += stats.rows_in
         if stats.marker is not None:
-            self.markers[stats.number] = stats.marker
+            replaced = self.markers.add(stats.number, stats.marker)
+            _count(self.counts, stats.marker, 1)
+            if replaced is not None:  # committed twice (a rerun): counted once
+                _count(self.counts, replaced, -1)
         for name in _SUMS:
             self.sums[name] = self.sums.get(name, 0) + getattr(stats, name)
         for name in _BATCH_SUMS:
@@ -109,6 +118,18 @@ class Tally:
     def timeline_partitions(self) -> int:
         """Partitions in :meth:`timeline`."""
         return len(self._records)
+
+
+def _count(counts: dict[str, int], marker: Marker, sign: int) -> None:
+    for name, value in (
+        ("rows_in", marker.rows_in),
+        ("rows_out", marker.rows_out),
+        ("rows_quarantined", marker.rows_quarantined),
+        ("rows_truncated", marker.rows_truncated),
+        ("files", len(marker.files)),
+        ("error_files", len(marker.errors)),
+    ):
+        counts[name] = counts.get(name, 0) + sign * value
 
 
 def _least(seen: float | None, value: float) -> float:
