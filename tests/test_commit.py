@@ -337,3 +337,23 @@ def test_markers_are_read_many_at_a_time_in_order(tmp_path, monkeypatch):
     got = list(fsmod.read_jsons(local, paths))
     assert got == [{"i": 0}, {"i": 1}, None, {"i": 2}, {"i": 3}, None, None, {"i": 6}]
     assert calls == [3, 3, 2]
+
+
+def test_empty_folders_are_removed_and_the_rest_kept(tmp_path):
+    """Clean-up removes folders left empty at any depth (hive folders whose stale files went)
+    and keeps every folder that holds a file, and the output folder itself."""
+    from dask_batchinfer.io.fs import remove_empty_dirs
+
+    (tmp_path / "country=FR" / "city=Paris").mkdir(parents=True)
+    (tmp_path / "country=FR" / "city=Lyon").mkdir()
+    (tmp_path / "country=FR" / "city=Lyon" / "part-1.parquet").write_bytes(b"x")
+    (tmp_path / "country=DE" / "city=Berlin" / "empty").mkdir(parents=True)
+    (tmp_path / "part-0.parquet").write_bytes(b"x")
+    remove_empty_dirs(fsspec.filesystem("file"), str(tmp_path))
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["country=FR", "country=FR/city=Lyon", "country=FR/city=Lyon/part-1.parquet",
+                    "part-0.parquet"]  # fmt: skip
+    (tmp_path / "country=FR" / "city=Lyon" / "part-1.parquet").unlink()
+    (tmp_path / "part-0.parquet").unlink()
+    remove_empty_dirs(fsspec.filesystem("file"), str(tmp_path))
+    assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []

@@ -185,11 +185,27 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
 
 def remove_empty_dirs(fs: fsspec.AbstractFileSystem, root: str) -> None:
     """Remove empty folders under ``root`` (local disk; object stores have no folders)."""
-    if not is_local(fs):
-        return
-    for dirpath, _, _ in os.walk(root, topdown=False):
-        if dirpath != root and not os.listdir(dirpath):
-            try:
-                os.rmdir(dirpath)
-            except OSError:
-                pass
+    if is_local(fs):
+        _prune(root)
+
+
+def _prune(path: str) -> bool:
+    """Remove the empty folders under ``path``; whether ``path`` is empty now. Entries are
+    read one at a time: ``os.walk`` listed each folder whole, twice (an output of 100,000
+    partitions holds 200,000 files in two folders: a 12 MiB peak)."""
+    folders, empty = [], True
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(entry.path)
+            else:
+                empty = False
+    for folder in folders:
+        if not _prune(folder):
+            empty = False
+            continue
+        try:
+            os.rmdir(folder)
+        except OSError:  # a straggling task wrote there meanwhile
+            empty = False
+    return empty

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import ctypes
 import dataclasses
 import math
+import sys
 from array import array
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -252,7 +254,20 @@ def plan_parquet(
             run = []
             partitions.extend([[piece]])
     partitions.extend(group_files(run, whole))
+    _release_memory()
     return schema, partitions
+
+
+def _release_memory() -> None:
+    """Give back to the system what parsing the footers left free: Arrow's allocator keeps
+    it per thread, glibc's ``malloc`` per arena, so the job would otherwise run on top of the
+    plan's peak (100,000 row groups: 25 MiB). Dask's docs trim workers' memory the same way."""
+    pa.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            pass
 
 
 def _footers(
