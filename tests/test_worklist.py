@@ -70,6 +70,28 @@ def test_finished_only_when_the_manifest_is_this_jobs():
     assert worklist(parts, _state(*markers, manifest=manifest), "resume").quarantined_before() == 0
 
 
+def test_the_manifest_is_read_only_when_the_job_may_be_finished():
+    """A job with partitions to run never reads ``_SUCCESS`` (22 MB of JSON at 100,000
+    partitions, held for the whole run); one with none left reads it once."""
+    parts = partitions_of([0, 1], _files("a.parquet", "b.parquet"), "t")
+    markers = [_marker(p) for p in parts]
+    fingerprint = worklist(parts, _state(*markers), "resume").job_fingerprint
+    reads = []
+
+    def read():
+        reads.append(1)
+        return {"job_fingerprint": fingerprint,
+                "files": [{"path": path} for m in markers for path, _ in m.files]}  # fmt: skip
+
+    state = _state(markers[0])
+    state.read_manifest = read
+    assert len(worklist(parts, state, "resume").todo) == 1 and reads == []
+    state = _state(*markers)
+    state.read_manifest = read
+    assert worklist(parts, state, "resume").finished and reads == [1]
+    assert state.get_manifest()["job_fingerprint"] == fingerprint and reads == [1]
+
+
 def test_mode_error_refuses_a_folder_that_is_not_empty():
     (a,) = partitions_of([0], _files("a.parquet"), "t")
     with pytest.raises(dbi.InputError, match="'out/' exists.*mode='error'"):

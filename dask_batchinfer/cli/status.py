@@ -42,7 +42,7 @@ def output_status(output: str, storage_options: Mapping[str, Any] | None = None)
         }
     markers = list(state.markers.values())
     report = read_json(fs, posixpath.join(root, REPORT_JSON))
-    manifest = state.manifest
+    manifest = state.get_manifest()
     summary: dict[str, Any] = {
         "output": output,
         "partitions_committed": len(markers),

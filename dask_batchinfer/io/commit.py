@@ -26,7 +26,7 @@ import logging
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from typing import Any
 
 import fsspec
@@ -170,10 +170,21 @@ class OutputState:
     files: set[str]  # visible files, relative to the root
     exists: bool
     error_files: set[str] = dataclasses.field(default_factory=set)  # quarantined rows
+    #: Reads ``manifest`` when :meth:`get_manifest` first asks (None: ``manifest`` is it).
+    read_manifest: Callable[[], dict[str, Any] | None] | None = dataclasses.field(
+        default=None, repr=False
+    )
+
+    def get_manifest(self) -> dict[str, Any] | None:
+        """The ``_SUCCESS`` manifest, read when first asked: at 100,000 partitions it is
+        22 MB of JSON and 100 MB parsed, which a job with partitions to run never needs."""
+        if self.read_manifest is not None:
+            self.manifest, self.read_manifest = self.read_manifest(), None
+        return self.manifest
 
     def manifest_matches(self, job_fingerprint: str) -> bool:
         """Whether the manifest is this job's and every file it lists is there."""
-        manifest = self.manifest
+        manifest = self.get_manifest()
         if not manifest or manifest.get("job_fingerprint") != job_fingerprint:
             return False
         return all(f["path"] in self.files for f in manifest.get("files", []))
@@ -191,7 +202,7 @@ class OutputState:
 
 
 def load_state(fs: fsspec.AbstractFileSystem, root: str) -> OutputState:
-    """List ``root`` once and read its manifest and markers."""
+    """List ``root`` once and read its markers (its manifest when first asked)."""
     fs.invalidate_cache(root)
     if not retry(lambda: fs.exists(root), what=f"checking {root}"):
         return OutputState(None, {}, set(), exists=False)
@@ -203,11 +214,13 @@ def load_state(fs: fsspec.AbstractFileSystem, root: str) -> OutputState:
         marker = Marker.from_json(data) if data is not None else None
         if marker is not None:
             markers[marker.slug] = marker
-    manifest = read_json(fs, posixpath.join(root, MANIFEST)) if MANIFEST in relpaths else None
+    reader = None
+    if MANIFEST in relpaths:
+        reader = functools.partial(read_json, fs, posixpath.join(root, MANIFEST))
     files = {rel for rel in relpaths if is_visible(rel)}
     errors = {rel for rel in relpaths if rel.startswith(f"{ERRORS}/")}
     exists = any(rel != LOCK for rel in relpaths)  # a lease alone is not content
-    return OutputState(manifest, markers, files, exists=exists, error_files=errors)
+    return OutputState(None, markers, files, exists, errors, read_manifest=reader)
 
 
 class Committer:
@@ -253,7 +266,7 @@ class Committer:
 
     def restore_manifest(self, keep_slugs: Set[str]) -> int:
         """Back to the manifest after a later run died having committed files of its own."""
-        manifest = self.state.manifest or {}
+        manifest = self.state.get_manifest() or {}
         listed = {f["path"] for f in manifest.get("files", [])}
         if not (self.state.files - listed or set(self.state.markers) - keep_slugs):
             return 0
