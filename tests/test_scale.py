@@ -251,3 +251,22 @@ def test_a_job_of_many_partitions_keeps_a_few_bytes_of_each_on_the_client(tmp_pa
     assert [f["partition"] for f in written["files"]] == [i["slug"] for i in written["input"]]
     assert written["files"][0]["path"] == f"{work.partitions[0].stem}.parquet"
     assert written["rows_in"] == 10 * n and written["job_fingerprint"] == work.job_fingerprint
+
+
+def test_a_client_without_a_temporary_folder_fails_before_any_work(client, tmp_path, monkeypatch):
+    """The markers wait in a temporary file on the client: a temporary folder that cannot be
+    written fails the job before any partition runs, naming the folder and ``TMPDIR``."""
+    import tempfile
+
+    import pytest
+
+    _row_groups(tmp_path / "in.parquet", 4)
+    missing = str(tmp_path / "no-such-folder")
+    monkeypatch.setattr(tempfile, "tempdir", missing)
+    with pytest.raises(OSError, match=f"cannot create one in '{missing}'.*TMPDIR"):
+        dbi.run_job(str(tmp_path / "in.parquet"), NULL, output=str(tmp_path / "out"),
+                    client=client, progress=False)  # fmt: skip
+    assert not list((tmp_path / "out").rglob("*.parquet"))
+    assert not (tmp_path / "out" / "_committed").exists() or not list(
+        (tmp_path / "out" / "_committed").iterdir()
+    )

@@ -99,11 +99,11 @@ class InputPartitions(Sequence[list[InputFile]]):
         if at < 0:
             return file
         start, stop = self._rows[2 * k], self._rows[2 * k + 1]
-        return dataclasses.replace(
-            file,
-            row_groups=tuple(self._groups[at : self._groups_to[k]]),
-            rows=(start, stop) if start >= 0 else None,
-        )
+        groups = tuple(self._groups[at : self._groups_to[k]])
+        rows = (start, stop) if start >= 0 else None
+        # made directly: dataclasses.replace takes 1.6x as long, and this runs twice a partition
+        return InputFile(path=file.path, relpath=file.relpath, size=file.size,
+                         version=file.version, row_groups=groups, rows=rows, keys=file.keys)  # fmt: skip
 
     def used_files(self) -> Iterator[InputFile]:
         """The files some partition reads (each once), in order."""

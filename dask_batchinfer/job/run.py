@@ -276,6 +276,7 @@ class _JobRun:
         """Run the worklist's partitions on the cluster; ``stats`` gets each committed one's."""
         run, options, todo = self.run_info, self.options, self.work.todo
         self.committer.check_writable()
+        self.tally.markers.open()
         connect_start = time.perf_counter()
         engine = choose_engine(run.input_bytes)
         with (

@@ -33,13 +33,20 @@ class MarkerSpool:
         self._lock = threading.Lock()
         self.count = 0
 
+    def open(self) -> None:
+        """Create the file now: a job calls this before any work, so that a client without
+        a writable temporary folder fails at once, naming it, not at its first commit."""
+        with self._lock:
+            if self._file is None:
+                self._file = _temporary_file()
+
     def add(self, number: int, marker: Marker) -> Marker | None:
         """Keep ``marker`` as partition ``number``'s; the one it replaces, if any."""
         line = json.dumps(marker.to_json(), separators=(",", ":")).encode() + b"\n"
         with self._lock:
             replaced = self._get(number)
             if self._file is None:
-                self._file = tempfile.TemporaryFile(prefix="batchinfer-markers-")
+                self._file = _temporary_file()
             self._file.seek(0, 2)
             at = self._file.tell()
             self._file.write(line)
@@ -86,3 +93,15 @@ class MarkerSpool:
             self._at = array("q")
             self._errors = bytearray()
             self.count = 0
+
+
+def _temporary_file() -> IO[bytes]:
+    try:
+        return tempfile.TemporaryFile(prefix="batchinfer-markers-")
+    except OSError as err:
+        raise OSError(
+            err.errno,
+            f"the client keeps the markers of committed partitions in a temporary file and "
+            f"cannot create one in {tempfile.gettempdir()!r} ({err.strerror}): point TMPDIR "
+            f"at a writable folder with about 300 bytes per partition free",
+        ) from err
