@@ -25,7 +25,7 @@ from typing import Any
 from dask_batchinfer import secrets
 from dask_batchinfer.io.commit import Committer, Marker, OutputState
 from dask_batchinfer.io.retry import RetryStats
-from dask_batchinfer.job.tally import Tally
+from dask_batchinfer.job.tally import Tally, count_marker
 from dask_batchinfer.job.worklist import Worklist
 from dask_batchinfer.model.spec import ModelSpec
 from dask_batchinfer.report.result import JobResult
@@ -115,14 +115,7 @@ def _counts(work: Worklist, tally: Tally) -> dict[str, int]:
     """What every committed partition's marker adds up to (see ``Tally.counts``)."""
     counts = dict(tally.counts)
     for m in work.done.values():
-        for name, value in (
-            ("rows_in", m.rows_in),
-            ("rows_out", m.rows_out),
-            ("rows_quarantined", m.rows_quarantined),
-            ("rows_truncated", m.rows_truncated),
-            ("files", len(m.files)),
-        ):
-            counts[name] = counts.get(name, 0) + value
+        count_marker(counts, m)
     return counts
 
 

@@ -20,7 +20,7 @@ from dask_batchinfer.io.commit import Marker
 from dask_batchinfer.job.spool import MarkerSpool
 from dask_batchinfer.pipeline.stages import ModelLoad, PartitionStats
 
-__all__ = ["TIMELINE_PARTITIONS", "Tally"]
+__all__ = ["TIMELINE_PARTITIONS", "Tally", "count_marker"]
 
 #: Partitions whose stage records the timeline keeps (of the report and ``JobResult.timeline``).
 TIMELINE_PARTITIONS = 2000
@@ -83,9 +83,9 @@ class Tally:
         self.rows_computed += stats.rows_in
         if stats.marker is not None:
             replaced = self.markers.add(stats.number, stats.marker)
-            _count(self.counts, stats.marker, 1)
+            count_marker(self.counts, stats.marker)
             if replaced is not None:  # committed twice (a rerun): counted once
-                _count(self.counts, replaced, -1)
+                count_marker(self.counts, replaced, -1)
         for name in _SUMS:
             self.sums[name] = self.sums.get(name, 0) + getattr(stats, name)
         for name in _BATCH_SUMS:
@@ -120,7 +120,8 @@ class Tally:
         return len(self._records)
 
 
-def _count(counts: dict[str, int], marker: Marker, sign: int) -> None:
+def count_marker(counts: dict[str, int], marker: Marker, sign: int = 1) -> None:
+    """Add what ``marker`` counts to ``counts`` (``sign=-1``: take it away)."""
     for name, value in (
         ("rows_in", marker.rows_in),
         ("rows_out", marker.rows_out),

@@ -111,8 +111,6 @@ class _Keys(Sequence[tuple[str, int]]):
         return self.length
 
     def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(self.length))]
         if not -self.length <= i < self.length:
             raise IndexError(i)
         return (self.name, i % self.length)

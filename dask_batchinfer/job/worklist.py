@@ -17,6 +17,7 @@ from dask.base import tokenize
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.fingerprint import code_token, partition_slug
 from dask_batchinfer.io.commit import Marker, OutputState, Partition
+from dask_batchinfer.io.partitioned import position
 from dask_batchinfer.io.read import InputFile
 from dask_batchinfer.job.schema import Columns
 from dask_batchinfer.model.spec import ModelSpec
@@ -119,11 +120,7 @@ class Partitions(Sequence[Partition]):
     def __getitem__(self, i: int | slice) -> Any:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        w = self._width
+        i, w = position(i, len(self)), self._width
         token = self._fingerprints[i * w : (i + 1) * w].decode("ascii")
         if self.groups is None:
             return Partition(i, f"{i:05d}", None, token, self.generation)
@@ -225,6 +222,4 @@ class Subset(Sequence[Partition]):
         return len(self.numbers)
 
     def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
         return self.partitions[self.numbers[i]]
