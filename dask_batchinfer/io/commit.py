@@ -60,7 +60,7 @@ __all__ = ["Committer", "Marker", "OutputState", "Partition", "load_state", "wri
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Partition:
     """One input partition of a job.
 
@@ -95,7 +95,7 @@ class Partition:
         return f"{name}-{suffix}"  # input part-000.parquet: part-000-<id>, not part-part-000
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Marker:
     """A committed partition: ``_committed/<slug>.json``.
 
@@ -207,19 +207,27 @@ def load_state(fs: fsspec.AbstractFileSystem, root: str) -> OutputState:
     if not retry(lambda: fs.exists(root), what=f"checking {root}"):
         return OutputState(None, {}, set(), exists=False)
     paths = retry(lambda: fs.find(root), what=f"listing {root}")
-    relpaths = [posixpath.relpath(p, root) for p in paths]
-    found = [rel for rel in relpaths if rel.startswith(f"{COMMITTED}/") and rel.endswith(".json")]
+    found: list[str] = []  # markers, as listed
+    files: set[str] = set()
+    errors: set[str] = set()
+    manifest = exists = False
+    for path in paths:  # one pass, no copies of the listing (200,000 names at 100,000 partitions)
+        rel = posixpath.relpath(path, root)
+        exists = exists or rel != LOCK  # a lease alone is not content
+        if rel.startswith(f"{COMMITTED}/") and rel.endswith(".json"):
+            found.append(path)
+        elif rel.startswith(f"{ERRORS}/"):
+            errors.add(rel)
+        elif is_visible(rel):
+            files.add(rel)
+        manifest = manifest or rel == MANIFEST
+    del paths
     markers = {}
-    for data in read_jsons(fs, [posixpath.join(root, rel) for rel in found]):
+    for data in read_jsons(fs, found):
         marker = Marker.from_json(data) if data is not None else None
         if marker is not None:
             markers[marker.slug] = marker
-    reader = None
-    if MANIFEST in relpaths:
-        reader = functools.partial(read_json, fs, posixpath.join(root, MANIFEST))
-    files = {rel for rel in relpaths if is_visible(rel)}
-    errors = {rel for rel in relpaths if rel.startswith(f"{ERRORS}/")}
-    exists = any(rel != LOCK for rel in relpaths)  # a lease alone is not content
+    reader = functools.partial(read_json, fs, posixpath.join(root, MANIFEST)) if manifest else None
     return OutputState(None, markers, files, exists, errors, read_manifest=reader)
 
 

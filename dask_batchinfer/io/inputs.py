@@ -71,7 +71,7 @@ def source_meta(schema: pa.Schema, names: list[str], first: str) -> pd.DataFrame
     return meta
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class InputFile:
     """An input file and what identifies its content."""
 
