@@ -46,6 +46,7 @@ def test_resume_keeps_committed_partitions_and_counts_invalidated_ones():
     assert [work.partitions[n].slug for n in work.done] == ["a"]
     assert [p.slug for p in work.todo] == ["b", "c"]
     assert work.invalidated == 1 and not work.finished
+    assert work.known == {"a", "b"}  # the markers clean-up keeps: this job's partitions'
     overwrite = worklist([a, b, c], state, "overwrite")
     assert overwrite.done == {} and len(overwrite.todo) == 3 and overwrite.invalidated == 2
 

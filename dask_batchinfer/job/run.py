@@ -256,9 +256,7 @@ class _JobRun:
     def run(self) -> JobResult:
         if self.work.finished:  # nothing to run; undo what a later run that died left behind
             result = self.result()
-            result.files_removed = self.committer.restore_manifest(
-                self.work.slugs_among(self.committer.state.markers)
-            )
+            result.files_removed = self.committer.restore_manifest(self.work.known)
             return result
         if self.work.todo:
             try:
@@ -273,7 +271,7 @@ class _JobRun:
         return result
 
     def execute(self) -> None:
-        """Run the worklist's partitions on the cluster; ``stats`` gets each committed one's."""
+        """Run the worklist's partitions on the cluster; the tally gets each committed one's."""
         run, options, todo = self.run_info, self.options, self.work.todo
         self.committer.check_writable()
         self.tally.markers.open()
@@ -345,9 +343,7 @@ class _JobRun:
         run.mark("manifest")
         result.retries += retries.retries
         files, errors = kept(self.work, self.tally, committer.state)
-        result.files_removed = committer.collect_garbage(
-            files, self.work.slugs_among(committer.state.markers), errors
-        )
+        result.files_removed = committer.collect_garbage(files, self.work.known, errors)
         self.tally.markers.close()
         run.mark("garbage collected")
         result.wall_seconds = time.perf_counter() - run.wall_start

@@ -43,6 +43,9 @@ class Worklist:
         Partitions to run.
     invalidated : int
         Partitions committed by an earlier run whose fingerprint changed.
+    known : set of str
+        The slugs of this job's partitions that have a marker in the output (done or
+        not): clean-up deletes the other markers.
     finished : bool
         The output's manifest is this job's: nothing to run or write.
     """
@@ -53,11 +56,7 @@ class Worklist:
     todo: Sequence[Partition]
     invalidated: int
     finished: bool
-
-    def slugs_among(self, names: Collection[str]) -> set[str]:
-        """The slugs of this job's partitions that are among ``names`` (one pass over the
-        partitions, none when ``names`` is empty)."""
-        return {p.slug for p in self.partitions if p.slug in names} if names else set()
+    known: set[str] = dataclasses.field(default_factory=set)
 
     def quarantined_before(self) -> int:
         """Rows the partitions already done set aside (for the bad-row budget)."""
@@ -188,34 +187,33 @@ def worklist(
             f"folder, or pass mode='resume' or mode='overwrite'"
         )
     done: dict[int, Marker] = {}
-    invalidated = 0
+    known: set[str] = set()
     for p in partitions if state.markers else ():  # an output without markers: all to do
+        if p.slug not in state.markers:
+            continue
+        known.add(p.slug)
         marker = state.committed(p) if mode == "resume" else None
         if marker is not None:
             done[p.number] = marker
-        elif p.slug in state.markers:
-            invalidated += 1
+    invalidated = len(known) - len(done)
     todo = _without(partitions, done)
     job_fingerprint = _job_fingerprint(partitions)
     finished = mode == "resume" and not todo and state.manifest_matches(job_fingerprint)
-    return Worklist(partitions, job_fingerprint, done, todo, invalidated, finished)
+    return Worklist(partitions, job_fingerprint, done, todo, invalidated, finished, known)
 
 
 def _without(partitions: Sequence[Partition], done: Collection[int]) -> Sequence[Partition]:
     """``partitions`` but those numbered in ``done``."""
     if not done:
         return partitions
-    left = array("q", (i for i in range(len(partitions)) if i not in done))
-    if isinstance(partitions, Partitions):
-        return Subset(partitions, left)
-    return [partitions[i] for i in left]
+    return Subset(partitions, array("q", (i for i in range(len(partitions)) if i not in done)))
 
 
 @dataclasses.dataclass(frozen=True)
 class Subset(Sequence[Partition]):
     """Some of a job's partitions, by number."""
 
-    partitions: Partitions
+    partitions: Sequence[Partition]
     numbers: array
 
     def __len__(self) -> int:
