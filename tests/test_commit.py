@@ -314,6 +314,63 @@ def test_worker_killed_mid_job(store, kill_client, kill_after, victim_index, wri
     assert_output(store, "out", frame, expected_scores(frame, 0))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["local"], indirect=True)  # the client's side: any store
+def test_a_result_lost_with_its_worker_before_the_gather_is_waited_for(
+    store, kill_client, write_inputs, expected_scores, monkeypatch
+):
+    """A partition that finished, then lost its result with its worker before the client
+    gathered it, is computed again and committed: never dropped from the job's counts and
+    manifest while the job reports success (the client saw "lost", not an error)."""
+    from dask_batchinfer.job.executor import Executor
+
+    c = kill_client
+    frame = make_features(600, seed=5)
+    write_inputs(store.path("in"), frame, files=6, fs=store.fs)
+    c.wait_for_workers(3)
+    collect, lost = Executor._collect, []
+
+    def kill_before_gather(self, done, flying):
+        finished = [f for f in done if f in flying and f.status == "finished"]
+        if finished and not lost:  # kill the worker holding the first finished result
+            holder = c.who_has(finished[0])[finished[0].key][0]
+            os.kill(c.run(os.getpid, workers=[holder])[holder], signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while finished[0].status == "finished" and time.monotonic() < deadline:
+                time.sleep(0.005)
+            lost.append(finished[0].status)
+        return collect(self, done, flying)
+
+    monkeypatch.setattr(Executor, "_collect", kill_before_gather)
+    result = run(store, model=slow_model(delay=0.5, seed=0, batch_size=50), client=c)
+    assert lost == ["lost"], "the kill did not land between the finish and the gather"
+    assert result.rows_out == 600 and result.partitions_run == 6 and result.files_total == 6
+    assert_output(store, "out", frame, expected_scores(frame, 0))
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_a_partition_the_client_never_counted_fails_the_job_without_success(
+    client, store, write_inputs, expected_scores, monkeypatch
+):
+    """The last line of defence against a bookkeeping bug like the one above: a partition
+    run but never counted by the client fails the job, naming it, with no ``_SUCCESS``; the
+    re-run resumes and commits a complete, correct output."""
+    from dask_batchinfer.job.tally import Tally
+
+    frame = make_features(400, seed=6)
+    write_inputs(store.path("in"), frame, files=4, fs=store.fs)
+    add = Tally.add
+    monkeypatch.setattr(Tally, "add", lambda self, stats: stats.number == 2 or add(self, stats))
+    with pytest.raises(dbi.PartitionError, match=r"partition 2 .* never committed") as err:
+        run(store)
+    assert err.value.partition == 2 and err.value.source.endswith("in-002.parquet")
+    assert not store.fs.exists(store.path("out", "_SUCCESS"))
+    monkeypatch.setattr(Tally, "add", add)
+    again = run(store)
+    assert (again.partitions_run, again.partitions_skipped, again.rows_out) == (0, 4, 400)
+    assert_output(store, "out", frame, expected_scores(frame, 0))
+
+
 def test_markers_are_read_many_at_a_time_in_order(tmp_path, monkeypatch):
     """``read_jsons`` reads its paths in batches (one ``cat`` each: concurrent on object
     stores), in order, None for a missing file or one that is not a JSON object."""

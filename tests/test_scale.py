@@ -195,6 +195,26 @@ def test_the_marker_spool_keeps_markers_on_disk_by_number_and_counts_a_rerun_onc
     assert len(spool) == 0 and spool.get(2) is None
 
 
+def test_a_marker_spool_never_closed_closes_its_file_when_collected():
+    """A job that stopped before ``close()`` (an executor used on its own, an error) leaves
+    no open file behind, and no ResourceWarning from the garbage collector."""
+    import gc
+    import warnings
+
+    from dask_batchinfer.io.commit import Marker
+    from dask_batchinfer.job.spool import MarkerSpool
+
+    spool = MarkerSpool()
+    spool.add(0, Marker("p0", None, "f", (("part-0.parquet", 1),), 1, ()))
+    file = spool._file
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del spool
+        gc.collect()
+    assert file.closed
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
 def test_a_job_of_many_partitions_keeps_a_few_bytes_of_each_on_the_client(tmp_path):
     """What the client holds of 10,000 partitions (their plan, fingerprints and worklist,
     and the markers of every one committed), and what writing the manifest of all of them

@@ -207,7 +207,25 @@ class Executor:
             raise
         finally:
             self.finished.clear()
+        self._check_committed(todo)
         return self.tally
+
+    def _check_committed(self, todo: Sequence[Partition]) -> None:
+        """Fail, never report success, if a partition of ``todo`` has no marker: the window
+        emptied without committing it (a bookkeeping bug; the job writes no ``_SUCCESS``)."""
+        markers = self.tally.markers
+        missing = len(todo) - len(markers)
+        if missing <= 0:
+            return
+        p = next(p for p in todo if p.number not in markers)
+        raise PartitionError(
+            f"{where(p.number, p.source)} and {missing - 1} other partition(s) were never "
+            f"committed, yet none is left to run: a bug in dask-batchinfer (please report it "
+            f"with the job's log). No _SUCCESS was written; a re-run resumes and runs only "
+            f"the partitions missing",
+            partition=p.number,
+            source=p.source,
+        )
 
     def _fill(self, queue: _Queue, flying: dict[Any, _Flight]) -> None:
         """Submit waiting partitions until the window is full (it may have shrunk: then none)."""
@@ -252,9 +270,11 @@ class Executor:
         return done
 
     def _collect(self, done: list[Any], flying: dict[Any, _Flight]) -> None:
-        """Take the finished partitions' statistics (one gather for all that succeeded), or
-        submit a partition again after a worker died."""
-        done = [f for f in done if f in flying]  # not those cancelled past their timeout
+        """Take the finished partitions' statistics (one gather for all that succeeded),
+        submit a partition again after a worker died, or wait again for one whose result
+        was lost with its worker after it finished (the scheduler computes it again)."""
+        # not those cancelled past their timeout; each once (a future waited for again)
+        done = list(dict.fromkeys(f for f in done if f in flying))
         succeeded = [f for f in done if f.status == "finished"]
         results = self.client.gather(succeeded, direct=self.direct) if succeeded else []
         for future, stats in zip(succeeded, results, strict=True):
@@ -263,8 +283,13 @@ class Executor:
             del flying[future]
             future.release()
         for future in done:
-            if future in flying:
+            if future not in flying:
+                continue
+            if future.status in ("error", "cancelled"):
                 self._failed(future, flying.pop(future), flying)
+            else:  # "lost" or "pending": finished, then its worker died before the gather
+                logger.info("%s: lost with its worker; waiting for it again", flying[future].place)
+                self.finished.add(future)
 
     def _failed(self, future: Any, flight: _Flight, flying: dict[Any, _Flight]) -> None:
         from distributed import KilledWorker

@@ -254,6 +254,12 @@ class _JobRun:
         )
 
     def run(self) -> JobResult:
+        try:
+            return self._run()
+        finally:
+            self.tally.markers.close()  # the result holds what it needs of them
+
+    def _run(self) -> JobResult:
         if self.work.finished:  # nothing to run; undo what a later run that died left behind
             result = self.result()
             result.files_removed = self.committer.restore_manifest(self.work.known)
@@ -344,7 +350,6 @@ class _JobRun:
         result.retries += retries.retries
         files, errors = kept(self.work, self.tally, committer.state)
         result.files_removed = committer.collect_garbage(files, self.work.known, errors)
-        self.tally.markers.close()
         run.mark("garbage collected")
         result.wall_seconds = time.perf_counter() - run.wall_start
         report_retries = RetryStats()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import weakref
 from array import array
 from collections.abc import Iterator
 from typing import IO
@@ -37,16 +38,21 @@ class MarkerSpool:
         """Create the file now: a job calls this before any work, so that a client without
         a writable temporary folder fails at once, naming it, not at its first commit."""
         with self._lock:
-            if self._file is None:
-                self._file = _temporary_file()
+            self._create()
+
+    def _create(self) -> None:
+        if self._file is None:
+            self._file = _temporary_file()
+            # closed with the spool when a job never reached close() (no ResourceWarning)
+            weakref.finalize(self, self._file.close)
 
     def add(self, number: int, marker: Marker) -> Marker | None:
         """Keep ``marker`` as partition ``number``'s; the one it replaces, if any."""
         line = json.dumps(marker.to_json(), separators=(",", ":")).encode() + b"\n"
         with self._lock:
             replaced = self._get(number)
-            if self._file is None:
-                self._file = _temporary_file()
+            self._create()
+            assert self._file is not None
             self._file.seek(0, 2)
             at = self._file.tell()
             self._file.write(line)
