@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 
 import dask_batchinfer as dbi
-from dask_batchinfer.testing import feature_columns, make_features, parse_json_features, tiny_model
+from dask_batchinfer.testing import (
+    feature_columns,
+    make_features,
+    parse_json_features,
+    slow_model,
+    tiny_model,
+)
 
 NULL_IDS = [5, 142, 143, 287]
 
@@ -82,6 +88,27 @@ def test_an_empty_file_is_an_empty_partition(client, tmp_path, on_error, write_i
     again = dbi.run_job(str(tmp_path / "in"), tiny_model(), output=str(out), keep=["id"])
     assert again.partitions_run == 0  # the empty partition was committed too
     _no_debris(out)
+
+
+def test_a_failed_job_lets_its_straggling_task_finish_and_leaves_no_debris(
+    client, tmp_path, write_inputs
+):
+    """A partition still running when another fails is cancelled but runs on to its end,
+    writing: the job waits for it (up to ``STRAGGLERS_WAIT``) before it tidies up and
+    raises, so no ``_staging/`` is left behind, and the straggler's commit stays for the
+    re-run."""
+    frame = make_features(600, seed=7)
+    write_inputs(tmp_path / "in", frame.iloc[:100], 1)  # in-000: one batch
+    write_inputs(tmp_path / "in", frame.iloc[100:500], 1, first=1)  # in-001: four, the straggler
+    drifted = frame.iloc[500:].rename(columns={"f5": "feature_5"})
+    write_inputs(tmp_path / "in", drifted, 1, first=2)  # fails once in-000's thread is free
+    with pytest.raises(dbi.PartitionError, match="in-002"):
+        dbi.run_job(str(tmp_path / "in"), slow_model(delay=0.4, batch_size=100),
+                    output=str(tmp_path / "out"), keep=["id"])  # fmt: skip
+    running = client.run(lambda dask_worker: len(dask_worker.state.executing))
+    assert not any(running.values()), "the job returned while its straggler still ran"
+    _no_debris(tmp_path / "out")
+    assert len(list((tmp_path / "out" / "_committed").iterdir())) == 2  # in-000 and in-001
 
 
 @pytest.mark.parametrize("on_error", ["raise", "quarantine"])

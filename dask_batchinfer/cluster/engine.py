@@ -36,6 +36,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +45,7 @@ from dask_batchinfer.errors import InputError
 
 __all__ = [
     "ENGINES",
+    "await_stopped",
     "choose_engine",
     "connect",
     "dashboard_link",
@@ -253,3 +255,27 @@ def reaches_workers(client: Any, workers: Any) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def await_stopped(client: Any, keys: set[Any], timeout: float) -> bool:
+    """Wait, up to ``timeout`` seconds, until no worker still runs one of ``keys``: cancelled
+    tasks run on to their end, writing what they write. Whether they all stopped; best
+    effort (a cluster that fails to answer counts as not stopped)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while keys:
+            if not any(client.run(_running, keys).values()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+    except Exception:  # noqa: BLE001 - the caller's own error matters more
+        logger.debug("could not tell whether the cancelled tasks stopped", exc_info=True)
+        return False
+    return True
+
+
+def _running(keys: set[Any], dask_worker: Any = None) -> int:
+    """On a worker: how many of ``keys`` it runs (cancelled ones still running included)."""
+    state = dask_worker.state
+    return sum(ts.key in keys for ts in (*state.executing, *state.long_running))

@@ -331,7 +331,8 @@ class Committer:
         """When the job fails, remove ``_staging/`` if nothing is left in it (local disk).
 
         Committed partitions stay (a re-run resumes from them); a straggling task
-        that still writes keeps the folder, and the next run's clean-up removes it.
+        that still writes (the executor waits a few seconds for them) keeps the folder,
+        and the next run's clean-up removes it.
         """
         try:
             yield

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dask_batchinfer.cluster.engine import reaches_workers
+from dask_batchinfer.cluster.engine import await_stopped, reaches_workers
 from dask_batchinfer.cluster.local import Pools
 from dask_batchinfer.errors import (
     BadRowsError,
@@ -41,10 +41,7 @@ from dask_batchinfer.job.options import JobOptions
 from dask_batchinfer.job.tally import Tally
 from dask_batchinfer.job.tasks import Launch, TaskGraphs, bundle_size
 from dask_batchinfer.pipeline.rows import where
-from dask_batchinfer.pipeline.stages import (
-    PartitionStats,
-    StageSettings,
-)
+from dask_batchinfer.pipeline.stages import PartitionStats, StageSettings
 from dask_batchinfer.report.progress import Progress
 from dask_batchinfer.worker.process import workers_killed
 
@@ -54,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds to wait, after a partition finished, for others to gather and refill with it.
 LINGER = 0.02
+#: Seconds a failing job waits for its cancelled tasks still running on workers (they may
+#: be writing to ``_staging/``) before it tidies up and raises; longer ones are left to run.
+STRAGGLERS_WAIT = 5.0
 
 
 @dataclasses.dataclass
@@ -201,9 +201,11 @@ class Executor:
                 self._collect(self._wait(), flying)
                 self._check_time(flying)
                 self._fill(queue, flying)
-        except BaseException:
+        except BaseException as err:
             for future in flying:
                 future.cancel()
+            if isinstance(err, Exception):  # not on Ctrl-C: stop at once
+                await_stopped(self.client, {f.key for f in flying}, STRAGGLERS_WAIT)
             raise
         finally:
             self.finished.clear()
