@@ -34,6 +34,7 @@ import fsspec
 from dask_batchinfer.io.fs import (
     ensure_dir,
     is_local,
+    list_files,
     read_json,
     read_jsons,
     remove_empty_dirs,
@@ -206,7 +207,7 @@ def load_state(fs: fsspec.AbstractFileSystem, root: str) -> OutputState:
     fs.invalidate_cache(root)
     if not retry(lambda: fs.exists(root), what=f"checking {root}"):
         return OutputState(None, {}, set(), exists=False)
-    paths = retry(lambda: fs.find(root), what=f"listing {root}")
+    paths = list_files(fs, root)
     found: list[str] = []  # markers, as listed
     files: set[str] = set()
     errors: set[str] = set()

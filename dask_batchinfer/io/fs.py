@@ -29,6 +29,7 @@ __all__ = [
     "ensure_dir",
     "is_local",
     "is_local_url",
+    "list_files",
     "read_json",
     "remove_empty_dirs",
     "url_to_fs",
@@ -181,6 +182,28 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def list_files(fs: fsspec.AbstractFileSystem, root: str) -> Iterable[str]:
+    """Every file under ``root``, named as ``fs.find`` names them. On local disk they come
+    one at a time from ``os.scandir``: ``fs.find`` builds an entry of details for each
+    file first (200,000 files, an output of 100,000 partitions: a peak of +186 MiB against
+    +42 for the list of names). Object stores list with ``fs.find`` (the fewest requests)."""
+    if not is_local(fs):
+        return retry(lambda: fs.find(root), what=f"listing {root}")  # type: ignore[no-any-return]
+    return _walk(root)
+
+
+def _walk(path: str) -> Iterator[str]:
+    with os.scandir(path) as entries:
+        folders = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):  # a link is a file, as fs.find has it
+                folders.append(entry.path)
+            else:
+                yield entry.path
+    for folder in folders:
+        yield from _walk(folder)
 
 
 def remove_empty_dirs(fs: fsspec.AbstractFileSystem, root: str) -> None:
