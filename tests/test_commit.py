@@ -127,6 +127,46 @@ def test_job_commits_and_rerun_writes_nothing(client, store, write_inputs, expec
     assert store.versions("out") == before  # no object rewritten, nothing added or removed
 
 
+def test_a_finished_jobs_rerun_checks_the_manifest_from_its_head(
+    client, store, write_inputs, expected_scores, monkeypatch
+):
+    """A re-run of a finished job reads only the manifest's head, whose digest of the
+    markers' files stands for its whole list (23 MB at 100,000 partitions); a manifest
+    without a digest (written before it) is read whole; one whose digest disagrees with
+    the markers is written again from them."""
+    import json
+    import re
+
+    from dask_batchinfer.io import commit
+
+    frame = make_features(400, seed=8)
+    write_inputs(store.path("in"), frame, files=4, fs=store.fs)
+    run(store)
+    success = store.path("out", "_SUCCESS")
+    text = store.fs.cat_file(success).decode()
+    digest = json.loads(text)["files_digest"]
+    whole, read_json = [], commit.read_json
+    monkeypatch.setattr(
+        commit, "read_json", lambda fs, path: whole.append(path) or read_json(fs, path)
+    )
+
+    def rerun(manifest: str | None = None) -> dict:
+        if manifest is not None:
+            store.fs.pipe_file(success, manifest.encode())
+        before = store.versions("out")
+        again = run(store)
+        assert (again.partitions_run, again.partitions_skipped, again.rows_out) == (0, 4, 400)
+        return {"rewritten": store.versions("out") != before, "whole reads": len(whole)}
+
+    assert rerun() == {"rewritten": False, "whole reads": 0}
+    without = re.sub(r'\n "files_digest": "[0-9a-f]+",', "", text)
+    assert "files_digest" not in without
+    assert rerun(without) == {"rewritten": False, "whole reads": 1}
+    assert rerun(text.replace(digest, "0" * 32)) == {"rewritten": True, "whole reads": 1}
+    assert json.loads(store.fs.cat_file(success))["files_digest"] == digest
+    assert_output(store, "out", frame, expected_scores(frame, 0))
+
+
 def test_resume_runs_only_uncommitted_partitions(
     client, store, call_log, write_inputs, expected_scores
 ):

@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -36,6 +38,7 @@ from dask_batchinfer.io.fs import (
     is_local,
     list_files,
     read_json,
+    read_json_head,
     read_jsons,
     remove_empty_dirs,
     url_to_fs,
@@ -56,7 +59,16 @@ from dask_batchinfer.io.layout import (
 from dask_batchinfer.io.lease import Lease
 from dask_batchinfer.io.retry import RetryStats, retry
 
-__all__ = ["Committer", "Marker", "OutputState", "Partition", "load_state", "write_marker"]
+__all__ = [
+    "MANIFEST_LISTS",
+    "Committer",
+    "Marker",
+    "OutputState",
+    "Partition",
+    "load_state",
+    "manifest_digest",
+    "write_marker",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +187,10 @@ class OutputState:
     read_manifest: Callable[[], dict[str, Any] | None] | None = dataclasses.field(
         default=None, repr=False
     )
+    #: Reads the manifest's head (its members before the lists of files) when first asked.
+    read_head: Callable[[], dict[str, Any] | None] | None = dataclasses.field(
+        default=None, repr=False
+    )
 
     def get_manifest(self) -> dict[str, Any] | None:
         """The ``_SUCCESS`` manifest, read when first asked: at 100,000 partitions it is
@@ -183,8 +199,20 @@ class OutputState:
             self.manifest, self.read_manifest = self.read_manifest(), None
         return self.manifest
 
-    def manifest_matches(self, job_fingerprint: str) -> bool:
-        """Whether the manifest is this job's and every file it lists is there."""
+    def manifest_matches(
+        self, job_fingerprint: str, digest: Callable[[], str] | None = None
+    ) -> bool:
+        """Whether the manifest is this job's and every file it lists is there.
+
+        ``digest()``: :func:`manifest_digest` of the job's markers, each checked (its files
+        there). A manifest whose head carries the same digest lists those files: only its
+        head is read (at 100,000 partitions the whole is 23 MB, 72 MB parsed). One without
+        (written before 2026-12) is read whole."""
+        head = self.read_head() if self.read_head is not None and digest is not None else None
+        if head is not None and "files_digest" in head and digest is not None:
+            return head.get("job_fingerprint") == job_fingerprint and (
+                head["files_digest"] == digest()
+            )
         manifest = self.get_manifest()
         if not manifest or manifest.get("job_fingerprint") != job_fingerprint:
             return False
@@ -228,8 +256,24 @@ def load_state(fs: fsspec.AbstractFileSystem, root: str) -> OutputState:
         marker = Marker.from_json(data) if data is not None else None
         if marker is not None:
             markers[marker.slug] = marker
-    reader = functools.partial(read_json, fs, posixpath.join(root, MANIFEST)) if manifest else None
-    return OutputState(None, markers, files, exists, errors, read_manifest=reader)
+    path = posixpath.join(root, MANIFEST)
+    reader = functools.partial(read_json, fs, path) if manifest else None
+    head = functools.partial(read_json_head, fs, path, MANIFEST_LISTS) if manifest else None
+    return OutputState(None, markers, files, exists, errors, read_manifest=reader, read_head=head)
+
+
+#: What follows the manifest's head: its first list (``job/record.manifest`` writes it).
+MANIFEST_LISTS = ',\n "errors": ['
+
+
+def manifest_digest(markers: Iterable[Marker]) -> str:
+    """A digest of what ``markers`` list (slug, data files, files of quarantined rows), in
+    input order. The manifest's head carries that of the markers it was made from."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    for m in markers:
+        md5.update(json.dumps([m.slug, m.files, m.errors], separators=(",", ":")).encode())
+        md5.update(b"\n")
+    return md5.hexdigest()
 
 
 class Committer:
@@ -273,13 +317,14 @@ class Committer:
         as its ``files``."""
         write_text(self.fs, self.root, MANIFEST, manifest, stats)
 
-    def restore_manifest(self, keep_slugs: Set[str]) -> int:
-        """Back to the manifest after a later run died having committed files of its own."""
-        manifest = self.state.get_manifest() or {}
-        listed = {f["path"] for f in manifest.get("files", [])}
-        if not (self.state.files - listed or set(self.state.markers) - keep_slugs):
+    def restore_manifest(
+        self, keep_slugs: Set[str], keep_files: Set[str], keep_errors: Set[str]
+    ) -> int:
+        """Back to the manifest after a later run died having committed files of its own:
+        keep the job's markers and the files they list (the manifest's, when it matches)."""
+        if not (self.state.files - keep_files or set(self.state.markers) - keep_slugs):
             return 0
-        return self.collect_garbage(listed, keep_slugs, set(manifest.get("errors", [])))
+        return self.collect_garbage(keep_files, keep_slugs, keep_errors)
 
     def collect_garbage(
         self, keep_files: Set[str], keep_slugs: Set[str], keep_errors: Set[str] = frozenset()

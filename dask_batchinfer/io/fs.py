@@ -31,6 +31,7 @@ __all__ = [
     "is_local_url",
     "list_files",
     "read_json",
+    "read_json_head",
     "remove_empty_dirs",
     "url_to_fs",
     "write_bytes",
@@ -150,6 +151,21 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None
             return _json_object(f.read())
     except FileNotFoundError:
         return None
+
+
+def read_json_head(
+    fs: fsspec.AbstractFileSystem, path: str, end: str, limit: int = 65536
+) -> dict[str, Any] | None:
+    """The JSON object whose members come first in ``path``, up to ``end`` (the text that
+    follows them): its first ``limit`` bytes read, one ranged request. None when absent,
+    when ``end`` is not within them, or when they are not a JSON object."""
+    try:
+        data = retry(lambda: fs.cat_file(path, start=0, end=limit), what=f"reading {path}")
+    except FileNotFoundError:
+        return None
+    text = data.decode("utf-8", errors="replace")
+    stop = text.find(end)
+    return None if stop < 0 else _json_object((text[:stop] + "\n}").encode())
 
 
 #: Files ``read_jsons`` asks for at once (s3fs fetches them concurrently).

@@ -262,7 +262,8 @@ class _JobRun:
     def _run(self) -> JobResult:
         if self.work.finished:  # nothing to run; undo what a later run that died left behind
             result = self.result()
-            result.files_removed = self.committer.restore_manifest(self.work.known)
+            files, errors = kept(self.work, self.tally, self.committer.state)
+            result.files_removed = self.committer.restore_manifest(self.work.known, files, errors)
             return result
         if self.work.todo:
             try:

@@ -7,6 +7,7 @@ cluster, no I/O, so every resume rule is testable on its own.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from array import array
 from collections.abc import Collection, Hashable, Iterable, Sequence
@@ -16,7 +17,7 @@ from dask.base import tokenize
 
 from dask_batchinfer.errors import InputError
 from dask_batchinfer.fingerprint import code_token, partition_slug
-from dask_batchinfer.io.commit import Marker, OutputState, Partition
+from dask_batchinfer.io.commit import Marker, OutputState, Partition, manifest_digest
 from dask_batchinfer.io.partitioned import position
 from dask_batchinfer.io.read import InputFile
 from dask_batchinfer.job.schema import Columns
@@ -198,7 +199,8 @@ def worklist(
     invalidated = len(known) - len(done)
     todo = _without(partitions, done)
     job_fingerprint = _job_fingerprint(partitions)
-    finished = mode == "resume" and not todo and state.manifest_matches(job_fingerprint)
+    digest = functools.partial(manifest_digest, (done[n] for n in sorted(done)))
+    finished = mode == "resume" and not todo and state.manifest_matches(job_fingerprint, digest)
     return Worklist(partitions, job_fingerprint, done, todo, invalidated, finished, known)
 
 
