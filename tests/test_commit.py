@@ -411,6 +411,29 @@ def test_a_partition_the_client_never_counted_fails_the_job_without_success(
     assert_output(store, "out", frame, expected_scores(frame, 0))
 
 
+def test_the_manifests_first_members_are_read_from_its_first_kilobytes(tmp_path):
+    """``read_leading_strings`` finds the object's own string members among its first
+    ``limit`` bytes (one ranged read), never a nested member of the same name, nor one
+    further in; None for a missing file."""
+    import json
+
+    import fsspec
+
+    from dask_batchinfer.io.fs import read_leading_strings
+
+    local = fsspec.filesystem("file")
+    path = tmp_path / "_SUCCESS"
+    nested = {"job_fingerprint": "nested", "files_digest": "nested"}
+    head = {"summary": nested, "job_fingerprint": "abc", "files": ["x"] * 2000, "files_digest": "d"}
+    path.write_text(json.dumps(head, indent=1))
+    found = read_leading_strings(local, str(path), ("job_fingerprint", "files_digest"), 200)
+    assert found == {"job_fingerprint": "abc"}  # files_digest lies past the first 200 bytes
+    assert read_leading_strings(local, str(path), ["files_digest"], 100_000) == {
+        "files_digest": "d"
+    }
+    assert read_leading_strings(local, str(tmp_path / "missing"), ["files_digest"]) is None
+
+
 def test_markers_are_read_many_at_a_time_in_order(tmp_path, monkeypatch):
     """``read_jsons`` reads its paths in batches (one ``cat`` each: concurrent on object
     stores), in order, None for a missing file or one that is not a JSON object."""

@@ -38,8 +38,8 @@ from dask_batchinfer.io.fs import (
     is_local,
     list_files,
     read_json,
-    read_json_head,
     read_jsons,
+    read_leading_strings,
     remove_empty_dirs,
     url_to_fs,
     write_bytes,
@@ -60,7 +60,7 @@ from dask_batchinfer.io.lease import Lease
 from dask_batchinfer.io.retry import RetryStats, retry
 
 __all__ = [
-    "MANIFEST_LISTS",
+    "MANIFEST_HEAD",
     "Committer",
     "Marker",
     "OutputState",
@@ -187,8 +187,8 @@ class OutputState:
     read_manifest: Callable[[], dict[str, Any] | None] | None = dataclasses.field(
         default=None, repr=False
     )
-    #: Reads the manifest's head (its members before the lists of files) when first asked.
-    read_head: Callable[[], dict[str, Any] | None] | None = dataclasses.field(
+    #: Reads the manifest's first members (``MANIFEST_HEAD``), from its first kilobytes.
+    read_head: Callable[[], dict[str, str] | None] | None = dataclasses.field(
         default=None, repr=False
     )
 
@@ -258,12 +258,13 @@ def load_state(fs: fsspec.AbstractFileSystem, root: str) -> OutputState:
             markers[marker.slug] = marker
     path = posixpath.join(root, MANIFEST)
     reader = functools.partial(read_json, fs, path) if manifest else None
-    head = functools.partial(read_json_head, fs, path, MANIFEST_LISTS) if manifest else None
+    head = functools.partial(read_leading_strings, fs, path, MANIFEST_HEAD) if manifest else None
     return OutputState(None, markers, files, exists, errors, read_manifest=reader, read_head=head)
 
 
-#: What follows the manifest's head: its first list (``job/record.manifest`` writes it).
-MANIFEST_LISTS = ',\n "errors": ['
+#: The manifest's first members (``job/record.manifest`` writes them first): what a re-run
+#: of a finished job reads of it.
+MANIFEST_HEAD = ("job_fingerprint", "files_digest")
 
 
 def manifest_digest(markers: Iterable[Marker]) -> str:

@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import posixpath
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,7 +32,7 @@ __all__ = [
     "is_local_url",
     "list_files",
     "read_json",
-    "read_json_head",
+    "read_leading_strings",
     "remove_empty_dirs",
     "url_to_fs",
     "write_bytes",
@@ -153,19 +154,23 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None
         return None
 
 
-def read_json_head(
-    fs: fsspec.AbstractFileSystem, path: str, end: str, limit: int = 65536
-) -> dict[str, Any] | None:
-    """The JSON object whose members come first in ``path``, up to ``end`` (the text that
-    follows them): its first ``limit`` bytes read, one ranged request. None when absent,
-    when ``end`` is not within them, or when they are not a JSON object."""
+def read_leading_strings(
+    fs: fsspec.AbstractFileSystem, path: str, names: Iterable[str], limit: int = 4096
+) -> dict[str, str] | None:
+    """The string members ``names`` of the JSON object in ``path`` (written with
+    ``indent=1``, those members first) found in its first ``limit`` bytes: one ranged
+    request, however long the rest. None when the file is absent."""
     try:
         data = retry(lambda: fs.cat_file(path, start=0, end=limit), what=f"reading {path}")
     except FileNotFoundError:
         return None
     text = data.decode("utf-8", errors="replace")
-    stop = text.find(end)
-    return None if stop < 0 else _json_object((text[:stop] + "\n}").encode())
+    found = {}
+    for name in names:  # a member of the object itself: one space in (a nested one has more)
+        match = re.search(rf'^ "{re.escape(name)}": "([^"\\]*)"', text, re.MULTILINE)
+        if match:
+            found[name] = match.group(1)
+    return found
 
 
 #: Files ``read_jsons`` asks for at once (s3fs fetches them concurrently).

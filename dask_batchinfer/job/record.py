@@ -23,7 +23,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from dask_batchinfer import secrets
-from dask_batchinfer.io.commit import Committer, Marker, OutputState, manifest_digest
+from dask_batchinfer.io.commit import (
+    MANIFEST_HEAD,
+    Committer,
+    Marker,
+    OutputState,
+    manifest_digest,
+)
 from dask_batchinfer.io.retry import RetryStats
 from dask_batchinfer.job.tally import Tally, count_marker
 from dask_batchinfer.job.worklist import Worklist
@@ -223,14 +229,14 @@ def manifest(
         "preprocess_token": preprocess_token,
         "started": result.started,
         "finished": result.finished,
-        # what a re-run checks the markers against, reading only this head
-        "files_digest": manifest_digest(committed(work, tally)),
+        "files_digest": manifest_digest(committed(work, tally)),  # checked by a re-run
         **result.summary(),
     }
     for name in ("files", "errors", "input"):
         head.pop(name, None)
-    yield json.dumps(head, indent=1, sort_keys=True)[:-2]  # without "\n}": more follows
-    # the lists, in this order: MANIFEST_LISTS is what follows the head
+    # what a re-run reads (MANIFEST_HEAD) first, whatever the length of the rest
+    head = {**{name: head.pop(name) for name in MANIFEST_HEAD}, **dict(sorted(head.items()))}
+    yield json.dumps(head, indent=1)[:-2]  # without "\n}": more follows
     lists = {
         "errors": _errors(committed(work, tally, errors_only=True)),
         "files": _files(committed(work, tally)),
