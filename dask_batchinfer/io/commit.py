@@ -208,11 +208,11 @@ class OutputState:
         there). A manifest whose head carries the same digest lists those files: only its
         head is read (at 100,000 partitions the whole is 23 MB, 72 MB parsed). One without
         (written before 2026-12) is read whole."""
-        head = self.read_head() if self.read_head is not None and digest is not None else None
-        if head is not None and "files_digest" in head and digest is not None:
-            return head.get("job_fingerprint") == job_fingerprint and (
-                head["files_digest"] == digest()
-            )
+        if digest is not None and self.read_head is not None:
+            head = self.read_head() or {}
+            if "files_digest" in head:
+                fingerprint = head.get("job_fingerprint")
+                return fingerprint == job_fingerprint and head["files_digest"] == digest()
         manifest = self.get_manifest()
         if not manifest or manifest.get("job_fingerprint") != job_fingerprint:
             return False

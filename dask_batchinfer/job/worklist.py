@@ -7,7 +7,6 @@ cluster, no I/O, so every resume rule is testable on its own.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 from array import array
 from collections.abc import Collection, Hashable, Iterable, Sequence
@@ -199,8 +198,13 @@ def worklist(
     invalidated = len(known) - len(done)
     todo = _without(partitions, done)
     job_fingerprint = _job_fingerprint(partitions)
-    digest = functools.partial(manifest_digest, (done[n] for n in sorted(done)))
-    finished = mode == "resume" and not todo and state.manifest_matches(job_fingerprint, digest)
+    finished = (
+        mode == "resume"
+        and not todo
+        and state.manifest_matches(
+            job_fingerprint, lambda: manifest_digest(done[n] for n in sorted(done))
+        )
+    )
     return Worklist(partitions, job_fingerprint, done, todo, invalidated, finished, known)
 
 
